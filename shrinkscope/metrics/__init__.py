@@ -1,0 +1,34 @@
+"""Codebook-health metrics: pure functions on tensors (torch or numpy in, Python numbers out).
+
+Direction of every metric: ``HIGHER_IS_BETTER``. Definitions, formulas and sources: docs/metrics.md.
+"""
+from .coverage import codebook_precision, knn_radii, latent_coverage
+from .geometry import (
+    mean_pairwise_distance,
+    pairwise_distance_sample,
+    quantization_error,
+    quantization_mse,
+    spread_cosine,
+    spread_euclidean,
+    spread_ratio,
+    total_variance,
+)
+from .health import (
+    HIGHER_IS_BETTER,
+    METRIC_KEYS,
+    WARNING_CODES,
+    CodebookHealth,
+    HealthThresholds,
+    codebook_health,
+    expected_coverage,
+)
+from .spectrum import effective_dimension, effective_rank, singular_spectrum
+from .usage import assign, code_counts, dead_code_ratio, utilization, utilization_perplexity
+
+__all__ = [
+    "assign", "code_counts", "codebook_health", "codebook_precision", "CodebookHealth", "dead_code_ratio",
+    "effective_dimension", "effective_rank", "expected_coverage", "HealthThresholds", "HIGHER_IS_BETTER", "knn_radii",
+    "latent_coverage", "mean_pairwise_distance", "METRIC_KEYS", "pairwise_distance_sample",
+    "quantization_error", "quantization_mse", "singular_spectrum", "spread_cosine", "spread_euclidean",
+    "spread_ratio", "total_variance", "utilization", "utilization_perplexity", "WARNING_CODES",
+]

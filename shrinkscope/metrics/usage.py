@@ -1,0 +1,127 @@
+"""Code usage: nearest-code assignment, histograms, perplexity, utilization and dead codes.
+
+``assign`` is the workhorse behind counts, coverage and quantization error: a chunked nearest-code
+search that never holds more than a (chunk, K) block of distances.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ._validate import as_counts, as_float, common, row_chunk, same_dim, to_tensor
+
+
+@torch.no_grad()
+def assign(codebook: Any, latents: Any, *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest code (squared Euclidean distance) for every latent.
+
+    Args:
+        codebook: ``(K, D)`` codes.
+        latents: ``(N, D)`` vectors to assign.
+        chunk_size: latents per block; by default a block of distances holds about 8M elements.
+
+    Returns:
+        ``(indices, sq_distances)``: ``(N,)`` int64 nearest-code ids and ``(N,)`` float64 squared distances.
+
+    Raises:
+        ValueError: shapes, NaN/Inf or D mismatch. TypeError: non-floating inputs.
+
+    Example:
+        >>> idx, d2 = assign(torch.eye(3), torch.tensor([[0.9, 0.1, 0.0]]))
+        >>> int(idx[0])
+        0
+    """
+    cb = as_float(codebook, "codebook", min_rows=1)
+    x = as_float(latents, "latents")
+    same_dim(cb, x)
+    cb, x = common(cb, x)
+    n = x.shape[0]
+    idx = torch.empty(n, dtype=torch.long, device=x.device)
+    d2 = torch.empty(n, dtype=torch.float64, device=x.device)
+    if n == 0:
+        return idx, d2
+    c_sq = (cb * cb).sum(1)
+    step = chunk_size or row_chunk(cb.shape[0])
+    cbt = cb.t().contiguous()
+    for s in range(0, n, step):
+        xb = x[s:s + step]
+        # ||x-c||^2 = ||x||^2 + ||c||^2 - 2 x.c ; the ||x||^2 term does not change the argmin.
+        scores = torch.addmm(c_sq, xb, cbt, alpha=-2.0)
+        best, arg = scores.min(1)
+        idx[s:s + step] = arg
+        # Recompute the winning distance exactly (avoids cancellation in the expanded form).
+        d2[s:s + step] = (xb - cb[arg]).double().pow(2).sum(1)
+    return idx, d2
+
+
+def code_counts(indices: Any, num_codes: int) -> torch.Tensor:
+    """Usage histogram of code ids; negative ids (``-1`` = masked/dropped) are ignored.
+
+    Args:
+        indices: integer tensor of any shape with values in ``[-1, num_codes)``.
+        num_codes: K.
+
+    Returns:
+        ``(K,)`` int64 counts on the indices' own device.
+
+    Raises:
+        TypeError: floating indices. ValueError: an index >= K.
+    """
+    t = to_tensor(indices, "indices")
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(f"indices: expected an integer tensor, got {t.dtype}")
+    if num_codes < 1:
+        raise ValueError(f"num_codes: expected K >= 1, got {num_codes}")
+    flat = t.reshape(-1).long()
+    flat = flat[flat >= 0]
+    if flat.numel() and int(flat.max()) >= num_codes:
+        raise ValueError(f"indices: max id {int(flat.max())} is out of range for a codebook of K={num_codes}")
+    return torch.bincount(flat, minlength=num_codes)
+
+
+def _probs(counts: torch.Tensor) -> torch.Tensor:
+    total = counts.sum()
+    if float(total) <= 0:
+        raise ValueError("counts: all counts are zero; usage metrics need at least one assignment")
+    return counts / total
+
+
+def utilization_perplexity(counts: Any) -> float:
+    """exp(entropy) of code usage: the number of equally used codes that would give the same entropy.
+
+    Args:
+        counts: ``(K,)`` non-negative usage counts (or shares).
+
+    Returns:
+        A float in ``[1, K]``; higher is better.
+
+    Example:
+        >>> utilization_perplexity(torch.ones(8))
+        8.0
+    """
+    p = _probs(as_counts(counts))
+    nz = p[p > 0]
+    return float(math.exp(float(-(nz * nz.log()).sum())))
+
+
+def utilization(counts: Any) -> float:
+    """``utilization_perplexity / K`` in ``(0, 1]``; higher is better."""
+    c = as_counts(counts)
+    return utilization_perplexity(c) / c.numel()
+
+
+def dead_code_ratio(counts: Any, *, threshold: float = 0.0) -> float:
+    """Share of codes whose usage is at or below ``threshold`` (default: never used).
+
+    Args:
+        counts: ``(K,)`` usage counts.
+        threshold: a code with ``count <= threshold`` is dead. Counts are used as given (raw counts
+            or shares), so choose the threshold in the same unit.
+
+    Returns:
+        A float in ``[0, 1]``; lower is better.
+    """
+    c = as_counts(counts)
+    return float((c <= threshold).double().mean())
