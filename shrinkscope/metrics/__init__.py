@@ -2,7 +2,8 @@
 
 Direction of every metric: ``HIGHER_IS_BETTER``. Definitions, formulas and sources: docs/metrics.md.
 """
-from .coverage import codebook_precision, knn_radii, latent_coverage
+from .coverage import codebook_precision, coverage_and_precision, knn_radii, latent_coverage
+from .diversity import PRDC, ModeCoverage, mode_coverage, pixel_diversity, prdc, vendi_score
 from .geometry import (
     mean_pairwise_distance,
     pairwise_distance_sample,
@@ -26,9 +27,11 @@ from .spectrum import effective_dimension, effective_rank, singular_spectrum
 from .usage import assign, code_counts, dead_code_ratio, utilization, utilization_perplexity
 
 __all__ = [
-    "assign", "code_counts", "codebook_health", "codebook_precision", "CodebookHealth", "dead_code_ratio",
+    "assign", "code_counts", "codebook_health", "codebook_precision", "CodebookHealth", "coverage_and_precision",
+    "dead_code_ratio",
     "effective_dimension", "effective_rank", "expected_coverage", "HealthThresholds", "HIGHER_IS_BETTER", "knn_radii",
-    "latent_coverage", "mean_pairwise_distance", "METRIC_KEYS", "pairwise_distance_sample",
+    "latent_coverage", "mean_pairwise_distance", "METRIC_KEYS", "mode_coverage", "ModeCoverage",
+    "pairwise_distance_sample", "pixel_diversity", "prdc", "PRDC",
     "quantization_error", "quantization_mse", "singular_spectrum", "spread_cosine", "spread_euclidean",
-    "spread_ratio", "total_variance", "utilization", "utilization_perplexity", "WARNING_CODES",
+    "spread_ratio", "total_variance", "utilization", "utilization_perplexity", "vendi_score", "WARNING_CODES",
 ]

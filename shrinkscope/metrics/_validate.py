@@ -53,7 +53,8 @@ def as_float(x: Any, name: str, *, ndim: int | None = 2, min_rows: int = 0, chec
         raise ValueError(f"{name}: expected a {ndim}-D tensor of shape {shape}, got shape {tuple(t.shape)}; "
                          "flatten channel-first maps with x.movedim(1, -1).reshape(-1, D)")
     if ndim is not None and t.shape[0] < min_rows:
-        raise ValueError(f"{name}: needs at least {min_rows} rows, got {t.shape[0]}")
+        why = " (a pairwise or spectral metric compares rows)" if min_rows >= 2 else ""
+        raise ValueError(f"{name}: needs at least {min_rows} rows{why}, got {t.shape[0]}")
     if t.dtype in _HALF:
         t = t.float()
     if check_finite and t.numel():

@@ -2,8 +2,16 @@
 
 Each latent owns a ball whose radius is the distance to its k-th nearest neighbour among the latents.
 ``latent_coverage`` is the share of latents whose ball holds at least one code; ``codebook_precision``
-is the share of codes inside at least one latent's ball. Both are computed chunk by chunk: memory
-is O(chunk * N), never N x N. Comparisons are strict (``<``), as in the ``prdc`` package.
+is the share of codes inside at least one latent's ball. Comparisons are strict (``<``), as in the
+``prdc`` package.
+
+How it stays fast and exact: distances are searched block by block (memory O(chunk * N), never N x N)
+with float32 matrix products on centred data, and every decision that float32 round-off could flip
+is re-checked in float64. The float32 error of a squared distance ``||a||^2 + ||b||^2 - 2 a.b`` is at
+most ``(2D + 32) * u * (||a||^2 + ||b||^2)`` (``u`` the unit round-off of the matmul precision in use;
+TF32/bf16 matmul settings are honoured), so only pairs within that margin of a ball's edge are
+recomputed. The result equals an all-float64 computation; ``tests/metrics`` checks it against the
+``prdc`` package and against a plain loop.
 """
 from __future__ import annotations
 
@@ -14,36 +22,188 @@ import torch
 from ._validate import as_float, common, row_chunk, same_dim
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    return ((a * a).sum(1, keepdim=True) + b_sq[None, :] - 2.0 * (a @ b.t())).clamp_min_(0)
+def _unit_roundoff(device: torch.device) -> float:
+    """Unit round-off of float32 matrix products under the current torch precision settings."""
+    precision = torch.get_float32_matmul_precision()
+    u = {"highest": 2.0 ** -24, "high": 2.0 ** -11, "medium": 2.0 ** -8}.get(precision, 2.0 ** -8)
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        u = max(u, 2.0 ** -11)
+    return u
+
+
+class _Points:
+    """One point set: float64 rows as given (exact checks) and float32 rows centred on a shared origin.
+
+    Exact checks use direct differences of the uncentred rows, so equal distances (lattice data,
+    codes copied from latents) stay exactly equal and the strict ``<`` behaves as in the ``prdc`` package.
+    """
+
+    def __init__(self, x: torch.Tensor, origin: torch.Tensor):
+        self.raw = x.double()
+        centred = self.raw - origin
+        self.x32 = centred.float()
+        self.sq64 = (centred * centred).sum(1)  # only feeds tolerances and the float32 search
+        self.sq32 = self.sq64.float()
+        self.n = x.shape[0]
+        self.dim = x.shape[1]
+
+
+def _tol_scale(dim: int, device: torch.device) -> float:
+    return (2 * dim + 32) * _unit_roundoff(device) * _TOL_SAFETY
+
+
+_TOL_SAFETY = 1.0  # tests raise this to force every decision through the float64 path
+
+
+def _block32(a: _Points, s: int, e: int, b: _Points) -> torch.Tensor:
+    """Approximate squared distances of rows ``s:e`` of ``a`` to all of ``b`` (float32, ``(e-s, b.n)``)."""
+    d2 = torch.addmm(b.sq32[None, :], a.x32[s:e], b.x32.t(), alpha=-2.0)
+    return d2.add_(a.sq32[s:e, None])
+
+
+def _exact_rows(a: _Points, rows: torch.Tensor, b: _Points) -> torch.Tensor:
+    """Float64 squared distances (direct differences) of the selected rows of ``a`` to all of ``b``."""
+    xa = a.raw[rows]
+    out = torch.empty(xa.shape[0], b.n, dtype=torch.float64, device=xa.device)
+    step = max(1, (1 << 22) // max(1, xa.shape[0] * a.dim))
+    for s in range(0, b.n, step):
+        out[:, s:s + step] = (xa[:, None, :] - b.raw[None, s:s + step, :]).pow(2).sum(2)
+    return out
+
+
+@torch.no_grad()
+def _knn_sq_radii(p: _Points, k: int) -> torch.Tensor:
+    """Squared distance from every row to its k-th nearest *other* row, exact in float64."""
+    n = p.n
+    tol = _tol_scale(p.dim, p.raw.device) * (p.sq64 + p.sq64.max())
+    m = min(n - 1, 2 * k)  # k candidates plus a margin of k more
+    out = torch.empty(n, dtype=torch.float64, device=p.raw.device)
+    # bounded by the float32 block (rows, N) and by the float64 candidate block (rows, m, D)
+    step = min(row_chunk(n), row_chunk(m * p.dim, budget=1 << 22))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        d2 = _block32(p, s, e, p)
+        rows = torch.arange(e - s, device=d2.device)
+        d2[rows, rows + s] = float("inf")  # a point is not its own neighbour
+        vals, idx = torch.topk(d2, m, dim=1, largest=False)
+        exact = (p.raw[s:e, None, :] - p.raw[idx]).pow(2).sum(2).sort(1).values  # (rows, m)
+        kth = exact[:, k - 1]
+        if m < n - 1:
+            # every non-candidate has float32 distance >= vals[:, -1], so exact >= vals[:, -1] - tol
+            bad = (vals[:, -1].double() - tol[s:e] < kth).nonzero().flatten()
+            if bad.numel():
+                full = _exact_rows(p, bad + s, p)
+                full[torch.arange(bad.numel(), device=full.device), bad + s] = float("inf")
+                kth[bad] = full.kthvalue(k, dim=1).values
+        out[s:e] = kth
+    return out
 
 
 @torch.no_grad()
 def knn_radii(x: Any, *, k: int = 5, name: str = "latents") -> torch.Tensor:
-    """Distance from every row to its k-th nearest other row (float64, ``(N,)``)."""
-    t = as_float(x, name, min_rows=k + 1).double()
+    """Distance from every row to its k-th nearest other row.
+
+    Args:
+        x: ``(N, D)`` rows, N > k.
+        k: neighbour rank (k >= 1).
+        name: argument name for error messages.
+
+    Returns:
+        ``(N,)`` float64 radii on ``x``'s device.
+    """
     if k < 1:
         raise ValueError(f"k: expected k >= 1, got {k}")
-    n = t.shape[0]
-    sq = (t * t).sum(1)
-    out = torch.empty(n, dtype=torch.float64, device=t.device)
-    step = row_chunk(n)
-    for s in range(0, n, step):
-        d2 = _sq_dists(t[s:s + step], t, sq)
-        rows = torch.arange(d2.shape[0], device=t.device)
-        d2[rows, rows + s] = 0  # self-distance: exactly 0, like prdc's partition includes it at index 0
-        out[s:s + step] = torch.topk(d2, k + 1, dim=1, largest=False).values[:, k].sqrt()
+    t = as_float(x, name, min_rows=k + 1)
+    p = _Points(t, t.double().mean(0))
+    return _knn_sq_radii(p, k).sqrt()
+
+
+def _ball_pass(real: _Points, fake: _Points, r2_real: torch.Tensor, r2_fake: torch.Tensor | None,
+               *, density: bool = False) -> dict[str, torch.Tensor]:
+    """One blocked pass over real x fake distances; every ball test certified in float64.
+
+    Returns per-real ``covered`` (a fake point inside the real point's ball) and, when ``r2_fake`` is
+    given, ``recalled`` (the real point inside some fake ball); per-fake ``inside`` (inside some real
+    ball) and, with ``density``, ``count`` (number of real balls holding it).
+    """
+    dev = real.raw.device
+    c = _tol_scale(real.dim, dev)
+    fake_max, real_max = float(fake.sq64.max()), float(real.sq64.max())
+    covered = torch.zeros(real.n, dtype=torch.bool, device=dev)
+    recalled = torch.zeros(real.n, dtype=torch.bool, device=dev)
+    inside = torch.zeros(fake.n, dtype=torch.bool, device=dev)
+    count = torch.zeros(fake.n, dtype=torch.int64, device=dev)
+    unsure_fake = torch.zeros(fake.n, dtype=torch.bool, device=dev)
+    tol_fake = (c * (fake.sq64 + real_max)).float()
+    r2r32 = r2_real.float()
+    step = row_chunk(fake.n)
+    for s in range(0, real.n, step):
+        e = min(real.n, s + step)
+        d2 = _block32(real, s, e, fake)
+        tol_row = c * (real.sq64[s:e] + fake_max)
+        # coverage: nearest fake vs this real ball
+        near = d2.min(1).values.double()
+        cov = near + tol_row < r2_real[s:e]
+        unsure = ~cov & (near - tol_row < r2_real[s:e])
+        if r2_fake is not None:
+            gap = (d2 - r2_fake.float()[None, :]).min(1).values.double()
+            rec = gap + tol_row < 0
+            unsure |= ~rec & (gap - tol_row < 0)
+            recalled[s:e] = rec
+        covered[s:e] = cov
+        if unsure.any():
+            rows = unsure.nonzero().flatten() + s
+            exact = _exact_rows(real, rows, fake)
+            covered[rows] = (exact < r2_real[rows, None]).any(1)
+            if r2_fake is not None:
+                recalled[rows] = (exact < r2_fake[None, :]).any(1)
+        # precision / density: each fake column against the balls of this block's real rows
+        gap = d2.sub_(r2r32[s:e, None])
+        inside |= (gap < -tol_fake[None, :]).any(0)
+        near_edge = (gap.abs() <= tol_fake[None, :]).any(0)
+        unsure_fake |= near_edge
+        if density:
+            count += (gap < -tol_fake[None, :]).sum(0)
+    cols = unsure_fake.nonzero().flatten()
+    for s in range(0, cols.numel(), row_chunk(real.n)):
+        part = cols[s:s + row_chunk(real.n)]
+        hit = _exact_rows(fake, part, real) < r2_real[None, :]  # (cols, real.n)
+        inside[part] = hit.any(1)
+        count[part] = hit.sum(1)
+    out = {"covered": covered, "inside": inside}
+    if r2_fake is not None:
+        out["recalled"] = recalled
+    if density:
+        out["count"] = count
     return out
 
 
 def _check(codebook: Any, latents: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if k < 1:
+        raise ValueError(f"k: expected k >= 1, got {k}")
     cb = as_float(codebook, "codebook", min_rows=1)
     x = as_float(latents, "latents")
     if x.shape[0] < k + 1:
         raise ValueError(f"latents: k-NN balls with k={k} need at least {k + 1} latents, got {x.shape[0]}")
     same_dim(cb, x)
-    cb, x = common(cb, x)
-    return cb.double(), x.double()
+    return common(cb, x)
+
+
+def coverage_and_precision(codebook: Any, latents: Any, *, k: int = 5,
+                           radii: torch.Tensor | None = None) -> tuple[float, float]:
+    """``(latent_coverage, codebook_precision)`` from one shared pass (what ``codebook_health`` uses)."""
+    cb, x = _check(codebook, latents, k)
+    origin = x.double().mean(0)
+    lat, codes = _Points(x, origin), _Points(cb, origin)
+    if radii is None:
+        r2 = _knn_sq_radii(lat, k)
+    else:
+        r = torch.as_tensor(radii).to(x.device, torch.float64)
+        if r.shape != (x.shape[0],):
+            raise ValueError(f"radii: expected shape ({x.shape[0]},) (one per latent), got {tuple(r.shape)}")
+        r2 = r * r
+    res = _ball_pass(lat, codes, r2, None)
+    return float(res["covered"].double().mean()), float(res["inside"].double().mean())
 
 
 @torch.no_grad()
@@ -58,16 +218,13 @@ def latent_coverage(codebook: Any, latents: Any, *, k: int = 5, radii: torch.Ten
 
     Returns:
         A float in ``[0, 1]``.
+
+    Example:
+        >>> x = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+        >>> latent_coverage(x[:50], x) > latent_coverage(x[:50] * 0.1, x)
+        True
     """
-    cb, x = _check(codebook, latents, k)
-    r = knn_radii(x, k=k) if radii is None else radii.to(x.device, torch.float64)
-    cb_sq = (cb * cb).sum(1)
-    covered = 0
-    step = row_chunk(cb.shape[0])
-    for s in range(0, x.shape[0], step):
-        nearest = _sq_dists(x[s:s + step], cb, cb_sq).min(1).values.sqrt()
-        covered += int((nearest < r[s:s + step]).sum())
-    return covered / x.shape[0]
+    return coverage_and_precision(codebook, latents, k=k, radii=radii)[0]
 
 
 @torch.no_grad()
@@ -79,13 +236,8 @@ def codebook_precision(codebook: Any, latents: Any, *, k: int = 5, radii: torch.
         latents: ``(N, D)`` latents, N > k.
         k: neighbour rank defining the balls.
         radii: precomputed ``knn_radii(latents, k=k)`` to reuse.
+
+    Returns:
+        A float in ``[0, 1]``.
     """
-    cb, x = _check(codebook, latents, k)
-    r = knn_radii(x, k=k) if radii is None else radii.to(x.device, torch.float64)
-    x_sq = (x * x).sum(1)
-    inside = 0
-    step = row_chunk(x.shape[0])
-    for s in range(0, cb.shape[0], step):
-        d = _sq_dists(cb[s:s + step], x, x_sq).sqrt()
-        inside += int((d < r[None, :]).any(1).sum())
-    return inside / cb.shape[0]
+    return coverage_and_precision(codebook, latents, k=k, radii=radii)[1]

@@ -68,6 +68,7 @@ def mean_pairwise_distance(x: Any, *, max_points: int | None = DEFAULT_MAX_POINT
     """
     t = as_float(x, name, min_rows=2)
     t = _subsample(t, max_points, seed).double()
+    t = t - t.mean(0)  # distances are translation-free; centring keeps the expanded form well conditioned
     n = t.shape[0]
     sq = (t * t).sum(1)
     total = torch.zeros((), dtype=torch.float64, device=t.device)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from ._validate import as_counts, as_float, same_dim
-from .coverage import codebook_precision, knn_radii, latent_coverage
-from .geometry import DEFAULT_MAX_POINTS, quantization_error, spread_cosine, spread_euclidean, spread_ratio
+from .coverage import coverage_and_precision
+from .geometry import DEFAULT_MAX_POINTS, mean_pairwise_distance, spread_cosine, spread_euclidean, total_variance
 from .spectrum import _effective_dimension_from, _effective_rank_from, singular_spectrum
-from .usage import assign, dead_code_ratio, utilization, utilization_perplexity
+from .usage import assign, dead_code_ratio, utilization_perplexity
 
 METRIC_KEYS: tuple[str, ...] = (
     "num_codes", "dim", "spread_cosine", "spread_euclidean", "spread_ratio", "effective_rank",
@@ -202,20 +202,21 @@ def codebook_health(
     h.effective_rank = _effective_rank_from(sv)
     h.effective_dimension = _effective_dimension_from(sv, 0.99)
     if x is not None:
-        h.spread_ratio = spread_ratio(cb, x, max_points=max_points, seed=seed)
+        lat_spread = mean_pairwise_distance(x, max_points=max_points, seed=seed, name="latents")
+        h.spread_ratio = h.spread_euclidean / lat_spread if lat_spread > 0 else None
         lsv = singular_spectrum(x)
         h.latent_singular_values = lsv
         h.latent_effective_rank = _effective_rank_from(lsv)
         h.latent_effective_dimension = _effective_dimension_from(lsv, 0.99)
-        h.quantization_error = quantization_error(cb, x)
+        # One nearest-code search serves both the quantization error and (without counts) the usage.
+        idx, d2 = assign(cb, x)
+        var = total_variance(x)
+        h.quantization_error = float(d2.mean()) / var if var > 0 else None
         xs = _subsample(x, coverage_max_latents, seed)
         if xs.shape[0] > k:
-            radii = knn_radii(xs, k=k)
-            h.latent_coverage = latent_coverage(cb, xs, k=k, radii=radii)
-            h.codebook_precision = codebook_precision(cb, xs, k=k, radii=radii)
+            h.latent_coverage, h.codebook_precision = coverage_and_precision(cb, xs, k=k)
             exp_cov = expected_coverage(kk, xs.shape[0], k=k)
         if c is None:
-            idx, _ = assign(cb, x)
             c = torch.bincount(idx, minlength=kk).double()
     if c is not None and float(c.sum()) > 0:
         h.counts = c.cpu()

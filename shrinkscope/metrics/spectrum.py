@@ -1,8 +1,9 @@
 """Spectral metrics: singular spectrum, effective rank (Roy & Vetterli 2007), effective dimension (PCA 99%).
 
 All three centre the rows first, so a codebook translated away from the origin is not mistaken for
-a rank-1 one. The spectrum comes from the D x D Gram matrix accumulated in float64 over row chunks:
-memory is O(D^2) whatever the number of rows.
+a rank-1 one. Up to 2^20 elements the spectrum is an SVD of the centred rows; above, it comes from the
+D x D Gram matrix accumulated in float64 over row chunks (memory O(D^2) whatever the number of rows;
+singular values below about 1e-8 * s_max are then round-off, which moves effective rank by < 1e-5).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 
 from ._validate import as_float, row_chunk
+
+_DIRECT_SVD_MAX = 1 << 20  # up to this many elements, take the SVD of the rows themselves
 
 
 @torch.no_grad()
@@ -34,6 +37,10 @@ def singular_spectrum(x: Any) -> torch.Tensor:
     for s in range(0, n, step):
         mean += t[s:s + step].double().sum(0)
     mean /= n
+    if n * d <= _DIRECT_SVD_MAX:
+        # small inputs: an SVD of the centred rows resolves tiny singular values that the Gram's
+        # squaring would bury under round-off (about sqrt(eps) * s_max)
+        return torch.linalg.svdvals(t.double() - mean).cpu()
     gram = torch.zeros(d, d, dtype=torch.float64, device=t.device)
     for s in range(0, n, step):
         b = t[s:s + step].double() - mean

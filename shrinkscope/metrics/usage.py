@@ -20,7 +20,11 @@ def assign(codebook: Any, latents: Any, *, chunk_size: int | None = None) -> tup
     Args:
         codebook: ``(K, D)`` codes.
         latents: ``(N, D)`` vectors to assign.
-        chunk_size: latents per block; by default a block of distances holds about 8M elements.
+        chunk_size: latents per block; by default a block of distances holds about 32M elements.
+
+    The search runs in the inputs' dtype (float32 stays float32, the speed of a BLAS matmul); ties
+    closer than float32 round-off may pick either code. The returned distance of the chosen code is
+    always recomputed in float64.
 
     Returns:
         ``(indices, sq_distances)``: ``(N,)`` int64 nearest-code ids and ``(N,)`` float64 squared distances.
@@ -42,17 +46,21 @@ def assign(codebook: Any, latents: Any, *, chunk_size: int | None = None) -> tup
     d2 = torch.empty(n, dtype=torch.float64, device=x.device)
     if n == 0:
         return idx, d2
-    c_sq = (cb * cb).sum(1)
-    step = chunk_size or row_chunk(cb.shape[0])
-    cbt = cb.t().contiguous()
+    # Centring on the codebook mean keeps the expanded form below well conditioned when codes and
+    # latents sit far from the origin (distances, hence the argmin, do not change).
+    origin = cb.mean(0)
+    cbc = cb - origin
+    c_sq = (cbc * cbc).sum(1)
+    step = chunk_size or row_chunk(cb.shape[0], budget=1 << 25)  # big blocks: BLAS runs near peak
+    cbt = cbc.t().contiguous()
     for s in range(0, n, step):
         xb = x[s:s + step]
         # ||x-c||^2 = ||x||^2 + ||c||^2 - 2 x.c ; the ||x||^2 term does not change the argmin.
-        scores = torch.addmm(c_sq, xb, cbt, alpha=-2.0)
-        best, arg = scores.min(1)
+        scores = torch.addmm(c_sq, xb - origin, cbt, alpha=-2.0)
+        arg = scores.argmin(1)
         idx[s:s + step] = arg
-        # Recompute the winning distance exactly (avoids cancellation in the expanded form).
-        d2[s:s + step] = (xb - cb[arg]).double().pow(2).sum(1)
+        # Recompute the winning distance directly in float64 (no cancellation of the expanded form).
+        d2[s:s + step] = (xb.double() - cb[arg].double()).pow(2).sum(1)
     return idx, d2
 
 

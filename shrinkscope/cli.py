@@ -1,0 +1,178 @@
+"""``shrinkscope`` command line: analyze, compare, report, demo.
+
+A thin layer over ``shrinkscope.analyze`` / ``compare`` and ``shrinkscope.report``. Bad input of any kind
+exits with status 2 and one line on stderr (no traceback); success exits 0.
+
+Examples::
+
+    shrinkscope analyze vqgan.ckpt
+    shrinkscope analyze tokenizer.pt --latents encoder_outputs.npy --out report/
+    shrinkscope analyze model.safetensors --json > health.json
+    shrinkscope compare before.pt after.pt --latents z.npy --out compare/
+    shrinkscope report runs/train.jsonl --out timeline/
+    shrinkscope demo --quick
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+EPILOG_ANALYZE = """examples:
+  shrinkscope analyze vqgan.ckpt
+  shrinkscope analyze tokenizer.pt --latents z.npy --out report/
+  shrinkscope analyze model.safetensors --key quantizer.codebook --json
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latents", metavar="FILE", help="pre-quantization encoder outputs (.npy/.npz/.pt/.safetensors; "
+                   "N x D or channel-first maps): enables spread ratio, coverage, quantization error")
+    p.add_argument("--out", metavar="DIR", help="write report.html (self-contained), the PNGs and health.json here")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unsafe unpickling (runs code stored in the file): only for files you trust")
+    p.add_argument("--key", action="append", metavar="KEY", help="codebook tensor key (repeatable); "
+                   "skips automatic discovery")
+    p.add_argument("--include-embeddings", action="store_true",
+                   help="also report token-embedding tables of language models (skipped by default)")
+    p.add_argument("--l2-normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="force / forbid l2-normalising codebooks (default: follow the library convention)")
+    p.add_argument("--max-latents", type=int, default=20_000, metavar="N",
+                   help="random subset of latents used per codebook (default: 20000)")
+    p.add_argument("--max-points", type=int, default=4096, metavar="N",
+                   help="pairwise spreads exact up to N rows, estimated from N random rows above (default: 4096)")
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP plots (the slowest part of --out)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every subsample (default: 0)")
+
+
+def _kwargs(args: argparse.Namespace) -> dict:
+    if args.trust_checkpoint:
+        print("shrinkscope: warning: --trust-checkpoint: unpickling may run code stored in the file",
+              file=sys.stderr)
+    return dict(latents=args.latents, keys=args.key, trust_checkpoint=args.trust_checkpoint,
+                include_embeddings=args.include_embeddings, l2_normalize=args.l2_normalize,
+                max_latents=args.max_latents, max_points=args.max_points, seed=args.seed)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+    from .report import analysis_text, write_analysis_report
+
+    result = analyze(args.checkpoint, **_kwargs(args))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(analysis_text(result))
+    if args.out:
+        path = write_analysis_report(result, args.out, umap=False if args.no_umap else None)
+        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .analyze import compare
+    from .report import comparison_text, write_comparison_report
+
+    kw = _kwargs(args)
+    result = compare(args.before, args.after, latents=kw.pop("latents"), **kw)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(comparison_text(result))
+    if args.out:
+        path = write_comparison_report(result, args.out, umap=False if args.no_umap else None)
+        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import read_timeline, timeline_text, write_timeline_report
+
+    tl = read_timeline(args.run)
+    print(timeline_text(tl))
+    print(f"report: {write_timeline_report(tl, args.out)}")
+    return 0
+
+
+def _demo_module() -> tuple[object | None, str | None]:
+    """Import shrinkscope.reference.demo lazily: a broken reference module must never break analyze."""
+    try:
+        from .reference import demo
+    except Exception as exc:  # noqa: BLE001 - any import failure becomes a one-line error
+        return None, f"the demo is unavailable ({type(exc).__name__}: {' '.join(str(exc).split())})"
+    return demo, None
+
+
+def _add_demo(sub: argparse._SubParsersAction, demo: object | None) -> None:
+    """Register ``demo`` with the reference module's own ``add_arguments`` / ``main`` when it is loaded."""
+    help_ = "train the bundled reference tokenizer with and without deferred quantization and compare"
+    p = sub.add_parser("demo", help=help_, description=help_)
+    if demo is not None:
+        demo.add_arguments(p)
+        p.set_defaults(func=demo.main)
+
+
+def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
+    """The argparse parser; ``demo`` is the loaded shrinkscope.reference.demo module, if any."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="shrinkscope", description="Diagnose codebook shrinkage in VQ tokenizers.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="run 'shrinkscope COMMAND --help' for the options of a command")
+    parser.add_argument("--version", action="version", version=f"shrinkscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("analyze", help="diagnose every codebook in a checkpoint", epilog=EPILOG_ANALYZE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Find every codebook in a checkpoint (.pt/.pth/.ckpt/.bin/.safetensors/.npy/.npz) "
+                       "and measure its health: spread, effective rank, usage, coverage.")
+    p.add_argument("checkpoint", help="checkpoint file")
+    _common(p)
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("compare", help="compare the codebooks of two checkpoints",
+                       description="Analyse BEFORE and AFTER with the same latents; print deltas (after - before).")
+    p.add_argument("before")
+    p.add_argument("after")
+    _common(p)
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("report", help="timeline plots from a shrinkscope.watch JSONL log",
+                       description="Plot every metric against the training step from the JSONL log that "
+                       "shrinkscope.watch(log_to=...) writes; events (e.g. a defer switch) are vertical lines.")
+    p.add_argument("run", metavar="RUN.jsonl")
+    p.add_argument("--out", metavar="DIR", default="shrinkscope-report",
+                   help="output folder for timeline.png and report.html (default: shrinkscope-report)")
+    p.set_defaults(func=_cmd_report)
+
+    _add_demo(sub, demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shrinkscope`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    demo = None
+    if argv[:1] == ["demo"]:  # the reference module is imported only when the demo is asked for
+        demo, error = _demo_module()
+        if demo is None:
+            print(f"shrinkscope: error: {error}", file=sys.stderr)
+            return 2
+    parser = build_parser(demo)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:
+        # CheckpointError / TimelineError / metric input errors: bad input, one line, no traceback.
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"shrinkscope: error: {text}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

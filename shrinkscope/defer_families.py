@@ -1,0 +1,611 @@
+"""Per-family code behind ``shrinkscope.defer``: pass-through outputs and codebook writes.
+
+Each family answers four questions about one quantizer class, without ever calling its ``forward``
+before the switch (so its EMA statistics, dead-code counters and built-in k-means init stay untouched):
+
+- ``passthrough``: the output the wrapped module would return, in exactly its structure, with the
+  input latents in place of the quantized tensor, ids from a no-grad nearest-code lookup (``-1`` while
+  the codebook is uninitialised) and zero losses; plus the latents in codebook space for the reservoir;
+- ``codebooks``: the effective codebooks the lookup uses (``{name: (K, D)}``; names follow the adapters:
+  ``""``, ``"head1"``, ``"layers.0"``);
+- ``fit``: k-means on the reservoir (stage-wise for residual quantizers);
+- ``write``: centroids into the codebook together with the EMA state the family keeps.
+
+Facts about each library come from research/ecosystem.md (section 1) and the libraries' sources.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .kmeans import kmeans
+from .metrics.usage import assign
+
+Fitted = dict[str, tuple[torch.Tensor, torch.Tensor]]  # codebook name -> (centroids (K, D), counts (K,))
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)
+
+
+def _nearest(codebook: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64 nearest-code ids on ``rows``' device (chunked, no grad)."""
+    if rows.shape[0] == 0:
+        return torch.empty(0, dtype=torch.long, device=rows.device)
+    idx, _ = assign(codebook.detach(), rows.detach())
+    return idx.to(rows.device)
+
+
+def zero_loss(module: nn.Module, like: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like ``like``, tied to the module's trainable parameters with weight 0.
+
+    The tie keeps every parameter in the autograd graph (gradient exactly 0), so DistributedDataParallel
+    does not stop on parameters the pass-through never used (``project_in``, a learnable codebook).
+    """
+    z = torch.zeros_like(like)
+    if torch.is_grad_enabled() and module.training:
+        for p in module.parameters():
+            if p.requires_grad:
+                z = z + p.sum() * 0
+    return z
+
+
+class Family:
+    """One quantizer family. Subclasses override what differs."""
+
+    name = "base"
+    normalized = False  # lookup on l2-normalised latents and codes
+
+    def matches(self, module: nn.Module) -> bool:
+        return False
+
+    def check(self, module: nn.Module) -> None:
+        """Raise ValueError for configurations deferral cannot handle."""
+
+    def is_normalized(self, module: nn.Module) -> bool:
+        return self.normalized
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def initted(self, module: nn.Module) -> bool:
+        return True
+
+    def streams(self, module: nn.Module) -> dict[str, int]:
+        """Reservoir streams ``{name: D}``; one per codebook unless a family needs fewer."""
+        return {n: int(cb.shape[1]) for n, cb in self.codebooks(module).items()}
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
+        out: Fitted = {}
+        sizes = {n: int(cb.shape[0]) for n, cb in self.codebooks(module).items()}
+        for name, rows in reservoirs.items():
+            centers = kmeans(rows, sizes[name], iters=iters, seed=seed)
+            if self.is_normalized(module):
+                centers = _l2(centers)
+            idx, _ = assign(centers, rows)
+            out[name] = (centers, torch.bincount(idx, minlength=sizes[name]).to(centers.dtype))
+        return out
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        raise NotImplementedError
+
+
+def _per_step(counts: torch.Tensor, tokens_per_step: float) -> torch.Tensor:
+    # EMA cluster sizes of these families are per-step token counts: scale the reservoir shares to that
+    return counts / counts.sum().clamp_min(1) * tokens_per_step
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    dst.data.copy_(src.to(device=dst.device, dtype=dst.dtype))
+
+
+# vector-quantize-pytorch ---------------------------------------------------------------------------
+
+
+def _loss_breakdown_type(module: nn.Module) -> Callable[..., Any] | None:
+    return getattr(sys.modules.get(type(module).__module__), "LossBreakdown", None)
+
+
+class LucidVQ(Family):
+    """``vector_quantize_pytorch.VectorQuantize`` (heads, cosine codebooks, ``codebook_dim`` projection)."""
+
+    name = "lucidrains.vq"
+
+    def matches(self, module: nn.Module) -> bool:
+        cb = getattr(module, "_codebook", None)
+        return (type(module).__name__ == "VectorQuantize" and cb is not None
+                and isinstance(getattr(cb, "embed", None), torch.Tensor) and cb.embed.ndim == 3)
+
+    def check(self, module: nn.Module) -> None:
+        cb = module._codebook
+        if getattr(cb, "affine_param", False):
+            raise ValueError("defer: VectorQuantize(affine_param=True) keeps batch statistics that a k-means start "
+                             "cannot set consistently; construct it without affine_param to defer it")
+        if getattr(cb, "vq_bridge", None) is not None:
+            raise ValueError("defer: VectorQuantize(vq_bridge=...) transforms the codebook before the lookup; "
+                             "deferral supports plain stored codebooks only")
+
+    def is_normalized(self, module: nn.Module) -> bool:
+        return bool(getattr(module, "use_cosine_sim", False))
+
+    def _separate(self, module: nn.Module) -> bool:
+        return bool(module.separate_codebook_per_head) and module.heads > 1
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        embed = module._codebook.embed.detach()
+        if self.is_normalized(module):
+            embed = _l2(embed)
+        if self._separate(module):
+            return {f"head{h}": embed[h] for h in range(embed.shape[0])}
+        return {"": embed[0]}
+
+    def initted(self, module: nn.Module) -> bool:
+        return bool(module._codebook.initted)
+
+    def _split(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Input -> ``(C, B', N, d)`` rows in codebook space, the way ``VectorQuantize.forward`` lays them out."""
+        info: dict[str, Any] = {"only_one": x.ndim == 2}
+        if info["only_one"]:
+            x = x[:, None, :]
+        elif module.accept_image_fmap or module.accept_3d_fmap:
+            info["spatial"] = tuple(x.shape[2:])
+            x = x.flatten(2).transpose(1, 2)
+        elif not module.channel_last:
+            x = x.transpose(1, 2)
+        b, n = x.shape[0], x.shape[1]
+        x = module.project_in(x)
+        h = module.heads
+        if h == 1:
+            x = x[None]
+        elif self._separate(module):
+            x = x.reshape(b, n, h, -1).permute(2, 0, 1, 3)
+        else:
+            x = x.reshape(b, n, h, -1).permute(0, 2, 1, 3).reshape(b * h, n, -1)[None]
+        info.update(b=b, n=n)
+        return module._codebook.transform_input(x), info
+
+    def _mask(self, module: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
+        mask, lens = kwargs.get("mask"), kwargs.get("lens")
+        if lens is not None:
+            n = x.shape[1] if module.channel_last else x.shape[2]
+            mask = torch.arange(n, device=x.device)[None, :] < lens.to(x.device)[:, None]
+        return mask
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        for unsupported in ("indices", "topk", "codebook_transform_fn"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f"defer: VectorQuantize.forward({unsupported}=...) is not supported before the "
+                                 "switch (there is no trained codebook to score against yet)")
+        x = args[0] if args else kwargs["x"]
+        mask = self._mask(module, x, kwargs)
+        with torch.no_grad():
+            rows, info = self._split(module, x.detach())
+        c, bp, n, d = rows.shape
+        cbs = list(self.codebooks(module).values())
+        ready = self.initted(module)
+        ids = torch.full((c, bp, n), -1, dtype=torch.long, device=x.device)
+        if ready:
+            for i in range(c):
+                ids[i] = _nearest(cbs[i], rows[i].reshape(-1, d)).reshape(bp, n)
+        b, h = info["b"], module.heads
+        if h == 1:
+            ind = ids[0]
+        elif self._separate(module):
+            ind = ids.permute(1, 2, 0)
+        else:
+            ind = ids[0].reshape(b, h, n).permute(0, 2, 1)
+        # latents for the reservoir: valid rows only, one stream per codebook
+        if mask is not None:
+            if h == 1 or self._separate(module):
+                lat = {name: rows[i][mask] for i, name in enumerate(self.codebooks(module))}
+            else:
+                m = mask[:, None, :].expand(b, h, n).reshape(b * h, n)
+                lat = {"": rows[0][m]}
+            ind = ind.masked_fill(~(mask[..., None] if ind.ndim == 3 else mask), -1)
+        else:
+            lat = {name: rows[i].reshape(-1, d) for i, name in enumerate(self.codebooks(module))}
+        if "spatial" in info:
+            ind = ind.reshape(b, *info["spatial"], *ind.shape[2:])
+        if info["only_one"]:
+            ind = ind[:, 0]
+        quantized = x
+        if mask is not None:
+            fill = torch.zeros_like(x) if module.return_zeros_for_masked_padding else x
+            m = mask[..., None] if module.channel_last else mask[:, None, :]
+            quantized = torch.where(m, x, fill)
+        loss = zero_loss(module, module.zero)
+        if kwargs.get("return_loss_breakdown"):
+            breakdown = _loss_breakdown_type(module)
+            zeros = [torch.zeros_like(module.zero) for _ in range(4)]
+            return (quantized, ind, loss, breakdown(*zeros) if breakdown else tuple(zeros)), lat
+        return (quantized, ind, loss), lat
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        cb = module._codebook
+        for i, name in enumerate(self.codebooks(module)):
+            centers, counts = fitted[name]
+            size = _per_step(counts, tokens_per_step).to(cb.cluster_size)
+            _copy(cb.embed[i], centers)
+            _copy(cb.cluster_size[i], size)
+            _copy(cb.embed_avg[i], centers.to(size) * size[:, None])
+        cb.initted.data.fill_(True)
+
+
+class LucidResidualVQ(Family):
+    """``vector_quantize_pytorch.ResidualVQ``: deferred as a whole, initialised stage by stage.
+
+    The reservoir keeps the stage-0 input (``project_in(x)``); at the switch stage q is fitted by k-means
+    on the residuals left by the already fitted stages 0..q-1, the greedy order its own forward uses.
+    """
+
+    name = "lucidrains.rvq"
+    _vq = LucidVQ()
+
+    def matches(self, module: nn.Module) -> bool:
+        layers = getattr(module, "layers", None)
+        return (type(module).__name__ == "ResidualVQ" and isinstance(layers, nn.ModuleList) and len(layers) > 0
+                and all(self._vq.matches(v) for v in layers))
+
+    def check(self, module: nn.Module) -> None:
+        problems = [flag for flag in ("accept_image_fmap", "implicit_neural_codebook", "shared_codebook")
+                    if getattr(module, flag, False)]
+        if getattr(module, "beam_size", None):
+            problems.append("beam_size")
+        if any(not v.channel_last or v.heads > 1 for v in module.layers):
+            problems.append("channel-first or multi-head stages")
+        if problems:
+            raise ValueError(f"defer: ResidualVQ with {', '.join(problems)} is not supported; deferral handles "
+                             "channel-last ResidualVQ with separate stages (wrap the stages' host differently "
+                             "or turn these options off)")
+        for v in module.layers:
+            self._vq.check(v)
+
+    def is_normalized(self, module: nn.Module) -> bool:
+        return self._vq.is_normalized(module.layers[0])
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {f"layers.{q}": self._vq.codebooks(v)[""] for q, v in enumerate(module.layers)}
+
+    def initted(self, module: nn.Module) -> bool:
+        return all(self._vq.initted(v) for v in module.layers)
+
+    def streams(self, module: nn.Module) -> dict[str, int]:
+        return {"": int(module.layers[0]._codebook.embed.shape[-1])}
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        if kwargs.get("indices") is not None:
+            raise ValueError("defer: ResidualVQ.forward(indices=...) is not supported before the switch")
+        x = args[0] if args else kwargs["x"]
+        mask = kwargs.get("mask")
+        with torch.no_grad():
+            r = module.project_in(x.detach())
+        flat = r.reshape(-1, r.shape[-1])
+        q_count = len(module.layers)
+        ids = torch.full((flat.shape[0], q_count), -1, dtype=torch.long, device=x.device)
+        if self.initted(module):
+            res = flat
+            for q, cb in enumerate(self.codebooks(module).values()):
+                look = _l2(res) if self.is_normalized(module) else res
+                ids[:, q] = _nearest(cb, look)
+                res = res - cb[ids[:, q]].to(res)
+        ind = ids.reshape(*x.shape[:-1], q_count)
+        lat = flat if mask is None else r[mask]
+        quantized = x
+        if mask is not None:
+            ind = ind.masked_fill(~mask[..., None], -1)
+            fill = torch.zeros_like(x) if module.return_zeros_for_masked_padding else x
+            quantized = torch.where(mask[..., None], x, fill)
+        losses = zero_loss(module, torch.zeros(q_count, device=x.device, dtype=torch.float32))
+        out: tuple = (quantized, ind, losses)
+        if kwargs.get("return_all_codes"):
+            out = (*out, module.get_codes_from_indices(ind))
+        return out, {"": lat}
+
+    @torch.no_grad()
+    def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
+        res = reservoirs[""]
+        out: Fitted = {}
+        for q, layer in enumerate(module.layers):
+            look = _l2(res) if self.is_normalized(module) else res
+            centers = kmeans(look, int(layer.codebook_size), iters=iters, seed=seed + q)
+            if self.is_normalized(module):
+                centers = _l2(centers)
+            idx, _ = assign(centers, look)
+            out[f"layers.{q}"] = (centers, torch.bincount(idx, minlength=int(layer.codebook_size)).to(centers.dtype))
+            res = res - centers[idx.to(centers.device)].to(res)
+        return out
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        for q, layer in enumerate(module.layers):
+            self._vq.write(layer, {"": fitted[f"layers.{q}"]}, tokens_per_step=tokens_per_step)
+
+
+# taming-transformers / diffusers / LlamaGen --------------------------------------------------------
+
+
+def _grid_rows(z: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B*H*W, C)``."""
+    return z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+class TamingVQ(Family):
+    """taming ``VectorQuantizer2`` and its port diffusers ``VectorQuantizer`` (``legacy``/``remap``/``sane_index_shape``).
+
+    Output ``(z_q, loss, (perplexity=None, min_encodings=None, indices))``; codebook ``embedding.weight``.
+    """
+
+    name = "taming"
+
+    def matches(self, module: nn.Module) -> bool:
+        return (isinstance(getattr(module, "embedding", None), nn.Embedding) and hasattr(module, "legacy")
+                and hasattr(module, "e_dim") and hasattr(module, "n_e"))
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": module.embedding.weight.detach()}
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        z = args[0] if args else kwargs["z"]
+        rows = _grid_rows(z)
+        idx = _nearest(module.embedding.weight, rows)
+        if getattr(module, "remap", None) is not None:
+            idx = module.remap_to_used(idx.reshape(z.shape[0], -1)).reshape(-1, 1)
+        if getattr(module, "sane_index_shape", False):
+            idx = idx.reshape(z.shape[0], z.shape[2], z.shape[3])
+        loss = zero_loss(module, z.new_zeros(()))
+        return (z, loss, (None, None, idx)), {"": rows}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        _copy(module.embedding.weight, fitted[""][0])
+
+
+class TamingEMAVQ(Family):
+    """taming ``EMAVectorQuantizer`` with ``EmbeddingEMA`` (``weight``, ``cluster_size``, ``embed_avg``).
+
+    Output ``(z_q, loss, (perplexity, one-hot encodings, indices))``.
+    """
+
+    name = "taming.ema"
+
+    def matches(self, module: nn.Module) -> bool:
+        emb = getattr(module, "embedding", None)
+        return (type(module).__name__ == "EMAVectorQuantizer" and emb is not None
+                and all(isinstance(getattr(emb, a, None), torch.Tensor) for a in ("weight", "cluster_size", "embed_avg")))
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": module.embedding.weight.detach()}
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        z = args[0] if args else kwargs["z"]
+        rows = _grid_rows(z)
+        idx = _nearest(module.embedding.weight, rows)
+        k = module.embedding.weight.shape[0]
+        encodings = F.one_hot(idx, k).to(z.dtype)
+        avg = encodings.mean(0)
+        perplexity = torch.exp(-torch.sum(avg * torch.log(avg + 1e-10)))
+        loss = zero_loss(module, z.new_zeros(()))
+        return (z, loss, (perplexity, encodings, idx)), {"": rows}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        centers, counts = fitted[""]
+        emb = module.embedding
+        size = _per_step(counts, tokens_per_step).to(emb.cluster_size)
+        _copy(emb.weight, centers)
+        _copy(emb.cluster_size, size)
+        _copy(emb.embed_avg, centers.to(size) * size[:, None])
+
+
+class LlamaGenVQ(Family):
+    """LlamaGen ``VectorQuantizer`` (``l2_norm``, ``show_usage``, ``entropy_loss_ratio``).
+
+    Output ``(z_q, (vq_loss, commit_loss, entropy_loss, codebook_usage), (None, None, indices))``; the
+    three losses are tensors in training mode and ``None`` in eval mode, as in the original.
+    """
+
+    name = "llamagen"
+
+    def matches(self, module: nn.Module) -> bool:
+        return (isinstance(getattr(module, "embedding", None), nn.Embedding) and hasattr(module, "l2_norm")
+                and hasattr(module, "show_usage") and hasattr(module, "e_dim"))
+
+    def is_normalized(self, module: nn.Module) -> bool:
+        return bool(module.l2_norm)
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        w = module.embedding.weight.detach()
+        return {"": _l2(w) if module.l2_norm else w}
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        z = args[0] if args else kwargs["z"]
+        rows = _grid_rows(z)
+        if module.l2_norm:
+            rows = _l2(rows)
+        idx = _nearest(self.codebooks(module)[""], rows)
+        usage: float = 0
+        if module.show_usage and module.training:
+            # report the usage of the FIFO as it stands; it is not advanced before the switch
+            usage = len(torch.unique(module.codebook_used)) / module.n_e
+        if module.training:
+            losses: tuple = tuple(zero_loss(module, z.new_zeros(())) if i == 0 else z.new_zeros(()) for i in range(3))
+        else:
+            losses = (None, None, None)
+        return (z, (*losses, usage), (None, None, idx)), {"": rows}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        _copy(module.embedding.weight, fitted[""][0])
+
+
+# EnCodec-style ------------------------------------------------------------------------------------
+
+
+def _encodec_codebook(module: nn.Module) -> bool:
+    return all(isinstance(getattr(module, a, None), torch.Tensor) for a in ("inited", "embed", "embed_avg", "cluster_size"))
+
+
+class EncodecCodebook(Family):
+    """EnCodec ``EuclideanCodebook``: ``forward(x (..., D)) -> (quantize, embed_ind (...))``; buffers
+    ``embed``, ``embed_avg``, ``cluster_size``, ``inited`` (k-means on the first training batch)."""
+
+    name = "encodec.codebook"
+
+    def matches(self, module: nn.Module) -> bool:
+        return type(module).__name__ == "EuclideanCodebook" and _encodec_codebook(module)
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": module.embed.detach()}
+
+    def initted(self, module: nn.Module) -> bool:
+        return bool(module.inited.reshape(-1)[0])
+
+    @staticmethod
+    def _ids(module: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        if not bool(module.inited.reshape(-1)[0]):
+            return torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
+        return _nearest(module.embed, rows)
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        x = args[0] if args else kwargs["x"]
+        rows = x.detach().reshape(-1, x.shape[-1])
+        return (x, self._ids(module, rows).reshape(x.shape[:-1])), {"": rows}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        centers, counts = fitted[""]
+        size = _per_step(counts, tokens_per_step).to(module.cluster_size)
+        _copy(module.embed, centers)
+        _copy(module.cluster_size, size)
+        _copy(module.embed_avg, centers.to(size) * size[:, None])
+        module.inited.data.fill_(1)
+
+
+class EncodecVQ(EncodecCodebook):
+    """EnCodec ``VectorQuantization``: ``forward(x (B, D, N)) -> (quantize, embed_ind (B, N), loss (1,))``."""
+
+    name = "encodec.vq"
+
+    def matches(self, module: nn.Module) -> bool:
+        cb = getattr(module, "_codebook", None)
+        return type(module).__name__ == "VectorQuantization" and cb is not None and _encodec_codebook(cb)
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": module._codebook.embed.detach()}
+
+    def initted(self, module: nn.Module) -> bool:
+        return bool(module._codebook.inited.reshape(-1)[0])
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        x = args[0] if args else kwargs["x"]
+        with torch.no_grad():
+            rows = module.project_in(x.detach().transpose(1, 2))
+        b, n = rows.shape[0], rows.shape[1]
+        rows = rows.reshape(-1, rows.shape[-1])
+        ids = self._ids(module._codebook, rows).reshape(b, n)
+        loss = zero_loss(module, torch.zeros(1, device=x.device))
+        return (x, ids, loss), {"": rows}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        super().write(module._codebook, fitted, tokens_per_step=tokens_per_step)
+
+
+# shrinkscope's reference quantizer ------------------------------------------------------------------
+
+
+class Reference(Family):
+    """``shrinkscope.reference.EMAQuantizer`` (contract 1). Its cluster sizes are shares of a batch."""
+
+    name = "reference"
+
+    def matches(self, module: nn.Module) -> bool:
+        return getattr(type(module), "shrinkscope_family", None) == "reference"
+
+    def is_normalized(self, module: nn.Module) -> bool:
+        return bool(module.l2_normalize)
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": module.effective_codebook()}
+
+    def initted(self, module: nn.Module) -> bool:
+        return bool(module.initted)
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+        z = args[0] if args else kwargs["z"]
+        with torch.no_grad():
+            rows = module.flat_latents(z.detach())
+        b, _, h, w = z.shape
+        if self.initted(module):
+            idx = _nearest(self.codebooks(module)[""], rows).reshape(b, h, w)
+        else:
+            idx = torch.full((b, h, w), -1, dtype=torch.long, device=z.device)
+        output_type = getattr(sys.modules.get(type(module).__module__), "QuantizerOutput", None) or tuple
+        loss = zero_loss(module, z.new_zeros(()))
+        fields = (z, idx, loss)
+        return (output_type(*fields) if output_type is not tuple else fields), {"": rows}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        centers, counts = fitted[""]
+        share = (counts / counts.sum().clamp_min(1)).to(module.cluster_size)
+        _copy(module.embed, centers)
+        _copy(module.cluster_size, share)
+        _copy(module.embed_avg, centers.to(share) * share[:, None])
+        module.initted.data.fill_(True)
+        module.active.data.fill_(True)  # its own pass-through flag: from now on it quantizes
+
+
+FAMILIES: tuple[Family, ...] = (Reference(), LucidVQ(), LucidResidualVQ(), TamingEMAVQ(), LlamaGenVQ(),
+                                TamingVQ(), EncodecVQ(), EncodecCodebook())
+
+
+def family_of(module: nn.Module) -> Family:
+    """The deferral family of ``module``.
+
+    Raises:
+        TypeError: no family recognises the module (the message lists the supported classes).
+    """
+    for fam in FAMILIES:
+        if fam.matches(module):
+            return fam
+    known = None
+    try:  # the monitor may know it even though deferral does not
+        from .adapters import get_adapter
+        known = get_adapter(module)
+    except Exception:
+        known = None
+    extra = f" (shrinkscope.adapters reads it as {known.family!r}, but cannot defer it)" if known else ""
+    raise TypeError(
+        f"defer: no deferral support for {type(module).__module__}.{type(module).__name__}{extra}. Supported: "
+        "vector-quantize-pytorch VectorQuantize / ResidualVQ, taming VectorQuantizer2 / EMAVectorQuantizer, "
+        "diffusers VectorQuantizer, LlamaGen VectorQuantizer, EnCodec EuclideanCodebook / VectorQuantization, "
+        "shrinkscope.reference.EMAQuantizer. Wrap the quantizer module itself, not the whole model.")
+
+
+def water_filling_dimension(variances: torch.Tensor, num_codes: int) -> int:
+    """Dimensions reverse water-filling keeps at a rate of ``log2(num_codes)`` bits per vector.
+
+    Solves ``sum_i max(0, 1/2 log2(lambda_i / theta)) = log2 K`` for the water level ``theta`` by
+    bisection and counts the components above it (Zhao, Karagodin et al. 2026, research/papers.md B.3).
+
+    Args:
+        variances: ``(D,)`` PCA variances (any order, non-negative).
+        num_codes: K.
+
+    Returns:
+        The number of components with variance above the water level (0 when all variances are 0).
+    """
+    lam = variances.double().clamp_min(0)
+    lam = lam[lam > 0]
+    if lam.numel() == 0:
+        return 0
+    rate = math.log2(max(num_codes, 2))
+    lo, hi = float(lam.min()) * 2.0 ** (-2 * rate) * 0.5, float(lam.max())
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)  # the level spans many decades: bisect in log space
+        bits = float(0.5 * torch.log2(lam / mid).clamp_min(0).sum())
+        lo, hi = (mid, hi) if bits > rate else (lo, mid)
+    return int((lam > hi).sum())

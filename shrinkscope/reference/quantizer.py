@@ -1,0 +1,155 @@
+"""The reference vector quantizer: nearest-code lookup, EMA codebook updates, commitment loss.
+
+As in VQ-VAE (van den Oord et al. 2017, appendix on EMA): the codebook is not trained by gradients; each
+code moves to the exponential moving average of the latents assigned to it, with Laplace-smoothed
+cluster sizes. The encoder gets the straight-through gradient plus ``beta * ||z - sg[q]||^2``.
+
+The quantizer can be *inactive*: it then passes latents through unchanged (the continuous phase of
+deferred quantization) while still reporting the indices a nearest-code lookup would give, so
+``shrinkscope.watch`` sees the same kind of output in both phases. ``init_codebook`` runs k-means on
+latents (``shrinkscope.kmeans``) and resets the EMA state; switching ``active`` on is the caller's move.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..kmeans import kmeans
+from ..metrics.usage import assign
+
+
+class QuantizerOutput(NamedTuple):
+    """What ``EMAQuantizer.forward`` returns.
+
+    Attributes:
+        quantized: ``(B, D, H, W)`` quantized latents with straight-through gradients (``z`` itself when inactive).
+        indices: ``(B, H, W)`` int64 code indices (-1 everywhere before the codebook is initialised).
+        loss: scalar commitment loss ``beta * ||z - sg[q]||^2`` (0 when inactive).
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    # under DDP every rank must apply the same EMA step, so the statistics are summed over ranks
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+class EMAQuantizer(nn.Module):
+    """Vector quantizer with an EMA-updated codebook.
+
+    Args:
+        num_codes: K, the codebook size.
+        dim: D, the code dimension (channels of the latent grid).
+        decay: EMA decay of cluster sizes and code sums.
+        beta: commitment-loss weight.
+        l2_normalize: look up (and return) l2-normalised codes and latents (cosine-similarity VQ).
+        eps: Laplace smoothing of cluster sizes.
+
+    Example:
+        >>> q = EMAQuantizer(16, 4)
+        >>> q.init_codebook(torch.randn(100, 4))
+        >>> q.active.fill_(True)
+        >>> out = q(torch.randn(2, 4, 3, 3))
+        >>> out.indices.shape
+        torch.Size([2, 3, 3])
+    """
+
+    shrinkscope_family = "reference"
+
+    def __init__(self, num_codes: int, dim: int, *, decay: float = 0.99, beta: float = 0.25,
+                 l2_normalize: bool = False, eps: float = 1e-5):
+        super().__init__()
+        if num_codes < 2 or dim < 1:
+            raise ValueError(f"EMAQuantizer: expected num_codes >= 2 and dim >= 1, got {num_codes}, {dim}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMAQuantizer: expected 0 <= decay < 1, got {decay}")
+        self.num_codes, self.dim = num_codes, dim
+        self.decay, self.beta, self.l2_normalize, self.eps = decay, beta, l2_normalize, eps
+        self.register_buffer("embed", torch.randn(num_codes, dim))
+        self.register_buffer("cluster_size", torch.zeros(num_codes))
+        self.register_buffer("embed_avg", self.embed.clone())
+        self.register_buffer("initted", torch.tensor(False))
+        self.register_buffer("active", torch.tensor(False))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1) if self.l2_normalize else x
+
+    def effective_codebook(self) -> torch.Tensor:
+        """``(K, D)`` detached codebook as used by the lookup (unit rows if ``l2_normalize``)."""
+        return self._norm(self.embed.detach()).clone()
+
+    def flat_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D, H, W)`` -> ``(B*H*W, D)`` pre-quantization latents as the lookup sees them."""
+        if z.dim() != 4 or z.shape[1] != self.dim:
+            raise ValueError(f"EMAQuantizer: expected z of shape (B, {self.dim}, H, W), got {tuple(z.shape)}")
+        return self._norm(z.permute(0, 2, 3, 1).reshape(-1, self.dim))
+
+    @torch.no_grad()
+    def init_codebook(self, latents: torch.Tensor, *, seed: int = 0, iters: int = 20) -> None:
+        """k-means-initialise the codebook on ``(N, D)`` latents and reset the EMA state.
+
+        Under DDP rank 0's centroids are broadcast, so every rank starts from the same codebook.
+        The cluster sizes start at the k-means shares scaled to one batch's worth of mass, so the first
+        EMA steps neither erase nor freeze the initial codes.
+        """
+        x = self._norm(latents.detach().reshape(-1, self.dim).float())
+        centers = kmeans(x, self.num_codes, iters=iters, seed=seed).to(self.embed)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(centers, 0)
+        idx, _ = assign(centers, x)
+        counts = torch.bincount(idx, minlength=self.num_codes).to(self.embed)
+        self.embed.copy_(centers)
+        self.cluster_size.copy_(counts / counts.sum().clamp_min(1))
+        self.embed_avg.copy_(centers * self.cluster_size[:, None])
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
+        onehot_sum = torch.zeros(self.num_codes, device=flat.device, dtype=flat.dtype).index_add_(
+            0, idx, torch.ones_like(idx, dtype=flat.dtype))
+        embed_sum = torch.zeros_like(self.embed).index_add_(0, idx, flat.to(self.embed.dtype))
+        n_local = torch.tensor([float(flat.shape[0])], device=flat.device)
+        _all_reduce_sum(onehot_sum), _all_reduce_sum(embed_sum), _all_reduce_sum(n_local)
+        # statistics are kept as shares of a batch, so decay means the same at any batch size
+        self.cluster_size.mul_(self.decay).add_(onehot_sum / n_local, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(embed_sum / n_local, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        self.embed.copy_(self.embed_avg / smoothed[:, None])
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """Quantize a latent grid.
+
+        Args:
+            z: ``(B, D, H, W)`` encoder output.
+
+        Returns:
+            ``QuantizerOutput(quantized (B, D, H, W), indices (B, H, W) int64, loss scalar)``.
+        """
+        flat = self.flat_latents(z)
+        b, _, h, w = z.shape
+        if not bool(self.initted):
+            idx = torch.full((b, h, w), -1, dtype=torch.long, device=z.device)
+            return QuantizerOutput(z, idx, z.new_zeros(()))
+        codebook = self._norm(self.embed)
+        idx, _ = assign(codebook.detach(), flat.detach())
+        idx = idx.to(z.device)
+        grid_idx = idx.reshape(b, h, w)
+        if not bool(self.active):
+            return QuantizerOutput(z, grid_idx, z.new_zeros(()))
+        if self.training:
+            self._ema_update(flat.detach(), idx)
+            codebook = self._norm(self.embed)
+        q_flat = codebook[idx].to(flat.dtype)
+        loss = self.beta * (flat - q_flat.detach()).pow(2).mean()
+        q_flat = flat + (q_flat - flat).detach()  # straight-through estimator
+        quantized = q_flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2).contiguous()
+        return QuantizerOutput(quantized, grid_idx, loss)

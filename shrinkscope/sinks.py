@@ -1,0 +1,165 @@
+"""Where monitor reports go: a JSONL file, TensorBoard, any callable, Python ``logging``.
+
+A sink receives plain dicts, one per record:
+
+- metric records ``{"step", "time", "name", "scope": "window"|"cumulative", "num_codes", "dim",
+  "metrics": {KEY: number|None}, "warnings": [{"code", "message"}], ...}`` (``"usage_only": true`` is
+  added for codebook-free quantizers);
+- event records ``{"step", "time", "event", ...payload}``.
+
+The JSONL sink writes exactly these dicts, one per line: the input of ``shrinkscope report``.
+Under DDP only rank 0 calls sinks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger("shrinkscope")
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe value: non-finite floats become None, tensors/numpy scalars become numbers."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+class Sink:
+    """Base sink: override ``write``; ``close`` releases resources."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JSONLSink(Sink):
+    """Append one JSON object per record to ``path`` (parent folders created; flushed per line).
+
+    The file is opened on the first record, so ranks other than 0 never create it.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class TensorBoardSink(Sink):
+    """Scalars ``shrinkscope/{name}/{scope}/{metric}`` and events as text, on a ``SummaryWriter``.
+
+    Args:
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` (or anything with ``add_scalar``/``add_text``),
+            or a log directory (a writer is created; needs the ``tensorboard`` package).
+    """
+
+    def __init__(self, writer: Any):
+        self._own = False
+        if isinstance(writer, (str, Path)):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # pragma: no cover - depends on the environment
+                raise ImportError("TensorBoardSink(logdir) needs the 'tensorboard' package: pip install tensorboard"
+                                  ) from e
+            writer, self._own = SummaryWriter(str(writer)), True
+        if not hasattr(writer, "add_scalar"):
+            raise TypeError(f"TensorBoardSink: expected a SummaryWriter or a log directory, got {type(writer).__name__}")
+        self.writer = writer
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = record.get("step")
+        if "event" in record:
+            if hasattr(self.writer, "add_text"):
+                payload = {k: v for k, v in record.items() if k not in ("step", "time")}
+                self.writer.add_text("shrinkscope/events", json.dumps(_clean(payload)), step)
+            return
+        for key, value in record.get("metrics", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"shrinkscope/{record['name']}/{record['scope']}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._own:
+            self.writer.close()
+        elif hasattr(self.writer, "flush"):
+            self.writer.flush()
+
+
+class CallableSink(Sink):
+    """Calls ``fn(record)`` for every record (e.g. ``wandb.log`` wrappers, a list's ``append``)."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], Any]):
+        if not callable(fn):
+            raise TypeError(f"CallableSink: expected a callable, got {type(fn).__name__}")
+        self.fn = fn
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fn(record)
+
+
+class LoggingSink(Sink):
+    """Health warnings (window scope) as ``logging`` WARNING records on the ``shrinkscope`` logger;
+    events at INFO. Metrics themselves are not logged (use another sink)."""
+
+    def __init__(self, log: logging.Logger | None = None):
+        self.log = log or logger
+
+    def write(self, record: dict[str, Any]) -> None:
+        if "event" in record:
+            self.log.info("shrinkscope step %s: event %s", record.get("step"), record["event"])
+            return
+        if record.get("scope") != "window":
+            return
+        for w in record.get("warnings", []):
+            self.log.warning("shrinkscope step %s %s [%s]: %s", record.get("step"), record.get("name"),
+                             w.get("code"), w.get("message"))
+
+
+def make_sinks(log_to: str | Path | None = None, sinks: Any = (), *, log_warnings: bool = True) -> list[Sink]:
+    """Normalise the ``watch(log_to=..., sinks=...)`` arguments into a list of ``Sink``.
+
+    ``sinks`` items may be ``Sink`` instances, ``SummaryWriter``-like objects (``add_scalar``), paths
+    (``.jsonl``) or callables.
+    """
+    out: list[Sink] = []
+    if log_to is not None:
+        out.append(JSONLSink(log_to))
+    if isinstance(sinks, (Sink, str, Path)) or callable(sinks) and not isinstance(sinks, (list, tuple)):
+        sinks = [sinks]
+    for s in sinks:
+        if isinstance(s, Sink):
+            out.append(s)
+        elif hasattr(s, "add_scalar"):
+            out.append(TensorBoardSink(s))
+        elif isinstance(s, (str, Path)):
+            out.append(JSONLSink(s))
+        elif callable(s):
+            out.append(CallableSink(s))
+        else:
+            raise TypeError(f"sinks: expected Sink, SummaryWriter, path or callable, got {type(s).__name__}")
+    if log_warnings:
+        out.append(LoggingSink())
+    return out

@@ -1,0 +1,434 @@
+"""``watch(model)``: stream codebook health out of someone else's training loop.
+
+Two lines::
+
+    monitor = shrinkscope.watch(model, every=500, log_to="runs/x/shrinkscope.jsonl")
+    ...  # train as usual; a report is written every 500 steps
+    monitor.remove()
+
+Forward hooks only collect: they copy detached code ids and a reservoir sample of pre-quantization
+latents into ``CodebookStream``s, never change outputs, never print, never touch the global RNG, never
+make the host wait for the GPU, and never raise into the training loop (an error disables that
+codebook and logs one warning). Host work happens only in reports.
+
+Step rule: one step = one training-mode forward of the first watched quantizer (``monitor.step`` may
+also be set by hand). A report runs when the step reaches a multiple of ``every`` (right after the first
+quantizer's call of that step, so quantizers called later in the same step land in the next window)
+and whenever ``monitor.report()`` is called.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, Capture, find_quantizers, get_adapter
+from .metrics import CodebookHealth, HealthThresholds, codebook_health, dead_code_ratio, expected_coverage
+from .metrics import utilization_perplexity
+from .metrics.health import _raise_warnings
+from .sinks import Sink, make_sinks
+from .stream import CodebookStream, reduce_streams
+
+logger = logging.getLogger("shrinkscope")
+
+_COLLECT = ("train", "eval", "all")
+
+
+@dataclasses.dataclass
+class _Watched:
+    name: str
+    module: nn.Module
+    adapter: Adapter
+    streams: dict[str, CodebookStream]  # codebook name -> stream
+    dims: dict[str, int | None]
+    handles: list = dataclasses.field(default_factory=list)
+
+    def key(self, codebook: str) -> str:
+        return self.name if not codebook else f"{self.name}/{codebook}"
+
+
+class Monitor:
+    """Hooks plus streaming state for every watched quantizer. Build it with ``watch``.
+
+    Attributes:
+        step: steps counted so far (settable).
+        every: report period in steps (0/None: only on ``report()``).
+        last_report: ``{"window": [...], "cumulative": [...]}`` health of the latest report.
+        events: event records logged with ``log_event``.
+    """
+
+    def __init__(self, quantizers: list[tuple[str, nn.Module, Adapter]], *, every: int | None = 500,
+                 sinks: list[Sink] | None = None, reservoir_size: int = 4096, collect: str = "train",
+                 thresholds: HealthThresholds | None = None, seed: int = 0, process_group: Any = None,
+                 health_kwargs: dict[str, Any] | None = None):
+        if collect not in _COLLECT:
+            raise ValueError(f"collect must be one of {_COLLECT}, got {collect!r}")
+        if every is not None and int(every) < 0:
+            raise ValueError(f"every must be >= 0 (0 or None: report only when asked), got {every}")
+        self.every = int(every or 0)
+        self.collect = collect
+        self.sinks = list(sinks or [])
+        self.thresholds = thresholds or HealthThresholds()
+        self.seed = int(seed)
+        self.group = process_group
+        self.health_kwargs = dict(health_kwargs or {})
+        self.step = 0
+        self.last_report: dict[str, list[CodebookHealth]] = {"window": [], "cumulative": []}
+        self.events: list[dict[str, Any]] = []
+        self._disabled: set[str] = set()
+        self._last_latents: dict[str, torch.Tensor] = {}
+        self._removed = False
+        self.watched: list[_Watched] = []
+        for i, (name, module, adapter) in enumerate(quantizers):
+            label = name or type(module).__name__
+            ks = adapter.num_codes(module)
+            cbs = adapter.codebooks(module)
+            dims = {c: (None if adapter.usage_only or c not in cbs else int(cbs[c].shape[1])) for c in ks}
+            streams = {c: CodebookStream(k, reservoir_size=reservoir_size, seed=self.seed + 7919 * i + j)
+                       for j, (c, k) in enumerate(ks.items())}
+            w = _Watched(label, module, adapter, streams, dims)
+            self._attach(w, first=(i == 0))
+            self.watched.append(w)
+
+    # ---- hooks -----------------------------------------------------------------------------------
+
+    def _wanted(self, module: nn.Module) -> bool:
+        if self._removed:
+            return False
+        return self.collect == "all" or (module.training == (self.collect == "train"))
+
+    def _attach(self, w: _Watched, *, first: bool) -> None:
+        taps = w.adapter.taps(w.module)
+        if taps:
+            for prefix, sub in taps.items():
+                def tap_hook(mod, args, kwargs, output, prefix=prefix):
+                    if self._wanted(mod):
+                        self._collect(w, lambda: w.adapter.extract_tap(prefix, mod, args, kwargs, output))
+                w.handles.append(sub.register_forward_hook(tap_hook, with_kwargs=True))
+        else:
+            def hook(mod, args, kwargs, output):
+                if self._wanted(mod):
+                    self._collect(w, lambda: w.adapter.extract(mod, args, kwargs, output))
+            w.handles.append(w.module.register_forward_hook(hook, with_kwargs=True))
+        if first:
+            w.handles.append(w.module.register_forward_hook(self._step_hook))
+
+    def _step_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._removed or not module.training:
+            return
+        self.step += 1
+        if self.every and self.step % self.every == 0:
+            try:
+                self.report()
+            except Exception as e:  # a report must never break training
+                logger.warning("shrinkscope: report at step %d failed and was skipped: %r", self.step, e)
+
+    def _collect(self, w: _Watched, extract) -> None:
+        if w.name in self._disabled:
+            return
+        try:
+            caps: list[Capture] = extract()
+        except Exception as e:
+            self._disable(w.name, e)
+            return
+        for cap in caps:
+            key = w.key(cap.codebook)
+            if key in self._disabled:
+                continue
+            try:
+                stream = w.streams[cap.codebook]
+                if cap.indices is not None:
+                    stream.update_indices(cap.indices)
+                if cap.latents is not None and w.dims.get(cap.codebook) is not None:
+                    stream.update_latents(cap.latents, valid=cap.valid, transform=cap.transform)
+            except Exception as e:
+                self._disable(key, e)
+
+    def _disable(self, key: str, error: BaseException) -> None:
+        if key not in self._disabled:
+            self._disabled.add(key)
+            logger.warning("shrinkscope: stopped monitoring %r after an error in its hook (training is not "
+                           "affected): %r", key, error)
+
+    @property
+    def disabled(self) -> set[str]:
+        """Names of quantizers/codebooks switched off after an error."""
+        return set(self._disabled)
+
+    # ---- reports ---------------------------------------------------------------------------------
+
+    def _distributed(self) -> tuple[bool, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size(self.group) > 1:
+            return True, dist.get_rank(self.group)
+        return False, 0
+
+    def _device(self, w: _Watched) -> torch.device:
+        for t in list(w.module.parameters()) + list(w.module.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    @torch.no_grad()
+    def report(self, step: int | None = None) -> list[CodebookHealth]:
+        """Measure every watched codebook now, hand the records to the sinks, start a new window.
+
+        Under DDP every rank must call it at the same step (automatic reports do): counts are summed
+        and reservoirs gathered across ranks, every rank gets the same results, only rank 0 writes.
+
+        Args:
+            step: step label of the records (default ``monitor.step``).
+
+        Returns:
+            Window-scope ``CodebookHealth`` per codebook (cumulative ones: ``monitor.last_report``).
+        """
+        step = self.step if step is None else int(step)
+        distributed, rank = self._distributed()
+        if distributed:
+            for w in self.watched:
+                names = list(w.streams)
+                reduce_streams([w.streams[c] for c in names], [w.dims[c] for c in names],
+                               device=self._device(w), group=self.group, seed=self.seed + step)
+        now = time.time()
+        window, cumulative, records = [], [], []
+        dev_type = "cuda" if any(self._device(w).type == "cuda" for w in self.watched) else "cpu"
+        with torch.autocast(dev_type, enabled=False):
+            for w in self.watched:
+                try:
+                    cbs = {} if w.name in self._disabled else w.adapter.codebooks(w.module)
+                except Exception as e:
+                    self._disable(w.name, e)
+                    cbs = {}
+                for c, stream in w.streams.items():
+                    key = w.key(c)
+                    wc = None
+                    try:
+                        if w.name not in self._disabled and key not in self._disabled:
+                            pair = self._measure(w, c, key, cbs.get(c), stream)
+                            if pair is not None:
+                                (hw, hc), wc = pair
+                                window.append(hw)
+                                cumulative.append(hc)
+                                for scope, h in (("window", hw), ("cumulative", hc)):
+                                    records.append(self._record(step, now, scope, h, w.adapter))
+                    except Exception as e:
+                        self._disable(key, e)
+                    stream.close_window(wc)
+        self.last_report = {"window": window, "cumulative": cumulative}
+        if rank == 0:
+            for r in records:
+                self._emit(r)
+        return window
+
+    def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
+        wc = stream.window_counts()
+        if stream.overflow() > 0:
+            raise ValueError(f"{stream.overflow()} ids >= K={stream.num_codes}: the captured integers are not code ids")
+        lat = stream.reservoir()
+        if lat is not None:
+            self._last_latents[key] = lat.cpu()
+        has_counts = bool(wc.sum() > 0)
+        if not has_counts and (lat is None or lat.shape[0] < 2):
+            return None  # nothing captured in this window
+        if w.adapter.usage_only or cb is None:
+            if not has_counts:
+                return None
+            hw = self._usage_health(key, stream.num_codes, 0 if cb is None else int(cb.shape[1]), wc)
+        else:
+            use_lat = lat.to(cb.device) if lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1] \
+                else None
+            hw = codebook_health(cb, latents=use_lat, counts=wc if has_counts else None, name=key,
+                                 thresholds=self.thresholds, seed=self.seed, **self.health_kwargs)
+            if not has_counts and hw.counts is not None:
+                wc = hw.counts.round().to(torch.int64)  # ids not exposed: counts of the sampled latents
+        hc = self._with_counts(hw, stream.cumulative + wc, w.adapter.usage_only or cb is None)
+        return (hw, hc), wc
+
+    def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor) -> CodebookHealth:
+        h = CodebookHealth(name=key, num_codes=k, dim=d)
+        self._set_usage(h, counts.double())
+        _raise_warnings(h, self.thresholds, False)
+        return h
+
+    def _set_usage(self, h: CodebookHealth, c: torch.Tensor) -> None:
+        h.counts = c.cpu()
+        if float(c.sum()) > 0:
+            h.utilization_perplexity = utilization_perplexity(c)
+            h.utilization = h.utilization_perplexity / h.num_codes
+            h.dead_code_ratio = dead_code_ratio(c, threshold=self.thresholds.dead_threshold)
+        else:
+            h.utilization_perplexity = h.utilization = h.dead_code_ratio = None
+
+    def _with_counts(self, h: CodebookHealth, counts: torch.Tensor, usage_only: bool) -> CodebookHealth:
+        """The same geometry with usage metrics (and warnings) from other counts."""
+        hc = dataclasses.replace(h, warnings=[])
+        self._set_usage(hc, counts.double())
+        all_zero = any(wr["code"] == "uninitialized" for wr in h.warnings)
+        exp_cov = None
+        if hc.latent_coverage is not None and h.latent_singular_values is not None:
+            n = self._last_latents.get(h.name)
+            cap = self.health_kwargs.get("coverage_max_latents", 10_000)
+            if n is not None:
+                m = n.shape[0] if cap is None else min(cap, n.shape[0])
+                exp_cov = expected_coverage(h.num_codes, m, k=self.health_kwargs.get("k", 5))
+        _raise_warnings(hc, self.thresholds, all_zero and not usage_only, exp_cov)
+        return hc
+
+    def _record(self, step: int, now: float, scope: str, h: CodebookHealth, adapter: Adapter) -> dict[str, Any]:
+        d = h.to_dict()
+        rec = {"step": step, "time": now, "name": d["name"], "scope": scope, "num_codes": d["num_codes"],
+               "dim": d["dim"], "metrics": d["metrics"], "warnings": d["warnings"], "family": adapter.family}
+        if adapter.usage_only:
+            rec["usage_only"] = True
+        return rec
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        for s in list(self.sinks):
+            try:
+                s.write(record)
+            except Exception as e:
+                self.sinks.remove(s)
+                logger.warning("shrinkscope: sink %s failed and was dropped: %r", type(s).__name__, e)
+
+    # ---- other public API ------------------------------------------------------------------------
+
+    def log_event(self, event: str, **payload: Any) -> None:
+        """Record an event (e.g. deferred quantization switching on) and forward it to the sinks.
+
+        Args:
+            event: event name.
+            **payload: JSON-able details, written next to ``step``, ``time`` and ``event``.
+        """
+        if not isinstance(event, str) or not event:
+            raise ValueError(f"log_event: event must be a non-empty string, got {event!r}")
+        rec = {"step": self.step, "time": time.time(), "event": event, **payload}
+        self.events.append(rec)
+        if self._distributed()[1] == 0:
+            self._emit(rec)
+
+    def names(self) -> list[str]:
+        """Full names of every watched codebook (``quantizer`` or ``quantizer/codebook``)."""
+        return [w.key(c) for w in self.watched for c in w.streams]
+
+    def _stream(self, name: str) -> CodebookStream:
+        for w in self.watched:
+            for c, s in w.streams.items():
+                if name == w.key(c) or (name == w.name and len(w.streams) == 1):
+                    return s
+        raise KeyError(f"no watched codebook named {name!r}; watched: {self.names()}")
+
+    def counts(self, name: str) -> torch.Tensor:
+        """``(K,)`` int64 usage counts of codebook ``name`` since watching began (this rank's, on host)."""
+        s = self._stream(name)
+        return s.cumulative + s.window_counts()
+
+    def save_latents(self, path: str | Path) -> Path:
+        """Write the sampled latents (``.pt`` or ``.npz``) for ``shrinkscope analyze --latents``.
+
+        One codebook: ``.pt`` holds the ``(N, D)`` tensor, ``.npz`` the array ``latents``. Several: a dict
+        / arrays keyed by codebook name. Uses the current window's sample, or the last report's when the
+        current window has none yet.
+        """
+        path = Path(path)
+        if path.suffix not in (".pt", ".npz"):
+            raise ValueError(f"save_latents: expected a .pt or .npz path, got {str(path)!r}")
+        out: dict[str, torch.Tensor] = {}
+        for name in self.names():
+            cur = self._stream(name).reservoir()
+            lat = cur.cpu() if cur is not None and cur.shape[0] > 0 else self._last_latents.get(name)
+            if lat is not None:
+                out[name] = lat
+        if not out:
+            raise ValueError("save_latents: no latents captured yet (run some training steps first; "
+                             "codebook-free quantizers such as FSQ/LFQ and GumbelQuantize have none)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".pt":
+            torch.save(next(iter(out.values())) if len(out) == 1 else out, path)
+        else:
+            import numpy as np
+
+            arrays = {"latents": next(iter(out.values())).numpy()} if len(out) == 1 else \
+                {k: v.numpy() for k, v in out.items()}
+            np.savez(path, **arrays)
+        return path
+
+    def remove(self) -> None:
+        """Detach every hook and close the sinks; the model is left exactly as before."""
+        for w in self.watched:
+            for h in w.handles:
+                h.remove()
+            w.handles.clear()
+        self._removed = True
+        for s in self.sinks:
+            try:
+                s.close()
+            except Exception as e:
+                logger.warning("shrinkscope: closing sink %s failed: %r", type(s).__name__, e)
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"Monitor(step={self.step}, every={self.every}, codebooks={self.names()})"
+
+
+def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | None = None, sinks: Any = (),
+          adapter: Adapter | str | None = None, reservoir_size: int = 4096, collect: str = "train",
+          thresholds: HealthThresholds | None = None, seed: int = 0, log_warnings: bool = True,
+          process_group: Any = None, health_kwargs: dict[str, Any] | None = None) -> Monitor:
+    """Attach codebook-health monitoring to every quantizer inside ``model``.
+
+    Args:
+        model: any ``nn.Module`` (a whole model, a DDP wrapper, or a quantizer).
+        every: report every this many steps (0/None: only on ``monitor.report()``).
+        log_to: JSONL file for the records (input of ``shrinkscope report``).
+        sinks: more sinks: ``Sink`` objects, ``SummaryWriter``s, ``.jsonl`` paths or callables.
+        adapter: read ``model`` itself with this adapter (an ``Adapter`` or a family name such as
+            ``"generic"``) instead of searching for quantizers.
+        reservoir_size: latents kept per codebook per window (memory: this x D floats).
+        collect: which forwards to collect: ``"train"`` (training mode), ``"eval"`` or ``"all"``.
+        thresholds: warning cut-offs for ``codebook_health``.
+        seed: seed of the reservoir sampling (a private generator; the global RNG is untouched).
+        log_warnings: also send health warnings to the ``shrinkscope`` logger.
+        process_group: DDP process group for report-time reductions (default: the world).
+        health_kwargs: extra keyword arguments of ``codebook_health`` (``k``, ``coverage_max_latents``, ...).
+
+    Returns:
+        A ``Monitor`` (also a context manager that removes its hooks on exit).
+
+    Raises:
+        ValueError: no quantizer found, or the given adapter cannot read ``model``.
+
+    Example:
+        >>> from vector_quantize_pytorch import VectorQuantize
+        >>> vq = VectorQuantize(dim=8, codebook_size=32)
+        >>> with watch(vq, every=0) as m:
+        ...     _ = vq(torch.randn(4, 16, 8))
+        ...     [h.name for h in m.report()]
+        ['VectorQuantize']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"watch: expected an nn.Module, got {type(model).__name__}")
+    if adapter is not None:
+        a = get_adapter(adapter) if isinstance(adapter, str) else adapter
+        if not isinstance(a, Adapter):
+            raise TypeError(f"watch: adapter must be an Adapter or a family name, got {type(adapter).__name__}")
+        if not a.usage_only and not a.codebooks(model):
+            raise ValueError(f"watch: adapter {a.family!r} found no codebook in {type(model).__name__}")
+        quantizers = [("", model, a)]
+    else:
+        quantizers = find_quantizers(model)
+        if not quantizers:
+            raise ValueError(f"watch: no quantizer found inside {type(model).__name__}; point at the quantizer "
+                             "module with watch(module, adapter='generic') or write an Adapter (docs/hooks.md)")
+    return Monitor(quantizers, every=every, sinks=make_sinks(log_to, sinks, log_warnings=log_warnings),
+                   reservoir_size=reservoir_size, collect=collect, thresholds=thresholds, seed=seed,
+                   process_group=process_group, health_kwargs=health_kwargs)

@@ -1,0 +1,120 @@
+"""``analyze`` / ``compare`` Python API.  Run: pytest tests/test_analyze.py -q"""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from shrinkscope.analyze import EMA_DEAD_SHARE, analyze, compare, status_of
+from shrinkscope.checkpoint import CheckpointError
+from shrinkscope.kmeans import kmeans
+from shrinkscope.metrics import METRIC_KEYS, assign
+
+
+def _latents(n=3000, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(12, d, generator=g) * 3
+    return centres[torch.randint(0, 12, (n,), generator=g)] + torch.randn(n, d, generator=g)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A healthy codebook (k-means of the latents) and a shrunken one (a small blob in one corner)."""
+    tmp = tmp_path_factory.mktemp("pair")
+    z = _latents()
+    healthy = kmeans(z, 64, iters=10, seed=0)
+    shrunk = z.mean(0) + 0.05 * torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    torch.save({"state_dict": {"quantize.embedding.weight": healthy}}, tmp / "healthy.ckpt")
+    torch.save({"state_dict": {"quantize.embedding.weight": shrunk}}, tmp / "shrunk.ckpt")
+    np.save(tmp / "z.npy", z.numpy())
+    return tmp
+
+
+def test_healthy_and_shrunk_told_apart(pair):
+    good = analyze(pair / "healthy.ckpt", latents=pair / "z.npy", progress=False)
+    bad = analyze(pair / "shrunk.ckpt", latents=pair / "z.npy", progress=False)
+    assert good.healthy and good.verdict().startswith("Healthy")
+    assert not bad.healthy and bad.verdict().startswith("Shrunk: quantize")
+    assert {w["code"] for w in bad.codebooks[0].warnings} >= {"shrinkage"}
+    assert good.codebooks[0].spread_ratio > 0.7 > 0.1 > bad.codebooks[0].spread_ratio
+
+
+def test_json_contract(pair):
+    d = analyze(pair / "healthy.ckpt", latents=pair / "z.npy", progress=False).to_dict()
+    assert list(d) == ["source", "codebooks"] and d["source"].endswith("healthy.ckpt")
+    (cb,) = d["codebooks"]
+    assert list(cb) == ["name", "num_codes", "dim", "metrics", "warnings"]
+    assert tuple(cb["metrics"]) == METRIC_KEYS and cb["num_codes"] == 64 and cb["dim"] == 8
+    assert all(v is not None for v in cb["metrics"].values())
+
+
+def test_usage_buffer_with_dead_codes_without_latents():
+    usage = torch.ones(32)
+    usage[:20] = 1e-6  # EMA counts of unused codes decay towards zero without reaching it
+    sd = {"quantize.embedding.weight": torch.randn(32, 8), "quantize.embedding.cluster_size": usage}
+    res = analyze(sd, progress=False)
+    h = res.codebooks[0]
+    assert h.dead_code_ratio == pytest.approx(20 / 32)
+    assert status_of(h) == "underused" and "Under-used" in res.verdict() and "--latents" in res.verdict()
+    assert 1e-6 / usage.sum() < EMA_DEAD_SHARE / 32
+
+
+def test_module_in_memory_and_channel_first_latents():
+    vqp = pytest.importorskip("vector_quantize_pytorch")
+    vq = vqp.VectorQuantize(dim=8, codebook_size=16)
+    maps = torch.randn(4, 8, 6, 6)
+    res = analyze(vq, latents=maps, progress=False)
+    assert res.source == "<state_dict>" and res.entries[0].latents.shape == (4 * 36, 8)
+    torch.testing.assert_close(res.entries[0].latents[:6], maps[0].movedim(0, -1).reshape(-1, 8)[:6])
+    with pytest.raises(CheckpointError, match="match no codebook dimension"):
+        analyze(vq, latents=torch.randn(10, 5), progress=False)
+    bad = torch.randn(10, 8)
+    bad[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="NaN/Inf"):
+        analyze(vq, latents=bad, progress=False)
+
+
+def test_residual_layers_measured_on_residuals():
+    z = _latents(n=800)
+    l0, l1 = z[:32].clone(), 0.3 * torch.randn(32, 8)
+    sd = {"rvq.layers.0._codebook.embed": l0[None], "rvq.layers.1._codebook.embed": l1[None]}
+    res = analyze(sd, latents=z, progress=False)
+    e0, e1 = res.entries
+    idx, _ = assign(l0, z)
+    torch.testing.assert_close(e1.latents, z - l0[idx])
+    assert any("residual" in n for n in e1.notes) and not any("residual" in n for n in e0.notes)
+
+
+def test_reference_checkpoint_brings_its_own_latents(monkeypatch):
+    z = _latents(n=500)
+    fake = types.ModuleType("shrinkscope.reference")
+    seen = {}
+
+    def reference_latents(ckpt, **kw):
+        seen["format"] = ckpt["format"]
+        return z
+
+    fake.reference_latents = reference_latents
+    monkeypatch.setitem(sys.modules, "shrinkscope.reference", fake)
+    ckpt = {"format": "shrinkscope.reference.tokenizer/1", "config": {"quantizer": {"l2_normalize": False}},
+            "model": {"quantizer.embed": z[:16].clone(), "quantizer.cluster_size": torch.ones(16),
+                      "quantizer.initted": torch.tensor(True), "quantizer.active": torch.tensor(False)},
+            "data": {"dataset": "gaussians"}, "step": 10}
+    res = analyze(ckpt, progress=False)
+    assert seen["format"] == ckpt["format"] and res.latents_source == "reference model"
+    assert res.codebooks[0].latent_coverage is not None
+    assert any("deferred phase" in n for n in res.entries[0].notes)
+
+
+def test_compare_pairs_by_name_and_deltas(pair):
+    res = compare(pair / "shrunk.ckpt", pair / "healthy.ckpt", latents=pair / "z.npy", progress=False)
+    d = res.to_dict()
+    assert list(d) == ["before", "after", "delta"]
+    (delta,) = d["delta"]
+    b, a = d["before"]["codebooks"][0]["metrics"], d["after"]["codebooks"][0]["metrics"]
+    assert delta["metrics"]["spread_ratio"] == pytest.approx(a["spread_ratio"] - b["spread_ratio"])
+    assert delta["metrics"]["spread_ratio"] > 0.5
+    assert "quantize: shrunk -> healthy (better)" in res.verdict()

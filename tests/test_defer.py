@@ -1,0 +1,514 @@
+"""shrinkscope.defer: pass-through before the switch, exact delegation after it, state, auto switch, errors."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import shrinkscope
+from shrinkscope.defer import DeferredQuantizer, strip_deferred, unwrap
+from shrinkscope.defer_families import water_filling_dimension
+from shrinkscope.kmeans import kmeans
+from shrinkscope.metrics import assign
+from shrinkscope.reference.quantizer import EMAQuantizer, QuantizerOutput
+
+
+
+vqp = pytest.importorskip("vector_quantize_pytorch")
+
+
+# Minimal, faithful copies of quantizer classes that are not installed here, written from the upstream
+# sources (signatures, buffers, output structures; research/ecosystem.md section 1): taming
+# VectorQuantizer2 / EMAVectorQuantizer, LlamaGen VectorQuantizer, EnCodec EuclideanCodebook /
+# VectorQuantization. Only what deferral touches is reproduced.
+
+
+class VectorQuantizer2(nn.Module):
+    """taming-transformers ``VectorQuantizer2`` (remap omitted)."""
+
+    def __init__(self, n_e, e_dim, beta, remap=None, sane_index_shape=False, legacy=True):
+        super().__init__()
+        self.n_e, self.e_dim, self.beta, self.legacy = n_e, e_dim, beta, legacy
+        self.embedding = nn.Embedding(n_e, e_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
+        self.remap = remap
+        self.sane_index_shape = sane_index_shape
+
+    def forward(self, z, temp=None, rescale_logits=False, return_logits=False):
+        z = z.permute(0, 2, 3, 1).contiguous()
+        zf = z.view(-1, self.e_dim)
+        d = (zf ** 2).sum(1, keepdim=True) + (self.embedding.weight ** 2).sum(1) - 2 * zf @ self.embedding.weight.t()
+        idx = torch.argmin(d, dim=1)
+        z_q = self.embedding(idx).view(z.shape)
+        if not self.legacy:
+            loss = self.beta * torch.mean((z_q.detach() - z) ** 2) + torch.mean((z_q - z.detach()) ** 2)
+        else:
+            loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
+        z_q = z + (z_q - z).detach()
+        z_q = z_q.permute(0, 3, 1, 2).contiguous()
+        if self.sane_index_shape:
+            idx = idx.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
+        return z_q, loss, (None, None, idx)
+
+
+class EmbeddingEMA(nn.Module):
+    def __init__(self, num_tokens, codebook_dim, decay=0.99, eps=1e-5):
+        super().__init__()
+        self.decay, self.eps = decay, eps
+        weight = torch.randn(num_tokens, codebook_dim)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.cluster_size = nn.Parameter(torch.zeros(num_tokens), requires_grad=False)
+        self.embed_avg = nn.Parameter(weight.clone(), requires_grad=False)
+        self.update = True
+
+    def forward(self, embed_id):
+        return F.embedding(embed_id, self.weight)
+
+
+class EMAVectorQuantizer(nn.Module):
+    """taming-transformers ``EMAVectorQuantizer``."""
+
+    def __init__(self, n_embed, embedding_dim, beta, decay=0.99, eps=1e-5):
+        super().__init__()
+        self.codebook_dim, self.num_tokens, self.beta = embedding_dim, n_embed, beta
+        self.embedding = EmbeddingEMA(n_embed, embedding_dim, decay, eps)
+
+    def forward(self, z):
+        z = z.permute(0, 2, 3, 1)
+        zf = z.reshape(-1, self.codebook_dim)
+        w = self.embedding.weight
+        d = zf.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * zf @ w.t()
+        idx = torch.argmin(d, dim=1)
+        z_q = self.embedding(idx).view(z.shape)
+        enc = F.one_hot(idx, self.num_tokens).type(z.dtype)
+        avg = enc.mean(0)
+        perplexity = torch.exp(-torch.sum(avg * torch.log(avg + 1e-10)))
+        if self.training and self.embedding.update:
+            e = self.embedding
+            e.cluster_size.data.mul_(e.decay).add_(enc.sum(0), alpha=1 - e.decay)
+            e.embed_avg.data.mul_(e.decay).add_(enc.t() @ zf, alpha=1 - e.decay)
+            n = e.cluster_size.sum()
+            smoothed = (e.cluster_size + e.eps) / (n + self.num_tokens * e.eps) * n
+            e.weight.data.copy_(e.embed_avg / smoothed.unsqueeze(1))
+        loss = self.beta * F.mse_loss(z_q.detach(), z)
+        z_q = z + (z_q - z).detach()
+        return z_q.permute(0, 3, 1, 2), loss, (perplexity, enc, idx)
+
+
+class VectorQuantizer(nn.Module):
+    """LlamaGen ``VectorQuantizer`` (entropy loss reduced to a constant-free stand-in)."""
+
+    def __init__(self, n_e, e_dim, beta, entropy_loss_ratio, l2_norm, show_usage):
+        super().__init__()
+        self.n_e, self.e_dim, self.beta = n_e, e_dim, beta
+        self.entropy_loss_ratio, self.l2_norm, self.show_usage = entropy_loss_ratio, l2_norm, show_usage
+        self.embedding = nn.Embedding(n_e, e_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
+        if l2_norm:
+            self.embedding.weight.data = F.normalize(self.embedding.weight.data, p=2, dim=-1)
+        if show_usage:
+            # upstream registers nn.Parameter(zeros) as a buffer, which only works once moved to a GPU
+            self.register_buffer("codebook_used", torch.zeros(65536))
+
+    def forward(self, z):
+        z = torch.einsum("b c h w -> b h w c", z).contiguous()
+        zf = z.view(-1, self.e_dim)
+        if self.l2_norm:
+            z, zf = F.normalize(z, p=2, dim=-1), F.normalize(zf, p=2, dim=-1)
+            emb = F.normalize(self.embedding.weight, p=2, dim=-1)
+        else:
+            emb = self.embedding.weight
+        d = (zf ** 2).sum(1, keepdim=True) + (emb ** 2).sum(1) - 2 * zf @ emb.t()
+        idx = torch.argmin(d, dim=1)
+        z_q = emb[idx].view(z.shape)
+        vq_loss = commit_loss = entropy_loss = None
+        usage = 0
+        if self.show_usage and self.training:
+            n = idx.shape[0]
+            self.codebook_used[:-n] = self.codebook_used[n:].clone()
+            self.codebook_used[-n:] = idx
+            usage = len(torch.unique(self.codebook_used)) / self.n_e
+        if self.training:
+            vq_loss = torch.mean((z_q - z.detach()) ** 2)
+            commit_loss = self.beta * torch.mean((z_q.detach() - z) ** 2)
+            entropy_loss = self.entropy_loss_ratio * (-d).softmax(-1).mean()
+        z_q = z + (z_q - z).detach()
+        return torch.einsum("b h w c -> b c h w", z_q), (vq_loss, commit_loss, entropy_loss, usage), (None, None, idx)
+
+
+class EuclideanCodebook(nn.Module):
+    """EnCodec ``EuclideanCodebook``."""
+
+    def __init__(self, dim, codebook_size, kmeans_init=False, decay=0.99, epsilon=1e-5, threshold_ema_dead_code=2):
+        super().__init__()
+        self.decay, self.codebook_size, self.epsilon = decay, codebook_size, epsilon
+        self.threshold_ema_dead_code = threshold_ema_dead_code
+        embed = torch.zeros(codebook_size, dim) if kmeans_init else nn.init.kaiming_uniform_(torch.empty(codebook_size, dim))
+        self.register_buffer("inited", torch.Tensor([not kmeans_init]))
+        self.register_buffer("cluster_size", torch.zeros(codebook_size))
+        self.register_buffer("embed", embed)
+        self.register_buffer("embed_avg", embed.clone())
+
+    def init_embed_(self, data):
+        if self.inited:
+            return
+        self.embed.data.copy_(data[torch.randint(0, data.shape[0], (self.codebook_size,))])
+        self.embed_avg.data.copy_(self.embed.clone())
+        self.inited.data.copy_(torch.Tensor([True]))
+
+    def forward(self, x):
+        shape, dtype = x.shape, x.dtype
+        x = x.reshape(-1, shape[-1])
+        self.init_embed_(x)
+        e = self.embed.t()
+        ind = (-(x.pow(2).sum(1, keepdim=True) - 2 * x @ e + e.pow(2).sum(0, keepdim=True))).max(-1).indices
+        onehot = F.one_hot(ind, self.codebook_size).type(dtype)
+        ind = ind.view(*shape[:-1])
+        quantize = F.embedding(ind, self.embed)
+        if self.training:
+            expired = self.cluster_size < self.threshold_ema_dead_code
+            if self.threshold_ema_dead_code and torch.any(expired):
+                pick = x[torch.randint(0, x.shape[0], (self.codebook_size,))]
+                self.embed.data.copy_(torch.where(expired[:, None], pick, self.embed))
+            self.cluster_size.data.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+            self.embed_avg.data.mul_(self.decay).add_((x.t() @ onehot).t(), alpha=1 - self.decay)
+            n = self.cluster_size.sum()
+            size = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
+            self.embed.data.copy_(self.embed_avg / size.unsqueeze(1))
+        return quantize, ind
+
+
+class VectorQuantization(nn.Module):
+    """EnCodec ``VectorQuantization`` (``(B, D, N)`` in and out)."""
+
+    def __init__(self, dim, codebook_size, codebook_dim=None, kmeans_init=True, commitment_weight=1.0):
+        super().__init__()
+        cd = codebook_dim or dim
+        self.project_in = nn.Linear(dim, cd) if cd != dim else nn.Identity()
+        self.project_out = nn.Linear(cd, dim) if cd != dim else nn.Identity()
+        self.commitment_weight = commitment_weight
+        self._codebook = EuclideanCodebook(cd, codebook_size, kmeans_init=kmeans_init)
+        self.codebook_size = codebook_size
+
+    def forward(self, x):
+        x = self.project_in(x.transpose(1, 2))
+        quantize, ind = self._codebook(x)
+        if self.training:
+            quantize = x + (quantize - x).detach()
+        loss = torch.tensor([0.0], device=x.device, requires_grad=self.training)
+        if self.training and self.commitment_weight > 0:
+            loss = loss + F.mse_loss(quantize.detach(), x) * self.commitment_weight
+        return self.project_out(quantize).transpose(1, 2), ind, loss
+
+
+def _roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _train(q, make, steps):
+    q.train()
+    for s in range(steps):
+        q(make(s))
+
+
+# Each case: (constructor, input maker for step s, index of the quantized output, index of the ids)
+def _grid(s, c=4):
+    return torch.randn(2, c, 4, 4, generator=torch.Generator().manual_seed(s)) + 2.0
+
+
+def _seq(s, d=4):
+    return torch.randn(2, 16, d, generator=torch.Generator().manual_seed(s)) + 2.0
+
+
+def _chan_first_seq(s, d=4):
+    return _seq(s, d).transpose(1, 2).contiguous()
+
+
+CASES = {
+    "lucid_vq": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8), _seq),
+    "lucid_vq_kmeans_init": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, kmeans_init=True,
+                                                         threshold_ema_dead_code=1), _seq),
+    "lucid_vq_cosine_proj": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, codebook_dim=3, use_cosine_sim=True), _seq),
+    "lucid_vq_heads": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, heads=2, separate_codebook_per_head=True), _seq),
+    "lucid_vq_image": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, accept_image_fmap=True), _grid),
+    "lucid_rvq": (lambda: vqp.ResidualVQ(dim=4, codebook_size=8, num_quantizers=2), _seq),
+    "taming": (lambda: VectorQuantizer2(8, 4, 0.25, sane_index_shape=True), _grid),
+    "taming_ema": (lambda: EMAVectorQuantizer(8, 4, 0.25), _grid),
+    "llamagen": (lambda: VectorQuantizer(8, 4, 0.25, 0.1, True, True), _grid),
+    "encodec_codebook": (lambda: EuclideanCodebook(4, 8, kmeans_init=True), _seq),
+    "encodec_vq": (lambda: VectorQuantization(4, 8, kmeans_init=True), _chan_first_seq),
+    "reference": (lambda: EMAQuantizer(8, 4), _grid),
+}
+
+
+def _tensors(out):
+    """Flatten a (nested) output structure into its leaves, with their types."""
+    if isinstance(out, torch.Tensor) or out is None or isinstance(out, (int, float)):
+        return [out]
+    return [leaf for item in out for leaf in _tensors(item)]
+
+
+def _structure(out):
+    if isinstance(out, torch.Tensor):
+        return ("T", tuple(out.shape), out.dtype)
+    if isinstance(out, (tuple, list)):
+        return (type(out).__name__, tuple(_structure(o) for o in out))
+    return (type(out).__name__,)
+
+
+def _quantized(out):
+    return out.quantized if isinstance(out, QuantizerOutput) else out[0]
+
+
+LOSSES = {  # where each family returns its auxiliary losses
+    "lucid_vq": lambda o: [o[2]], "lucid_vq_kmeans_init": lambda o: [o[2]], "lucid_vq_cosine_proj": lambda o: [o[2]],
+    "lucid_vq_heads": lambda o: [o[2]], "lucid_vq_image": lambda o: [o[2]], "lucid_rvq": lambda o: [o[2]],
+    "taming": lambda o: [o[1]], "taming_ema": lambda o: [o[1]], "llamagen": lambda o: list(o[1][:3]),
+    "encodec_codebook": lambda o: [], "encodec_vq": lambda o: [o[2]], "reference": lambda o: [o.loss],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_passthrough_keeps_structure_and_state(case):
+    make_q, make_x = CASES[case]
+    torch.manual_seed(0)
+    bare = make_q()
+    if case == "reference":
+        bare.init_codebook(torch.randn(64, 4) + 2.0)
+        bare.active.fill_(True)
+    wrapped = copy.deepcopy(bare)
+    q = shrinkscope.defer(wrapped, switch=1000, reservoir_size=64, check_every=4)
+    before = {k: v.clone() for k, v in wrapped.state_dict().items()}
+    x = make_x(0).requires_grad_(True)
+    out = q.train()(x)
+    # the latents come back unchanged, in the wrapped module's exact output structure (types, shapes, dtypes)
+    assert _quantized(out) is x
+    assert _structure(out) == _structure(bare.train()(make_x(0)))
+    # no EMA step, no k-means init, no usage FIFO update happened inside the wrapped module
+    for k, v in wrapped.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # auxiliary losses are zeros on the input's device that still backpropagate (gradient 0)
+    losses = LOSSES[case](out)
+    assert all(float(loss.detach().abs().sum()) == 0.0 and loss.device == x.device for loss in losses)
+    (_quantized(out).sum() + sum(loss.sum() for loss in losses)).backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    assert q.step == 1 and q.phase == "warmup"
+    assert q.reservoir(next(iter(q._dims))).shape[0] > 0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_after_switch_outputs_equal_bare_module(case):
+    make_q, make_x = CASES[case]
+    torch.manual_seed(0)
+    q = shrinkscope.defer(make_q(), switch=6, reservoir_size=64, check_every=4)
+    _train(q, make_x, 6)
+    q(make_x(6))  # the switch happens at the start of this call
+    assert q.switched and q.phase == "quantized"
+    bare = copy.deepcopy(q.wrapped)
+    bare_state = copy.deepcopy(q.wrapped.state_dict())
+    for s in range(7, 10):
+        torch.manual_seed(s)
+        a = q(make_x(s))
+        torch.manual_seed(s)
+        b = bare(make_x(s))
+        for la, lb in zip(_tensors(a), _tensors(b)):
+            if isinstance(la, torch.Tensor):
+                assert torch.equal(la, lb)
+            else:
+                assert la == lb
+    for k, v in bare.state_dict().items():
+        assert torch.equal(v, q.wrapped.state_dict()[k]), k
+    assert bare_state.keys() == q.wrapped.state_dict().keys()
+
+
+def test_switch_writes_kmeans_centroids_and_consistent_ema_state():
+    torch.manual_seed(0)
+    vq = vqp.VectorQuantize(dim=4, codebook_size=8, kmeans_init=True, decay=0.9)
+    q = shrinkscope.defer(vq, switch=5, reservoir_size=64, check_every=5, seed=3)
+    _train(q, _seq, 5)
+    pool = q.reservoir("").clone()
+    assert pool.shape == (64, 4)
+    q.switch_now()  # what forward does at step 5, without the EMA step of the delegated call after it
+    assert q.switch_info["reason"] == "fixed_step"
+    expected = kmeans(pool, 8, iters=20, seed=3)
+    cb = vq._codebook
+    assert torch.allclose(cb.embed[0], expected)
+    assert bool(cb.initted)
+    # EMA state: embed_avg / cluster_size reproduces the codebook; sizes sum to one step's tokens
+    assert torch.allclose(cb.cluster_size.sum(), torch.tensor(2 * 16.0))
+    mask = cb.cluster_size[0] > 0
+    assert torch.allclose(cb.embed_avg[0][mask] / cb.cluster_size[0][mask, None], expected[mask], atol=1e-5)
+    counts = torch.bincount(assign(expected, pool)[0], minlength=8).float()
+    assert torch.allclose(cb.cluster_size[0], counts / counts.sum() * 32)
+
+
+def test_residual_vq_is_initialised_stage_wise():
+    torch.manual_seed(0)
+    rvq = vqp.ResidualVQ(dim=4, codebook_size=8, num_quantizers=2)
+    q = shrinkscope.defer(rvq, switch=4, reservoir_size=64, check_every=4, seed=1)
+    _train(q, _seq, 4)
+    pool = q.reservoir("").clone()
+    q.switch_now()
+    c0 = kmeans(pool, 8, iters=20, seed=1)
+    residual = pool - c0[assign(c0, pool)[0]]
+    c1 = kmeans(residual, 8, iters=20, seed=2)
+    assert torch.allclose(rvq.layers[0]._codebook.embed[0], c0)
+    assert torch.allclose(rvq.layers[1]._codebook.embed[0], c1)
+
+
+def test_passthrough_ids_match_bare_lookup_and_masks():
+    torch.manual_seed(0)
+    bare = vqp.VectorQuantize(dim=4, codebook_size=8).eval()
+    q = shrinkscope.defer(copy.deepcopy(bare), switch=1, reservoir_size=64)
+    x = _seq(1)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 10:] = False
+    out = q.train()(x, mask=mask)
+    ref = bare(x, mask=mask)
+    assert torch.equal(out[1], ref[1])
+    assert torch.equal(out[0][1, 10:], torch.zeros(6, 4)) and torch.equal(out[0][0], x[0])
+    assert q.reservoir("").shape[0] == 16 + 10  # only the valid rows reach the reservoir
+
+
+def test_eval_calls_do_not_count_or_collect():
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=2, reservoir_size=64)
+    q.eval()
+    for s in range(5):
+        q(_seq(s))
+    assert q.step == 0 and not q.switched and q.reservoir("").shape[0] == 0
+
+
+def test_resume_mid_warmup_continues_identically():
+    def run(steps_a, steps_b):
+        torch.manual_seed(0)
+        q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="auto", reservoir_size=32,
+                              check_every=2, min_steps=0, max_steps=14, window=50, seed=5)
+        _train(q, _seq, steps_a)
+        if steps_b is None:
+            return q
+        state = _roundtrip(q.state_dict())
+        torch.manual_seed(0)
+        fresh = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="auto", reservoir_size=32,
+                                  check_every=2, min_steps=0, max_steps=14, window=50, seed=5)
+        fresh.load_state_dict(state)
+        assert fresh.step == steps_a and fresh.phase == "warmup"
+        _train(fresh, lambda s: _seq(s + steps_a), steps_b)
+        return fresh
+
+    straight, resumed = run(16, None), run(7, 9)
+    assert straight.switched and resumed.switched
+    assert straight.switch_info["step"] == resumed.switch_info["step"] == 14
+    assert straight.history == resumed.history
+    assert torch.equal(straight.wrapped._codebook.embed, resumed.wrapped._codebook.embed)
+
+
+class _AE(nn.Module):
+    def __init__(self, quantizer):
+        super().__init__()
+        self.enc = nn.Linear(4, 4)
+        self.quantizer = quantizer
+        self.dec = nn.Linear(4, 4)
+
+    def forward(self, x):
+        q, _, loss = self.quantizer(self.enc(x))
+        return self.dec(q), loss
+
+
+def test_unwrap_and_checkpoint_load_into_original_class():
+    torch.manual_seed(0)
+    model = _AE(vqp.VectorQuantize(dim=4, codebook_size=8))
+    model.quantizer = shrinkscope.defer(model.quantizer, switch=3, reservoir_size=32, check_every=1)
+    for s in range(5):
+        recon, loss = model(_seq(s))
+        (recon.pow(2).mean() + loss).backward()
+    assert model.quantizer.switched
+    saved = _roundtrip(model.state_dict())
+    assert any(k.startswith("quantizer.wrapped.") for k in saved)
+    plain = _AE(vqp.VectorQuantize(dim=4, codebook_size=8))
+    plain.load_state_dict(strip_deferred(saved))  # strict: no missing or unexpected keys
+    assert torch.equal(plain.quantizer._codebook.embed, model.quantizer.wrapped._codebook.embed)
+    unwrapped = unwrap(model)
+    assert unwrapped is model and type(model.quantizer).__name__ == "VectorQuantize"
+    assert unwrapped.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_auto_switch_fires_after_plateau_and_not_before_min_steps():
+    # latents whose rank grows by one dimension every 10 steps up to 6, then stays
+    def stream(s):
+        g = torch.Generator().manual_seed(s)
+        rank = min(1 + s // 10, 6)
+        z = torch.zeros(64, 8)
+        z[:, :rank] = torch.randn(64, rank, generator=g)
+        return z + 0.001 * torch.randn(64, 8, generator=g)
+
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=8, codebook_size=16), switch="auto", reservoir_size=256,
+                          check_every=5, min_steps=20, max_steps=500, window=3, tol=0.02)
+    _train(q, stream, 200)
+    assert q.switched and q.switch_info["reason"] == "plateau"
+    step = q.switch_info["step"]
+    assert 60 <= step <= 120, step  # plateau starts at step 50; the reservoir needs a refresh + window checks
+    dims = [h["effective_dimension"] for h in q.history]
+    assert dims[0] < dims[-1] and round(dims[-1]) == 6
+
+    early = shrinkscope.defer(vqp.VectorQuantize(dim=8, codebook_size=16), switch="auto", reservoir_size=256,
+                              check_every=5, min_steps=80, max_steps=500, window=2, tol=0.02)
+    _train(early, lambda s: stream(1000 + s), 100)  # flat from the start
+    assert early.switched and early.switch_info["step"] >= 80
+
+
+def test_auto_switch_forced_at_max_steps():
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="auto", reservoir_size=32,
+                          check_every=2, min_steps=0, max_steps=6, window=50)
+    _train(q, _seq, 7)
+    assert q.switched and q.switch_info == {**q.switch_info, "reason": "max_steps", "step": 6}
+
+
+def test_switch_is_logged_to_monitor_and_python_logging(caplog):
+    events = []
+
+    class Sink:
+        def log_event(self, event, **payload):
+            events.append((event, payload))
+
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=2, reservoir_size=32, monitor=Sink())
+    with caplog.at_level("INFO", logger="shrinkscope.defer"):
+        _train(q, _seq, 3)
+    assert events and events[0][0] == "defer_switch"
+    assert events[0][1]["step"] == 2 and events[0][1]["kmeans_seconds"] >= 0
+    assert "switched" in caplog.text
+
+
+def test_bad_use_gives_clear_errors():
+    with pytest.raises(TypeError, match="no deferral support"):
+        shrinkscope.defer(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="smaller than the codebook"):
+        shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=64), reservoir_size=32)
+    with pytest.raises(ValueError, match="switch must be"):
+        shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="later")
+    with pytest.raises(TypeError, match="already deferred"):
+        shrinkscope.defer(shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8)))
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=1, reservoir_size=32, check_every=100)
+    q.train()(torch.randn(1, 2, 4))  # one step gives 2 latents, fewer than K=8
+    with pytest.raises(RuntimeError, match="fewer than the codebook size"):
+        q(torch.randn(1, 2, 4))
+
+
+def test_water_filling_dimension():
+    lam = torch.tensor([16.0, 4.0, 1.0, 1e-6])
+    # 1 bit: only the largest component gets rate; 8 bits spread over the three real components
+    assert water_filling_dimension(lam, 2) == 1
+    assert water_filling_dimension(lam, 256) == 3
+    assert water_filling_dimension(torch.zeros(3), 16) == 0
+
+
+def test_wrapper_is_a_deferred_quantizer_and_lazy_export_works():
+    q = shrinkscope.defer(EMAQuantizer(8, 4))
+    assert isinstance(q, shrinkscope.DeferredQuantizer) and isinstance(q, DeferredQuantizer)
+    assert callable(shrinkscope.unwrap)
