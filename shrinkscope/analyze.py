@@ -3,18 +3,23 @@
 The CLI (``shrinkscope analyze|compare``) is a thin layer over these two functions; reports
 (``shrinkscope.report``) draw from the ``AnalysisResult`` they return.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+import math
 import os
 import re
+import sys
+import types
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from .checkpoint import (Checkpoint, CheckpointError, FoundCodebook, find_codebooks, from_state_dict,
-                         load_array, load_checkpoint)
+from .checkpoint import (
+    Checkpoint, CheckpointError, FoundCodebook, find_codebooks, from_state_dict, load_array, load_checkpoint
+)
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
 
 __all__ = ["analyze", "compare", "AnalysisResult", "ComparisonResult", "Entry", "status_of"]
@@ -28,7 +33,15 @@ ANALYZE_MAX_POINTS = 4096
 gives an unbiased estimate (standard error well under 1% of the mean, see metrics/geometry.py) in a
 second instead of ~20 s for a 16384-code codebook on one CPU core."""
 _SEVERE = {"shrinkage", "dimensional_collapse", "poor_coverage"}
-_RESIDUAL = re.compile(r"^(.*?)(\d+)$")
+_RESIDUAL = re.compile(r"^(.*\b(?:layers|quantizers)\.)(\d+)$")  # residual stages: rvq.layers.N, quantizers.N
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/Inf: a non-finite metric becomes null, like a metric that could not be computed."""
+    d["metrics"] = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d["metrics"].items()
+    }
+    return d
 
 
 def status_of(health: CodebookHealth) -> str:
@@ -69,7 +82,7 @@ class AnalysisResult:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"source": PATH, "codebooks": [codebook_health(...).to_dict(), ...]}``."""
-        return {"source": self.source, "codebooks": [e.health.to_dict() for e in self.entries]}
+        return {"source": self.source, "codebooks": [_finite(e.health.to_dict()) for e in self.entries]}
 
     @property
     def healthy(self) -> bool:
@@ -83,15 +96,21 @@ class AnalysisResult:
         n = len(self.entries)
         lines = []
         if len(groups.get("healthy", [])) == n:
-            lines.append(f"Healthy: no sign of shrinkage, dimensional collapse or dead codes in {n} codebook(s).")
+            lines.append(
+                f"Healthy: no sign of shrinkage, dimensional collapse or dead codes in {n} codebook(s)."
+            )
         words = {"shrunk": "Shrunk", "underused": "Under-used", "uninitialised": "Uninitialised"}
         for status in ("shrunk", "underused", "uninitialised"):
             for e in groups.get(status, []):
-                lines.append(f"{words[status]}: {e.health.name}: {e.health.warnings[0]['message']}"
-                             + (f" (+{len(e.health.warnings) - 1} more)" if len(e.health.warnings) > 1 else ""))
+                lines.append(
+                    f"{words[status]}: {e.health.name}: {e.health.warnings[0]['message']}"
+                    + (f" (+{len(e.health.warnings) - 1} more)" if len(e.health.warnings) > 1 else "")
+                )
         if any(e.health.latent_coverage is None for e in self.entries):
-            lines.append("Measured without encoder latents for some codebooks: pass --latents FILE (pre-quantization "
-                         "encoder outputs) to test spread and coverage against the latent cloud.")
+            lines.append(
+                "Measured without encoder latents for some codebooks: pass --latents FILE (pre-quantization "
+                "encoder outputs) to test spread and coverage against the latent cloud."
+            )
         return "\n".join(lines)
 
 
@@ -136,9 +155,10 @@ def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=g)[:n]]
 
 
-def _latents_per_codebook(found: list[FoundCodebook], z: torch.Tensor | None, max_latents: int | None,
-                          seed: int) -> list[tuple[torch.Tensor | None, list[str]]]:
-    """Latents for each codebook; residual stages (``layers.1``, ...) get the residual left by earlier ones."""
+def _latents_per_codebook(
+    found: list[FoundCodebook], z: torch.Tensor | None, max_latents: int | None, seed: int
+) -> list[tuple[torch.Tensor | None, list[str]]]:
+    """Latents for each codebook; residual stages (``layers.1``, ...) get the residual of earlier stages."""
     out: list[tuple[torch.Tensor | None, list[str]]] = [(None, []) for _ in found]
     if z is None:
         return out
@@ -148,14 +168,22 @@ def _latents_per_codebook(found: list[FoundCodebook], z: torch.Tensor | None, ma
         m = _RESIDUAL.match(fc.name)
         group = m.group(1) if m and "/" not in fc.name else None
         stage = int(m.group(2)) if group else 0
-        if group is not None and group in residual and residual[group][0] == stage - 1 \
-                and residual[group][1].shape[1] == d:
+        if (
+            group is not None
+            and group in residual
+            and residual[group][0] == stage - 1
+            and residual[group][1].shape[1] == d
+        ):
             x = residual[group][1]
-            note = [f"latents: residual left by stages 0..{stage - 1} of {group.rstrip('.') or 'the quantizer'}"]
+            note = [
+                f"latents: residual left by stages 0..{stage - 1} of {group.rstrip('.') or 'the quantizer'}"
+            ]
         else:
             rows = _as_rows(z, d)
             if rows is None:
-                out[i] = (None, [f"latents of shape {list(z.shape)} have no axis of size D={d}: not used here"])
+                out[i] = (
+                    None, [f"latents of shape {list(z.shape)} have no axis of size D={d}: not used here"]
+                )
                 continue
             x = _subsample(rows.float(), max_latents, seed)
             note = []
@@ -166,11 +194,12 @@ def _latents_per_codebook(found: list[FoundCodebook], z: torch.Tensor | None, ma
     return out
 
 
-def analyze(source: Any, *, latents: Any = None, keys: list[str] | None = None, trust_checkpoint: bool = False,
-            include_embeddings: bool = False, l2_normalize: bool | None = None,
-            thresholds: HealthThresholds | None = None, max_latents: int | None = 20_000,
-            max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None,
-            seed: int = 0) -> AnalysisResult:
+def analyze(
+    source: Any, *, latents: Any = None, keys: list[str] | None = None, trust_checkpoint: bool = False,
+    include_embeddings: bool = False, l2_normalize: bool | None = None,
+    thresholds: HealthThresholds | None = None, max_latents: int | None = 20_000,
+    max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0
+) -> AnalysisResult:
     """Find every codebook in a checkpoint and measure its health.
 
     Args:
@@ -223,13 +252,17 @@ def analyze(source: Any, *, latents: Any = None, keys: list[str] | None = None, 
             raise CheckpointError(f"latents: contain {int((~torch.isfinite(z)).sum())} NaN/Inf values")
         if all(_as_rows(z, fc.codebook.shape[1]) is None for fc in found):
             dims = sorted({fc.codebook.shape[1] for fc in found})
-            raise CheckpointError(f"latents of shape {list(z.shape)} match no codebook dimension (D = {dims}); "
-                                  "pass encoder outputs in the codebook's space (after any projection)")
+            raise CheckpointError(
+                f"latents of shape {list(z.shape)} match no codebook dimension (D = {dims}); "
+                "pass encoder outputs in the codebook's space (after any projection)"
+            )
     per_cb = _latents_per_codebook(found, z, max_latents, seed)
     t = thresholds or HealthThresholds()
     entries = []
-    for fc, (x, notes) in tqdm(list(zip(found, per_cb)), desc="codebooks", unit="cb", disable=(
-            None if progress is None else not progress), leave=False):
+    for fc, (x, notes) in tqdm(
+        list(zip(found, per_cb)), desc="codebooks", unit="cb",
+        disable=(None if progress is None else not progress), leave=False
+    ):
         counts, tt = fc.counts, t
         if counts is not None and float(counts.sum()) <= 0:
             counts = None
@@ -237,8 +270,10 @@ def analyze(source: Any, *, latents: Any = None, keys: list[str] | None = None, 
             counts = counts / counts.sum()
             if fc.ema_counts:
                 tt = replace(t, dead_threshold=max(t.dead_threshold, EMA_DEAD_SHARE / counts.numel()))
-        h = codebook_health(fc.codebook, latents=x, counts=counts, name=fc.name, thresholds=tt, seed=seed,
-                            max_points=max_points)
+        h = codebook_health(
+            fc.codebook, latents=x, counts=counts, name=fc.name, thresholds=tt, seed=seed,
+            max_points=max_points
+        )
         extra = [latents_note] if latents_note else []
         if x is not None and counts is None:
             extra.append("usage from assigning the latents to their nearest code")
@@ -248,8 +283,10 @@ def analyze(source: Any, *, latents: Any = None, keys: list[str] | None = None, 
 
 def _delta(before: CodebookHealth, after: CodebookHealth) -> dict[str, Any]:
     m_b, m_a = before.metrics, after.metrics
-    return {"name": after.name, "before_name": before.name, "metrics": {
-        k: (None if m_b[k] is None or m_a[k] is None else m_a[k] - m_b[k]) for k in METRIC_KEYS}}
+    return {
+        "name": after.name, "before_name": before.name,
+        "metrics": {k: (None if m_b[k] is None or m_a[k] is None else m_a[k] - m_b[k]) for k in METRIC_KEYS}
+    }
 
 
 @dataclass
@@ -261,9 +298,11 @@ class ComparisonResult:
     pairs: list[tuple[Entry, Entry]]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"before": ..., "after": ..., "delta": [{"name", "before_name", "metrics": {KEY: after-before}}]}``."""
-        return {"before": self.before.to_dict(), "after": self.after.to_dict(),
-                "delta": [_delta(b.health, a.health) for b, a in self.pairs]}
+        """``{"before", "after", "delta": [{"name", "before_name", "metrics": {KEY: after - before}}]}``."""
+        return {
+            "before": self.before.to_dict(), "after": self.after.to_dict(),
+            "delta": [_delta(b.health, a.health) for b, a in self.pairs]
+        }
 
     def verdict(self) -> str:
         """Which side is healthier, codebook by codebook, in plain words."""
@@ -302,3 +341,15 @@ def compare(before: Any, after: Any, *, latents: Any = None, **kwargs: Any) -> C
     if not pairs and len(rb.entries) == len(ra.entries):
         pairs = list(zip(rb.entries, ra.entries))  # same structure under different names: pair by position
     return ComparisonResult(rb, ra, pairs)
+
+
+class _CallableModule(types.ModuleType):
+    """``shrinkscope.analyze`` names both this module and its main function (a lazy export of the package).
+    Once anything has imported the module, the package attribute is the module itself; making it callable
+    keeps ``shrinkscope.analyze(path)`` working whichever of the two a user gets."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AnalysisResult:
+        return analyze(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -13,6 +13,7 @@ through their header and only the codebook tensors are materialised. A file that
 is never retried unsafely on our own: the error names the globals it needs and ``trust=True``
 (``--trust-checkpoint``) is the user's explicit opt-in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,16 @@ import zipfile
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "TensorRef", "Checkpoint", "FoundCodebook", "load_checkpoint", "find_codebooks",
-           "from_state_dict", "load_array"]
+__all__ = [
+    "CheckpointError", "TensorRef", "Checkpoint", "FoundCodebook", "load_checkpoint", "find_codebooks",
+    "from_state_dict", "load_array"
+]
 
 # Containers walked when flattening; optimizer/scheduler state is skipped (never a codebook, often huge).
-SKIP_CONTAINERS = {"optimizer", "optimizer_states", "optimizer_disc", "lr_schedulers", "lr_scheduler",
-                   "scheduler", "scaler", "callbacks", "loops", "opt", "optim"}
+SKIP_CONTAINERS = {
+    "optimizer", "optimizer_states", "optimizer_disc", "lr_schedulers", "lr_scheduler", "scheduler", "scaler",
+    "callbacks", "loops", "opt", "optim"
+}
 # Known-benign globals allowed through the safe loader (LlamaGen stores its argparse.Namespace under "args").
 SAFE_EXTRA_GLOBALS = [argparse.Namespace]
 _SAFETENSORS_FLOAT = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
@@ -152,11 +157,13 @@ def _refuse_unsafe(path: str, globals_met: list[str]) -> CheckpointError:
     shown = ", ".join(globals_met[:8]) + (f" (+{len(globals_met) - 8} more)" if len(globals_met) > 8 else "")
     return CheckpointError(
         f"{path}: refused to unpickle: the safe loader (weights_only) does not allow the globals "
-        f"{shown or '(unknown)'}; if you trust this file, rerun with --trust-checkpoint (runs its pickled code)")
+        f"{shown or '(unknown)'}; if you trust this file, rerun with --trust-checkpoint "
+        "(runs its pickled code)"
+    )
 
 
 def _torch_load(path: str, *, trust: bool, zipped: bool) -> Any:
-    kwargs = dict(map_location="cpu", weights_only=not trust, mmap=zipped)
+    kwargs = {"map_location": "cpu", "weights_only": not trust, "mmap": zipped}
     try:
         with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
             return torch.load(path, **kwargs)
@@ -170,7 +177,8 @@ def _torch_load(path: str, *, trust: bool, zipped: bool) -> Any:
                 except Exception:  # noqa: BLE001
                     found = []
             found = found or sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
-            found = [g for g in found if g not in {f"{c.__module__}.{c.__qualname__}" for c in SAFE_EXTRA_GLOBALS}]
+            allowed = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_EXTRA_GLOBALS}
+            found = [g for g in found if g not in allowed]
             raise _refuse_unsafe(path, found) from None
         if "Unsupported operand" in text or isinstance(exc, (EOFError, KeyError)):
             raise CheckpointError(f"{path}: not a torch checkpoint (the pickle stream is not one torch.save "
@@ -202,7 +210,9 @@ def _safetensors(path: str, size: int) -> Checkpoint:
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path}: safetensors header is not valid JSON ({_one_line(exc)})") from None
+            raise CheckpointError(
+                f"{path}: safetensors header is not valid JSON ({_one_line(exc)})"
+            ) from None
     end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise CheckpointError(f"{path}: is truncated: its safetensors header describes {8 + n + end} bytes "
@@ -213,20 +223,24 @@ def _safetensors(path: str, size: int) -> Checkpoint:
         def get() -> torch.Tensor:
             with safe_open(path, framework="pt", device="cpu") as sf:
                 return sf.get_tensor(key)
+
         return get
 
     for key, info in header.items():
         if key == "__metadata__" or not isinstance(info, dict):
             continue
-        tensors[key] = TensorRef(key, tuple(int(s) for s in info.get("shape", ())),
-                                 info.get("dtype") in _SAFETENSORS_FLOAT, getter(key))
+        tensors[key] = TensorRef(
+            key, tuple(int(s) for s in info.get("shape", ())), info.get("dtype") in _SAFETENSORS_FLOAT,
+            getter(key)
+        )
     return Checkpoint(path, "safetensors", tensors, {"__metadata__": header.get("__metadata__", {})})
 
 
 def _numpy(path: str, zipped: bool) -> Checkpoint:
     try:
         data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files} if zipped else {os.path.splitext(os.path.basename(path))[0]: data}
+        stem = os.path.splitext(os.path.basename(path))[0]
+        arrays = {k: data[k] for k in data.files} if zipped else {stem: data}
     except ValueError as exc:
         raise CheckpointError(f"{path}: numpy file refused ({_one_line(exc)}); object arrays need pickle, "
                               "which shrinkscope does not load") from None
@@ -258,7 +272,8 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
     if not os.path.exists(p):
         raise CheckpointError(f"{p}: no such file")
     if os.path.isdir(p):
-        raise CheckpointError(f"{p}: is a directory; pass a checkpoint file (e.g. {os.path.join(p, 'model.pt')})")
+        raise CheckpointError(f"{p}: is a directory; pass a checkpoint file "
+                              f"(e.g. {os.path.join(p, 'model.pt')})")
     size = os.path.getsize(p)
     if size == 0:
         raise CheckpointError(f"{p}: is empty (0 bytes)")
@@ -269,28 +284,34 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
             with zipfile.ZipFile(p) as z:
                 names = z.namelist()
         except zipfile.BadZipFile:
-            raise CheckpointError(f"{p}: is truncated or corrupt (zip archive without a central directory)") from None
+            raise CheckpointError(f"{p}: is truncated or corrupt (zip archive without a central "
+                                  "directory)") from None
         if any(n.endswith("data.pkl") for n in names):
             ckpt = Checkpoint(p, "torch", {}, _torch_load(p, trust=trust, zipped=True))
         elif names and all(n.endswith(".npy") for n in names):
             return _numpy(p, zipped=True)
         elif any(n.startswith(".data/") or "/.data/" in n for n in names):
             raise CheckpointError(f"{p}: is a torch.package archive (code, not weights); shrinkscope never "
-                                  "imports packages - export a state dict with torch.save(model.state_dict())")
+                                  "imports packages; export a state dict: torch.save(model.state_dict(), f)")
         else:
             raise CheckpointError(f"{p}: is a zip archive but not a torch checkpoint or .npz")
     elif head.startswith(b"\x93NUMPY"):
         return _numpy(p, zipped=False)
-    elif len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
+    elif len(head) >= 9 and head[8:9] == b"{":
+        if struct.unpack("<Q", head[:8])[0] + 8 > size:
+            raise CheckpointError(f"{p}: is truncated: its safetensors header is longer than the file "
+                                  f"({size} bytes)")
         return _safetensors(p, size)
     elif head[:1] == b"\x80":
         ckpt = Checkpoint(p, "torch", {}, _load_plain_pickle(p, trust))
     else:
         raise CheckpointError(f"{p}: not a checkpoint (unrecognised bytes); expected a torch file "
                               "(.pt/.pth/.ckpt), .safetensors, .npy or .npz")
-    _flatten(ckpt.raw, "", ckpt.tensors)
+    # A bare tensor saved with torch.save(codebook, path) is taken as a codebook.
+    _flatten(ckpt.raw, "codebook" if isinstance(ckpt.raw, torch.Tensor) else "", ckpt.tensors)
     if not ckpt.tensors:
-        raise CheckpointError(f"{p}: holds no tensors (top-level {type(ckpt.raw).__name__}); not a model checkpoint")
+        raise CheckpointError(f"{p}: holds no tensors (top-level {type(ckpt.raw).__name__}); not a model "
+                              "checkpoint")
     return ckpt
 
 
@@ -298,10 +319,14 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
 # Discovery: key-name and shape conventions of the VQ libraries (research: ecosystem.md sections 1, 1.3).
 
 _WRAPPERS = {"module", "_orig_mod"}
-_CONTAINERS = {"state_dict", "model", "ema", "best_state", "params_ema", "params", "net", "model_state_dict",
-               "state_dict_ema", "ema_state_dict", "model_ema", "first_stage_model"}
-_STATS = {"cluster_size", "embed_avg", "initted", "inited", "_initialized", "initialized", "cluster_usage",
-          "codebook_used", "ema_vocab_hit_SV", "usage_ema", "usage", "counts", "active"}
+_CONTAINERS = {
+    "state_dict", "model", "ema", "best_state", "params_ema", "params", "net", "model_state_dict",
+    "state_dict_ema", "ema_state_dict", "model_ema", "first_stage_model"
+}
+_STATS = {
+    "cluster_size", "embed_avg", "initted", "inited", "_initialized", "initialized", "cluster_usage",
+    "codebook_used", "ema_vocab_hit_SV", "usage_ema", "usage", "counts", "active"
+}
 _INIT_FLAGS = ("initted", "inited", "_initialized", "initialized")
 _QUANTISH = re.compile(r"quant|vq|codebook", re.IGNORECASE)
 # Token/position tables of language models: never codebooks unless asked (--include-embeddings).
@@ -348,7 +373,8 @@ def _config_flag(obj: Any, name: str, depth: int = 0) -> bool | None:
     return None
 
 
-def _classify(key: str, ref: TensorRef, tensors: Mapping[str, TensorRef], include_embeddings: bool) -> str | None:
+def _classify(key: str, ref: TensorRef, tensors: Mapping[str, TensorRef],
+              include_embeddings: bool) -> str | None:
     seg = key.split(".")
     leaf, par, nd = seg[-1], ".".join(seg[:-1]), len(ref.shape)
     if not ref.floating or nd not in (2, 3) or leaf in _STATS:
@@ -357,8 +383,9 @@ def _classify(key: str, ref: TensorRef, tensors: Mapping[str, TensorRef], includ
         return "moshi"
     if leaf == "frozen_codebook" and nd == 2:
         return "simvq"
+    siblings = ("cluster_size", "embed_avg", *_INIT_FLAGS)
     if leaf == "embed" and (seg[-2:-1] in (["_codebook"], ["codebook"])
-                            or any(_join(par, s) in tensors for s in ("cluster_size", "embed_avg", *_INIT_FLAGS))):
+                            or any(_join(par, s) in tensors for s in siblings)):
         if nd == 3:
             return "lucidrains"
         return "encodec" if seg[-2:-1] in (["_codebook"], ["codebook"]) else "ema"
@@ -385,7 +412,8 @@ def _classify(key: str, ref: TensorRef, tensors: Mapping[str, TensorRef], includ
     return None
 
 
-def _usage(family: str, key: str, k: int, tensors: Mapping[str, TensorRef]) -> tuple[torch.Tensor | None, str | None]:
+def _usage(family: str, key: str, k: int,
+           tensors: Mapping[str, TensorRef]) -> tuple[torch.Tensor | None, str | None]:
     seg = key.split(".")
     par, gpar = ".".join(seg[:-1]), ".".join(seg[:-2])
     if family == "llamagen":
@@ -404,15 +432,15 @@ def _usage(family: str, key: str, k: int, tensors: Mapping[str, TensorRef]) -> t
 def _candidate_keys(ckpt: Checkpoint, keys: list[str]) -> list[tuple[str, str]]:
     out = []
     for want in keys:
-        hits = [k for k in ckpt.tensors if k == want or _display(k) == want or k.endswith("." + want)
-                or k == want + ".weight" or k.endswith("." + want + ".weight")]
+        hits = [k for k in ckpt.tensors if want in (k, _display(k), k.removesuffix(".weight"))
+                or k.endswith(("." + want, "." + want + ".weight"))]
         if not hits:
             raise CheckpointError(f"{ckpt.source}: key '{want}' not found; run without --key to list the "
                                   "codebooks shrinkscope finds")
         ref = ckpt.tensors[hits[0]]
         if not ref.floating or len(ref.shape) not in (2, 3):
-            raise CheckpointError(f"{ckpt.source}: key '{hits[0]}' has shape {list(ref.shape)}; a codebook is a "
-                                  "2-D (K, D) or 3-D (heads, K, D) float tensor")
+            raise CheckpointError(f"{ckpt.source}: key '{hits[0]}' has shape {list(ref.shape)}; a codebook "
+                                  "is a 2-D (K, D) or 3-D (heads, K, D) float tensor")
         out.append((hits[0], "explicit"))
     return out
 
@@ -433,7 +461,8 @@ def _effective(family: str, key: str, ckpt: Checkpoint) -> tuple[torch.Tensor, l
             notes.append("SimVQ: effective codebook = code_transform(frozen_codebook)")
         else:
             notes.append("SimVQ code_transform is not a single Linear: measured the frozen basis")
-    if family == "lucidrains" and _join(_module_of(par), "project_in.weight") in t:
+    vq_module = par.rsplit(".", 1)[0] if "." in par else ""
+    if family == "lucidrains" and _join(vq_module, "project_in.weight") in t:
         notes.append("codes live in the projected codebook_dim space: latents must come after project_in")
     return cb.to(torch.float64 if cb.dtype == torch.float64 else torch.float32), notes
 
@@ -472,8 +501,8 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
         normalise = l2_normalize if l2_normalize is not None else (family in _NORMALISED or bool(ref_l2))
         if normalise:
             heads = torch.nn.functional.normalize(heads, dim=-1)
-            notes.append("measured the l2-normalised codebook" + (f" ({_NORMALISED[family]})"
-                                                                 if family in _NORMALISED else ""))
+            why = f" ({_NORMALISED[family]})" if family in _NORMALISED else ""
+            notes.append("measured the l2-normalised codebook" + why)
         if counts is not None:
             counts = counts.reshape(heads.shape[0], -1) if counts.numel() == heads.shape[0] * k else None
         base = _module_of(key)
@@ -483,8 +512,8 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
             extra = [f"usage from the {source} buffer" + (" (EMA)" if ema else "")] if c is not None else []
             found.append(FoundCodebook(
                 name=base + (f"/head{h}" if heads.shape[0] > 1 else ""), codebook=heads[h].contiguous(),
-                counts=c, family=family, key=key, notes=notes + extra, usage_source=source if c is not None else None,
-                ema_counts=ema and c is not None))
+                counts=c, family=family, key=key, notes=notes + extra,
+                usage_source=source if c is not None else None, ema_counts=ema and c is not None))
     names = [_display(f.name) for f in found]
     for f, n in zip(found, names):
         f.name = n if names.count(n) == 1 else _display(f.name, keep_containers=True)

@@ -12,6 +12,7 @@ Examples::
     shrinkscope report runs/train.jsonl --out timeline/
     shrinkscope demo --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,33 +28,55 @@ EPILOG_ANALYZE = """examples:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--latents", metavar="FILE", help="pre-quantization encoder outputs (.npy/.npz/.pt/.safetensors; "
-                   "N x D or channel-first maps): enables spread ratio, coverage, quantization error")
-    p.add_argument("--out", metavar="DIR", help="write report.html (self-contained), the PNGs and health.json here")
+    p.add_argument(
+        "--latents",
+        metavar="FILE",
+        help="pre-quantization encoder outputs (.npy/.npz/.pt/.safetensors; "
+        "N x D or channel-first maps): enables spread ratio, coverage, quantization error",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="write report.html (self-contained), the PNGs and health.json here"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow unsafe unpickling (runs code stored in the file): only for files you trust")
-    p.add_argument("--key", action="append", metavar="KEY", help="codebook tensor key (repeatable); "
-                   "skips automatic discovery")
-    p.add_argument("--include-embeddings", action="store_true",
-                   help="also report token-embedding tables of language models (skipped by default)")
-    p.add_argument("--l2-normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="force / forbid l2-normalising codebooks (default: follow the library convention)")
-    p.add_argument("--max-latents", type=int, default=20_000, metavar="N",
-                   help="random subset of latents used per codebook (default: 20000)")
-    p.add_argument("--max-points", type=int, default=4096, metavar="N",
-                   help="pairwise spreads exact up to N rows, estimated from N random rows above (default: 4096)")
+    p.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="allow unsafe unpickling (runs code stored in the file): only for files you trust"
+    )
+    p.add_argument(
+        "--key", action="append", metavar="KEY",
+        help="codebook tensor key (repeatable); skips automatic discovery"
+    )
+    p.add_argument(
+        "--include-embeddings", action="store_true",
+        help="also report token-embedding tables of language models (skipped by default)"
+    )
+    p.add_argument(
+        "--l2-normalize", action=argparse.BooleanOptionalAction, default=None,
+        help="force / forbid l2-normalising codebooks (default: follow the library convention)"
+    )
+    p.add_argument(
+        "--max-latents", type=int, default=20_000, metavar="N",
+        help="random subset of latents used per codebook (default: 20000)"
+    )
+    p.add_argument(
+        "--max-points", type=int, default=4096, metavar="N",
+        help="pairwise spreads exact up to N rows, estimated from N random rows above (default: 4096)"
+    )
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP plots (the slowest part of --out)")
     p.add_argument("--seed", type=int, default=0, help="seed of every subsample (default: 0)")
 
 
 def _kwargs(args: argparse.Namespace) -> dict:
     if args.trust_checkpoint:
-        print("shrinkscope: warning: --trust-checkpoint: unpickling may run code stored in the file",
-              file=sys.stderr)
-    return dict(latents=args.latents, keys=args.key, trust_checkpoint=args.trust_checkpoint,
-                include_embeddings=args.include_embeddings, l2_normalize=args.l2_normalize,
-                max_latents=args.max_latents, max_points=args.max_points, seed=args.seed)
+        print(
+            "shrinkscope: warning: --trust-checkpoint: unpickling may run code stored in the file",
+            file=sys.stderr,
+        )
+    return dict(
+        latents=args.latents, keys=args.key, trust_checkpoint=args.trust_checkpoint,
+        include_embeddings=args.include_embeddings, l2_normalize=args.l2_normalize,
+        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed
+    )
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -118,33 +141,46 @@ def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
     """The argparse parser; ``demo`` is the loaded shrinkscope.reference.demo module, if any."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="shrinkscope", description="Diagnose codebook shrinkage in VQ tokenizers.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="run 'shrinkscope COMMAND --help' for the options of a command")
+    parser = argparse.ArgumentParser(
+        prog="shrinkscope", description="Diagnose codebook shrinkage in VQ tokenizers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run 'shrinkscope COMMAND --help' for the options of a command"
+    )
     parser.add_argument("--version", action="version", version=f"shrinkscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("analyze", help="diagnose every codebook in a checkpoint", epilog=EPILOG_ANALYZE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Find every codebook in a checkpoint (.pt/.pth/.ckpt/.bin/.safetensors/.npy/.npz) "
-                       "and measure its health: spread, effective rank, usage, coverage.")
+    p = sub.add_parser(
+        "analyze",
+        help="diagnose every codebook in a checkpoint",
+        epilog=EPILOG_ANALYZE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Find every codebook in a checkpoint (.pt/.pth/.ckpt/.bin/.safetensors/.npy/.npz) "
+        "and measure its health: spread, effective rank, usage, coverage.",
+    )
     p.add_argument("checkpoint", help="checkpoint file")
     _common(p)
     p.set_defaults(func=_cmd_analyze)
 
-    p = sub.add_parser("compare", help="compare the codebooks of two checkpoints",
-                       description="Analyse BEFORE and AFTER with the same latents; print deltas (after - before).")
+    p = sub.add_parser(
+        "compare", help="compare the codebooks of two checkpoints",
+        description="Analyse BEFORE and AFTER with the same latents; print deltas (after - before)."
+    )
     p.add_argument("before")
     p.add_argument("after")
     _common(p)
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("report", help="timeline plots from a shrinkscope.watch JSONL log",
-                       description="Plot every metric against the training step from the JSONL log that "
-                       "shrinkscope.watch(log_to=...) writes; events (e.g. a defer switch) are vertical lines.")
+    p = sub.add_parser(
+        "report",
+        help="timeline plots from a shrinkscope.watch JSONL log",
+        description="Plot every metric against the training step from the JSONL log that "
+        "shrinkscope.watch(log_to=...) writes; events (e.g. a defer switch) are vertical lines.",
+    )
     p.add_argument("run", metavar="RUN.jsonl")
-    p.add_argument("--out", metavar="DIR", default="shrinkscope-report",
-                   help="output folder for timeline.png and report.html (default: shrinkscope-report)")
+    p.add_argument(
+        "--out", metavar="DIR", default="shrinkscope-report",
+        help="output folder for timeline.png and report.html (default: shrinkscope-report)"
+    )
     p.set_defaults(func=_cmd_report)
 
     _add_demo(sub, demo)

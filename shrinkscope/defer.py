@@ -25,12 +25,52 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .defer_families import Family, family_of, water_filling_dimension
+from .defer_families import (
+    EncodecCodebook,
+    EncodecVQ,
+    Family,
+    LlamaGenVQ,
+    LucidResidualVQ,
+    LucidVQ,
+    Reference,
+    TamingEMAVQ,
+    TamingLegacyVQ,
+    TamingVQ,
+)
 from .metrics.spectrum import effective_dimension, effective_rank, singular_spectrum
 
 logger = logging.getLogger("shrinkscope.defer")
 
 STATE_FORMAT = "shrinkscope.defer/1"
+
+
+# first match wins: the specific classes come before the attribute-based ones they resemble
+FAMILIES: tuple[Family, ...] = (Reference(), LucidVQ(), LucidResidualVQ(), TamingEMAVQ(), LlamaGenVQ(),
+                                TamingVQ(), TamingLegacyVQ(), EncodecVQ(), EncodecCodebook())
+
+
+def family_of(module: nn.Module) -> Family:
+    """The deferral family of ``module``.
+
+    Raises:
+        TypeError: no family recognises the module (the message lists the supported classes).
+    """
+    for fam in FAMILIES:
+        if fam.matches(module):
+            return fam
+    known = None
+    try:  # the monitor may know it even though deferral does not
+        from .adapters import get_adapter
+        known = get_adapter(module)
+    except (ImportError, ValueError, TypeError):
+        known = None
+    extra = f" (shrinkscope.adapters reads it as {known.family!r}, but cannot defer it)" if known else ""
+    raise TypeError(
+        f"defer: no deferral support for {type(module).__module__}.{type(module).__name__}{extra}. "
+        "Supported: vector-quantize-pytorch VectorQuantize / ResidualVQ, taming VectorQuantizer2 / "
+        "VectorQuantizer / EMAVectorQuantizer, diffusers VectorQuantizer, LlamaGen VectorQuantizer, EnCodec "
+        "EuclideanCodebook / VectorQuantization, shrinkscope.reference.EMAQuantizer. Wrap the quantizer "
+        "module itself, not the whole model.")
 
 
 def _dist_world(group: Any) -> int:
@@ -41,6 +81,11 @@ def _dist_world(group: Any) -> int:
 
 def _is_main(group: Any) -> bool:
     return _dist_world(group) == 1 or dist.get_rank(group) == 0
+
+
+def _src(group: Any) -> int:
+    """Global rank of the group's rank 0 (the rank that decides and runs k-means)."""
+    return dist.get_global_rank(group, 0) if group is not None else 0
 
 
 def _growth(now: float, before: float) -> float:
@@ -75,8 +120,10 @@ class DeferredQuantizer(nn.Module):
             raise TypeError(f"defer: expected a torch.nn.Module quantizer, got {type(quantizer).__name__}")
         fam = family_of(quantizer)
         fam.check(quantizer)
-        if not (switch == "auto" or (isinstance(switch, int) and not isinstance(switch, bool) and switch >= 0)):
-            raise ValueError(f"defer: switch must be 'auto' or a number of training steps >= 0, got {switch!r}")
+        steps_ok = isinstance(switch, int) and not isinstance(switch, bool) and switch >= 1
+        if not (switch == "auto" or steps_ok):
+            raise ValueError("defer: switch must be 'auto' or a number of warm-up training steps >= 1, "
+                             f"got {switch!r}")
         for name, value in (("check_every", check_every), ("window", window), ("kmeans_iters", kmeans_iters)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"defer: {name} must be a positive int, got {value!r}")
@@ -89,8 +136,9 @@ class DeferredQuantizer(nn.Module):
         if reservoir_size is None:
             reservoir_size = max(4096, 4 * k_max)
         if reservoir_size < k_max:
-            raise ValueError(f"defer: reservoir_size={reservoir_size} is smaller than the codebook (K={k_max}); "
-                             f"k-means needs at least K latents - use reservoir_size >= {k_max} (4*K or more is better)")
+            raise ValueError(f"defer: reservoir_size={reservoir_size} is smaller than the codebook "
+                             f"(K={k_max}); k-means needs at least K latents - use reservoir_size >= {k_max} "
+                             "(4*K or more is better)")
         self.wrapped = quantizer
         self.family: Family = fam
         self.switch = switch
@@ -122,15 +170,15 @@ class DeferredQuantizer(nn.Module):
         return "quantized" if self.switched else "warmup"
 
     def reservoir(self, stream: str = "") -> torch.Tensor:
-        """The latents held for ``stream`` (``(rows, D)``, oldest first not guaranteed); empty after the switch."""
+        """The latents held for ``stream``: ``(rows, D)`` in ring-buffer order; empty after the switch."""
         if stream not in self._dims:
             raise KeyError(f"defer: no stream {stream!r}; streams are {sorted(self._dims)}")
         buf = self._res.get(stream)
         return buf[: self._fill[stream]] if buf is not None else torch.empty(0, self._dims[stream])
 
     def extra_repr(self) -> str:
-        return (f"family={self.family.name!r}, switch={self.switch!r}, phase={self.phase!r}, step={self.step}, "
-                f"reservoir_size={self.reservoir_size}")
+        return (f"family={self.family.name!r}, switch={self.switch!r}, phase={self.phase!r}, "
+                f"step={self.step}, reservoir_size={self.reservoir_size}")
 
     # -- forward ----------------------------------------------------------------------------------------
 
@@ -190,7 +238,7 @@ class DeferredQuantizer(nn.Module):
         """Maturity of the current reservoir: means over streams of effective dimension, effective rank
         and the water-filling dimension at ``log2 K`` bits (see docs/defer.md)."""
         dims, ranks, wf, rows = [], [], [], []
-        for name, d in self._dims.items():
+        for name in self._dims:
             x = self.reservoir(name)
             if x.shape[0] < 2:
                 continue
@@ -211,7 +259,9 @@ class DeferredQuantizer(nn.Module):
         if len(self.history) <= self.window:
             return False, {}
         now, before = self.history[-1], self.history[-1 - self.window]
-        keys = ["effective_dimension", "effective_rank"] + (["water_filling_dimension"] if self.water_filling else [])
+        keys = ["effective_dimension", "effective_rank"]
+        if self.water_filling:
+            keys.append("water_filling_dimension")
         growth = {k: _growth(now[k], before[k]) for k in keys}
         return all(g < self.tol for g in growth.values()), growth
 
@@ -227,7 +277,7 @@ class DeferredQuantizer(nn.Module):
             payload = [(entry, growth, decided)]
         if _dist_world(group) > 1:
             # rank 0 decides so that every rank switches at the same step (collectives must line up)
-            dist.broadcast_object_list(payload, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+            dist.broadcast_object_list(payload, src=_src(group), group=group)
             if not _is_main(group):
                 self.history.append(payload[0][0])
         entry, growth, decided = payload[0]
@@ -276,13 +326,15 @@ class DeferredQuantizer(nn.Module):
         if self.switched:
             return
         group, world = self.process_group, _dist_world(self.process_group)
-        reason = reason or ("plateau" if self._decided else ("fixed_step" if self.switch != "auto" else "manual"))
+        if reason is None:
+            reason = "plateau" if self._decided else ("fixed_step" if self.switch != "auto" else "manual")
         pool = self._gathered()
-        short = {n: r.shape[0] for n, r in pool.items() if r.shape[0] < self._num_codes.get(n, max(self._num_codes.values()))}
+        k_max = max(self._num_codes.values())
+        short = {n: r.shape[0] for n, r in pool.items() if r.shape[0] < self._num_codes.get(n, k_max)}
         if short:
-            raise RuntimeError(f"defer: cannot switch at step {self.step}: the reservoir holds {short} latents, fewer "
-                               f"than the codebook size {self._num_codes}; train more steps before the switch, "
-                               "use a smaller check_every or a larger batch")
+            raise RuntimeError(f"defer: cannot switch at step {self.step}: the reservoir holds {short} "
+                               f"latents, fewer than the codebook size {self._num_codes}; train more steps "
+                               "before the switch, use a smaller check_every or a larger batch")
         tokens = torch.tensor([self._tokens_per_step], dtype=torch.float64)
         seconds = 0.0
         fitted = {}
@@ -292,14 +344,14 @@ class DeferredQuantizer(nn.Module):
             seconds = time.perf_counter() - start
         if world > 1:
             dev = self._device()
-            src = dist.get_global_rank(group, 0) if group else 0
-            cbs = self.family.codebooks(self.wrapped)
             received = {}
-            for name, cb in cbs.items():
-                centers = fitted[name][0].to(dev).float() if name in fitted else torch.zeros(cb.shape, device=dev)
-                counts = fitted[name][1].to(dev).float() if name in fitted else torch.zeros(cb.shape[0], device=dev)
-                dist.broadcast(centers, src=src, group=group)
-                dist.broadcast(counts, src=src, group=group)
+            for name, cb in self.family.codebooks(self.wrapped).items():
+                if name in fitted:
+                    centers, counts = (t.to(dev).float() for t in fitted[name])
+                else:  # receiving ranks: buffers of the right shape
+                    centers, counts = torch.zeros(cb.shape, device=dev), torch.zeros(cb.shape[0], device=dev)
+                dist.broadcast(centers, src=_src(group), group=group)
+                dist.broadcast(counts, src=_src(group), group=group)
                 received[name] = (centers, counts)
             fitted = received
             # EMA families count tokens summed over ranks (they all-reduce their statistics)
@@ -322,7 +374,7 @@ class DeferredQuantizer(nn.Module):
             try:
                 self.monitor.log_event("defer_switch", **{k: v for k, v in self.switch_info.items()},
                                        history=list(self.history))
-            except Exception as exc:  # a sink failure must not stop training
+            except Exception as exc:  # noqa: BLE001 - a sink failure must not stop training
                 logger.warning("defer: could not log the switch to the monitor: %s", exc)
 
     # -- state ------------------------------------------------------------------------------------------
@@ -340,7 +392,8 @@ class DeferredQuantizer(nn.Module):
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"defer: expected extra state of format {STATE_FORMAT!r}, got "
                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__}")
-        self.step, self.switched, self._decided = int(state["step"]), bool(state["switched"]), bool(state["decided"])
+        self.step, self.switched = int(state["step"]), bool(state["switched"])
+        self._decided = bool(state["decided"])
         self.history = [dict(h) for h in state["history"]]
         self.switch_info = dict(state["switch_info"])
         self._tokens_per_step = float(state["tokens_per_step"])
@@ -348,7 +401,8 @@ class DeferredQuantizer(nn.Module):
         self._res.clear()
         for name, rows in state["reservoir"].items():
             if name not in self._dims:
-                raise ValueError(f"defer: checkpoint has reservoir stream {name!r}, this quantizer has {sorted(self._dims)}")
+                raise ValueError(f"defer: checkpoint has reservoir stream {name!r}, this quantizer has "
+                                 f"{sorted(self._dims)}")
             self._fill[name] = int(rows.shape[0])
             if rows.shape[0]:
                 buf = torch.zeros(self.reservoir_size, self._dims[name], device=self._device())
@@ -356,17 +410,43 @@ class DeferredQuantizer(nn.Module):
                 self._res[name] = buf
         self._pos = {n: int(state["pos"].get(n, 0)) % self.reservoir_size for n in self._dims}
 
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "DeferredQuantizer":
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> DeferredQuantizer:
         super()._apply(fn, *args, **kwargs)
         # the reservoir is plain tensors (not buffers, so DDP does not broadcast it): move it along
         self._res = {n: fn(t) for n, t in self._res.items()}
         return self
 
 
+def water_filling_dimension(variances: torch.Tensor, num_codes: int) -> int:
+    """Dimensions reverse water-filling keeps at a rate of ``log2(num_codes)`` bits per vector.
+
+    Solves ``sum_i max(0, 1/2 log2(lambda_i / theta)) = log2 K`` for the water level ``theta`` by
+    bisection and counts the components above it (Zhao, Karagodin et al. 2026, research/papers.md B.3).
+
+    Args:
+        variances: ``(D,)`` PCA variances (any order, non-negative).
+        num_codes: K.
+
+    Returns:
+        The number of components with variance above the water level (0 when all variances are 0).
+    """
+    lam = variances.double().clamp_min(0)
+    lam = lam[lam > 0]
+    if lam.numel() == 0:
+        return 0
+    rate = math.log2(max(num_codes, 2))
+    lo, hi = float(lam.min()) * 2.0 ** (-2 * rate) * 0.5, float(lam.max())
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)  # the level spans many decades: bisect in log space
+        bits = float(0.5 * torch.log2(lam / mid).clamp_min(0).sum())
+        lo, hi = (mid, hi) if bits > rate else (lo, mid)
+    return int((lam > hi).sum())
+
+
 def defer(quantizer: nn.Module, *, switch: str | int = "auto", reservoir_size: int | None = None,
-          check_every: int = 100, min_steps: int = 500, max_steps: int = 20000, tol: float = 0.02, window: int = 3,
-          kmeans_iters: int = 20, water_filling: bool = False, monitor: Any = None, seed: int = 0,
-          process_group: Any = None) -> DeferredQuantizer:
+          check_every: int = 100, min_steps: int = 500, max_steps: int = 20000, tol: float = 0.02,
+          window: int = 3, kmeans_iters: int = 20, water_filling: bool = False, monitor: Any = None,
+          seed: int = 0, process_group: Any = None) -> DeferredQuantizer:
     """Wrap a quantizer so that it quantizes only after a continuous warm-up.
 
     Args:
@@ -379,7 +459,7 @@ def defer(quantizer: nn.Module, *, switch: str | int = "auto", reservoir_size: i
         window: number of checks over which the growth is measured.
         kmeans_iters: Lloyd iterations at the switch.
         water_filling: also require the water-filling dimension at ``log2 K`` bits to be flat.
-        monitor: a ``shrinkscope.watch`` Monitor (or anything with ``log_event``) that receives ``defer_switch``.
+        monitor: a ``shrinkscope.watch`` Monitor (or anything with ``log_event``); gets ``defer_switch``.
         seed: seed of the reservoir sampling and of the k-means++ draw.
         process_group: the ``torch.distributed`` group to gather reservoirs over (default: the world).
 
@@ -399,8 +479,8 @@ def defer(quantizer: nn.Module, *, switch: str | int = "auto", reservoir_size: i
     """
     return DeferredQuantizer(quantizer, switch=switch, reservoir_size=reservoir_size, check_every=check_every,
                              min_steps=min_steps, max_steps=max_steps, tol=tol, window=window,
-                             kmeans_iters=kmeans_iters, water_filling=water_filling, monitor=monitor, seed=seed,
-                             process_group=process_group)
+                             kmeans_iters=kmeans_iters, water_filling=water_filling, monitor=monitor,
+                             seed=seed, process_group=process_group)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -15,9 +15,9 @@ Facts about each library come from research/ecosystem.md (section 1) and the lib
 """
 from __future__ import annotations
 
-import math
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from .kmeans import kmeans
 from .metrics.usage import assign
 
 Fitted = dict[str, tuple[torch.Tensor, torch.Tensor]]  # codebook name -> (centroids (K, D), counts (K,))
+Passed = tuple[Any, dict[str, torch.Tensor]]  # (the output, {reservoir stream: (N, D) latents})
 
 
 def _l2(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ class Family:
         """Reservoir streams ``{name: D}``; one per codebook unless a family needs fewer."""
         return {n: int(cb.shape[1]) for n, cb in self.codebooks(module).items()}
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -108,6 +109,15 @@ def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.data.copy_(src.to(device=dst.device, dtype=dst.dtype))
 
 
+def _write_ema(embed: torch.Tensor, cluster_size: torch.Tensor, embed_avg: torch.Tensor,
+               centers: torch.Tensor, size: torch.Tensor) -> None:
+    """Codes plus EMA statistics with ``embed == embed_avg / cluster_size``, as an EMA step expects."""
+    size = size.to(cluster_size)
+    _copy(embed, centers)
+    _copy(cluster_size, size)
+    _copy(embed_avg, centers.to(size) * size[:, None])
+
+
 # vector-quantize-pytorch ---------------------------------------------------------------------------
 
 
@@ -128,11 +138,11 @@ class LucidVQ(Family):
     def check(self, module: nn.Module) -> None:
         cb = module._codebook
         if getattr(cb, "affine_param", False):
-            raise ValueError("defer: VectorQuantize(affine_param=True) keeps batch statistics that a k-means start "
-                             "cannot set consistently; construct it without affine_param to defer it")
+            raise ValueError("defer: VectorQuantize(affine_param=True) keeps batch statistics that a k-means "
+                             "start cannot set consistently; construct it without affine_param to defer it")
         if getattr(cb, "vq_bridge", None) is not None:
-            raise ValueError("defer: VectorQuantize(vq_bridge=...) transforms the codebook before the lookup; "
-                             "deferral supports plain stored codebooks only")
+            raise ValueError("defer: VectorQuantize(vq_bridge=...) transforms the codebook before the "
+                             "lookup; deferral supports plain stored codebooks only")
 
     def is_normalized(self, module: nn.Module) -> bool:
         return bool(getattr(module, "use_cosine_sim", False))
@@ -152,7 +162,7 @@ class LucidVQ(Family):
         return bool(module._codebook.initted)
 
     def _split(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Input -> ``(C, B', N, d)`` rows in codebook space, the way ``VectorQuantize.forward`` lays them out."""
+        """Input -> ``(C, B', N, d)`` rows in codebook space, laid out as ``VectorQuantize.forward`` does."""
         info: dict[str, Any] = {"only_one": x.ndim == 2}
         if info["only_one"]:
             x = x[:, None, :]
@@ -180,11 +190,11 @@ class LucidVQ(Family):
             mask = torch.arange(n, device=x.device)[None, :] < lens.to(x.device)[:, None]
         return mask
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         for unsupported in ("indices", "topk", "codebook_transform_fn"):
             if kwargs.get(unsupported) is not None:
-                raise ValueError(f"defer: VectorQuantize.forward({unsupported}=...) is not supported before the "
-                                 "switch (there is no trained codebook to score against yet)")
+                raise ValueError(f"defer: VectorQuantize.forward({unsupported}=...) is not supported before "
+                                 "the switch (there is no trained codebook to score against yet)")
         x = args[0] if args else kwargs["x"]
         mask = self._mask(module, x, kwargs)
         with torch.no_grad():
@@ -222,10 +232,12 @@ class LucidVQ(Family):
             fill = torch.zeros_like(x) if module.return_zeros_for_masked_padding else x
             m = mask[..., None] if module.channel_last else mask[:, None, :]
             quantized = torch.where(m, x, fill)
-        loss = zero_loss(module, module.zero)
+        like = getattr(module, "zero", None)
+        like = like if isinstance(like, torch.Tensor) else x.new_zeros((), dtype=torch.float32)
+        loss = zero_loss(module, like)
         if kwargs.get("return_loss_breakdown"):
             breakdown = _loss_breakdown_type(module)
-            zeros = [torch.zeros_like(module.zero) for _ in range(4)]
+            zeros = [torch.zeros_like(like) for _ in range(4)]
             return (quantized, ind, loss, breakdown(*zeros) if breakdown else tuple(zeros)), lat
         return (quantized, ind, loss), lat
 
@@ -233,10 +245,8 @@ class LucidVQ(Family):
         cb = module._codebook
         for i, name in enumerate(self.codebooks(module)):
             centers, counts = fitted[name]
-            size = _per_step(counts, tokens_per_step).to(cb.cluster_size)
-            _copy(cb.embed[i], centers)
-            _copy(cb.cluster_size[i], size)
-            _copy(cb.embed_avg[i], centers.to(size) * size[:, None])
+            size = _per_step(counts, tokens_per_step)
+            _write_ema(cb.embed[i], cb.cluster_size[i], cb.embed_avg[i], centers, size)
         cb.initted.data.fill_(True)
 
 
@@ -252,8 +262,8 @@ class LucidResidualVQ(Family):
 
     def matches(self, module: nn.Module) -> bool:
         layers = getattr(module, "layers", None)
-        return (type(module).__name__ == "ResidualVQ" and isinstance(layers, nn.ModuleList) and len(layers) > 0
-                and all(self._vq.matches(v) for v in layers))
+        return (type(module).__name__ == "ResidualVQ" and isinstance(layers, nn.ModuleList)
+                and len(layers) > 0 and all(self._vq.matches(v) for v in layers))
 
     def check(self, module: nn.Module) -> None:
         problems = [flag for flag in ("accept_image_fmap", "implicit_neural_codebook", "shared_codebook")
@@ -263,9 +273,8 @@ class LucidResidualVQ(Family):
         if any(not v.channel_last or v.heads > 1 for v in module.layers):
             problems.append("channel-first or multi-head stages")
         if problems:
-            raise ValueError(f"defer: ResidualVQ with {', '.join(problems)} is not supported; deferral handles "
-                             "channel-last ResidualVQ with separate stages (wrap the stages' host differently "
-                             "or turn these options off)")
+            raise ValueError(f"defer: ResidualVQ with {', '.join(problems)} is not supported; deferral "
+                             "handles channel-last ResidualVQ with separate stages (turn these options off)")
         for v in module.layers:
             self._vq.check(v)
 
@@ -281,7 +290,7 @@ class LucidResidualVQ(Family):
     def streams(self, module: nn.Module) -> dict[str, int]:
         return {"": int(module.layers[0]._codebook.embed.shape[-1])}
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         if kwargs.get("indices") is not None:
             raise ValueError("defer: ResidualVQ.forward(indices=...) is not supported before the switch")
         x = args[0] if args else kwargs["x"]
@@ -320,7 +329,8 @@ class LucidResidualVQ(Family):
             if self.is_normalized(module):
                 centers = _l2(centers)
             idx, _ = assign(centers, look)
-            out[f"layers.{q}"] = (centers, torch.bincount(idx, minlength=int(layer.codebook_size)).to(centers.dtype))
+            counts = torch.bincount(idx, minlength=int(layer.codebook_size)).to(centers.dtype)
+            out[f"layers.{q}"] = (centers, counts)
             res = res - centers[idx.to(centers.device)].to(res)
         return out
 
@@ -338,7 +348,7 @@ def _grid_rows(z: torch.Tensor) -> torch.Tensor:
 
 
 class TamingVQ(Family):
-    """taming ``VectorQuantizer2`` and its port diffusers ``VectorQuantizer`` (``legacy``/``remap``/``sane_index_shape``).
+    """taming ``VectorQuantizer2`` and its diffusers port ``VectorQuantizer`` (``remap``, sane index shape).
 
     Output ``(z_q, loss, (perplexity=None, min_encodings=None, indices))``; codebook ``embedding.weight``.
     """
@@ -346,13 +356,14 @@ class TamingVQ(Family):
     name = "taming"
 
     def matches(self, module: nn.Module) -> bool:
+        # diffusers names the code dimension ``vq_embed_dim``, taming ``e_dim``
         return (isinstance(getattr(module, "embedding", None), nn.Embedding) and hasattr(module, "legacy")
-                and hasattr(module, "e_dim") and hasattr(module, "n_e"))
+                and (hasattr(module, "e_dim") or hasattr(module, "vq_embed_dim")) and hasattr(module, "n_e"))
 
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return {"": module.embedding.weight.detach()}
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
         rows = _grid_rows(z)
         idx = _nearest(module.embedding.weight, rows)
@@ -367,7 +378,31 @@ class TamingVQ(Family):
         _copy(module.embedding.weight, fitted[""][0])
 
 
-class TamingEMAVQ(Family):
+class TamingLegacyVQ(TamingVQ):
+    """taming's original ``VectorQuantizer(n_e, e_dim, beta)``.
+
+    Output ``(z_q, loss, (perplexity, one-hots (N, K), ids (N, 1)))``.
+    """
+
+    name = "taming.legacy"
+
+    def matches(self, module: nn.Module) -> bool:
+        return (type(module).__name__ == "VectorQuantizer"
+                and isinstance(getattr(module, "embedding", None), nn.Embedding)
+                and all(hasattr(module, a) for a in ("n_e", "e_dim", "beta"))
+                and not any(hasattr(module, a) for a in ("legacy", "l2_norm")))
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
+        z = args[0] if args else kwargs["z"]
+        rows = _grid_rows(z)
+        idx = _nearest(module.embedding.weight, rows)[:, None]
+        one_hot = torch.zeros(idx.shape[0], module.n_e, device=z.device, dtype=z.dtype).scatter_(1, idx, 1)
+        p = one_hot.mean(0)
+        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
+        return (z, zero_loss(module, z.new_zeros(())), (perplexity, one_hot, idx)), {"": rows}
+
+
+class TamingEMAVQ(TamingVQ):
     """taming ``EMAVectorQuantizer`` with ``EmbeddingEMA`` (``weight``, ``cluster_size``, ``embed_avg``).
 
     Output ``(z_q, loss, (perplexity, one-hot encodings, indices))``.
@@ -378,12 +413,10 @@ class TamingEMAVQ(Family):
     def matches(self, module: nn.Module) -> bool:
         emb = getattr(module, "embedding", None)
         return (type(module).__name__ == "EMAVectorQuantizer" and emb is not None
-                and all(isinstance(getattr(emb, a, None), torch.Tensor) for a in ("weight", "cluster_size", "embed_avg")))
+                and all(isinstance(getattr(emb, a, None), torch.Tensor)
+                        for a in ("weight", "cluster_size", "embed_avg")))
 
-    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        return {"": module.embedding.weight.detach()}
-
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
         rows = _grid_rows(z)
         idx = _nearest(module.embedding.weight, rows)
@@ -397,13 +430,10 @@ class TamingEMAVQ(Family):
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
         centers, counts = fitted[""]
         emb = module.embedding
-        size = _per_step(counts, tokens_per_step).to(emb.cluster_size)
-        _copy(emb.weight, centers)
-        _copy(emb.cluster_size, size)
-        _copy(emb.embed_avg, centers.to(size) * size[:, None])
+        _write_ema(emb.weight, emb.cluster_size, emb.embed_avg, centers, _per_step(counts, tokens_per_step))
 
 
-class LlamaGenVQ(Family):
+class LlamaGenVQ(TamingVQ):
     """LlamaGen ``VectorQuantizer`` (``l2_norm``, ``show_usage``, ``entropy_loss_ratio``).
 
     Output ``(z_q, (vq_loss, commit_loss, entropy_loss, codebook_usage), (None, None, indices))``; the
@@ -423,7 +453,7 @@ class LlamaGenVQ(Family):
         w = module.embedding.weight.detach()
         return {"": _l2(w) if module.l2_norm else w}
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
         rows = _grid_rows(z)
         if module.l2_norm:
@@ -434,20 +464,18 @@ class LlamaGenVQ(Family):
             # report the usage of the FIFO as it stands; it is not advanced before the switch
             usage = len(torch.unique(module.codebook_used)) / module.n_e
         if module.training:
-            losses: tuple = tuple(zero_loss(module, z.new_zeros(())) if i == 0 else z.new_zeros(()) for i in range(3))
+            losses: tuple = (zero_loss(module, z.new_zeros(())), z.new_zeros(()), z.new_zeros(()))
         else:
             losses = (None, None, None)
         return (z, (*losses, usage), (None, None, idx)), {"": rows}
-
-    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
-        _copy(module.embedding.weight, fitted[""][0])
 
 
 # EnCodec-style ------------------------------------------------------------------------------------
 
 
 def _encodec_codebook(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, a, None), torch.Tensor) for a in ("inited", "embed", "embed_avg", "cluster_size"))
+    names = ("inited", "embed", "embed_avg", "cluster_size")
+    return all(isinstance(getattr(module, a, None), torch.Tensor) for a in names)
 
 
 class EncodecCodebook(Family):
@@ -471,17 +499,15 @@ class EncodecCodebook(Family):
             return torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
         return _nearest(module.embed, rows)
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         x = args[0] if args else kwargs["x"]
         rows = x.detach().reshape(-1, x.shape[-1])
         return (x, self._ids(module, rows).reshape(x.shape[:-1])), {"": rows}
 
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
         centers, counts = fitted[""]
-        size = _per_step(counts, tokens_per_step).to(module.cluster_size)
-        _copy(module.embed, centers)
-        _copy(module.cluster_size, size)
-        _copy(module.embed_avg, centers.to(size) * size[:, None])
+        size = _per_step(counts, tokens_per_step)
+        _write_ema(module.embed, module.cluster_size, module.embed_avg, centers, size)
         module.inited.data.fill_(1)
 
 
@@ -500,7 +526,7 @@ class EncodecVQ(EncodecCodebook):
     def initted(self, module: nn.Module) -> bool:
         return bool(module._codebook.inited.reshape(-1)[0])
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         x = args[0] if args else kwargs["x"]
         with torch.no_grad():
             rows = module.project_in(x.detach().transpose(1, 2))
@@ -534,7 +560,7 @@ class Reference(Family):
     def initted(self, module: nn.Module) -> bool:
         return bool(module.initted)
 
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, dict[str, torch.Tensor]]:
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
         with torch.no_grad():
             rows = module.flat_latents(z.detach())
@@ -550,62 +576,7 @@ class Reference(Family):
 
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
         centers, counts = fitted[""]
-        share = (counts / counts.sum().clamp_min(1)).to(module.cluster_size)
-        _copy(module.embed, centers)
-        _copy(module.cluster_size, share)
-        _copy(module.embed_avg, centers.to(share) * share[:, None])
+        share = counts / counts.sum().clamp_min(1)
+        _write_ema(module.embed, module.cluster_size, module.embed_avg, centers, share)
         module.initted.data.fill_(True)
         module.active.data.fill_(True)  # its own pass-through flag: from now on it quantizes
-
-
-FAMILIES: tuple[Family, ...] = (Reference(), LucidVQ(), LucidResidualVQ(), TamingEMAVQ(), LlamaGenVQ(),
-                                TamingVQ(), EncodecVQ(), EncodecCodebook())
-
-
-def family_of(module: nn.Module) -> Family:
-    """The deferral family of ``module``.
-
-    Raises:
-        TypeError: no family recognises the module (the message lists the supported classes).
-    """
-    for fam in FAMILIES:
-        if fam.matches(module):
-            return fam
-    known = None
-    try:  # the monitor may know it even though deferral does not
-        from .adapters import get_adapter
-        known = get_adapter(module)
-    except Exception:
-        known = None
-    extra = f" (shrinkscope.adapters reads it as {known.family!r}, but cannot defer it)" if known else ""
-    raise TypeError(
-        f"defer: no deferral support for {type(module).__module__}.{type(module).__name__}{extra}. Supported: "
-        "vector-quantize-pytorch VectorQuantize / ResidualVQ, taming VectorQuantizer2 / EMAVectorQuantizer, "
-        "diffusers VectorQuantizer, LlamaGen VectorQuantizer, EnCodec EuclideanCodebook / VectorQuantization, "
-        "shrinkscope.reference.EMAQuantizer. Wrap the quantizer module itself, not the whole model.")
-
-
-def water_filling_dimension(variances: torch.Tensor, num_codes: int) -> int:
-    """Dimensions reverse water-filling keeps at a rate of ``log2(num_codes)`` bits per vector.
-
-    Solves ``sum_i max(0, 1/2 log2(lambda_i / theta)) = log2 K`` for the water level ``theta`` by
-    bisection and counts the components above it (Zhao, Karagodin et al. 2026, research/papers.md B.3).
-
-    Args:
-        variances: ``(D,)`` PCA variances (any order, non-negative).
-        num_codes: K.
-
-    Returns:
-        The number of components with variance above the water level (0 when all variances are 0).
-    """
-    lam = variances.double().clamp_min(0)
-    lam = lam[lam > 0]
-    if lam.numel() == 0:
-        return 0
-    rate = math.log2(max(num_codes, 2))
-    lo, hi = float(lam.min()) * 2.0 ** (-2 * rate) * 0.5, float(lam.max())
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)  # the level spans many decades: bisect in log space
-        bits = float(0.5 * torch.log2(lam / mid).clamp_min(0).sum())
-        lo, hi = (mid, hi) if bits > rate else (lo, mid)
-    return int((lam > hi).sum())

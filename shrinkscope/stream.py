@@ -15,7 +15,7 @@ The running count lives on the device, so padding masks need no sync either. Mem
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class CodebookStream:
         self.seed = int(seed)
         self._hist: torch.Tensor | None = None  # (K + 2,) int64: K codes, ignored (-1), overflow (>= K)
         self.cumulative = torch.zeros(self.num_codes, dtype=torch.int64)  # merged, on host
-        self._res: torch.Tensor | None = None  # (R, D) float32 on the latents' device
+        self._res: torch.Tensor | None = None  # (R + 1, D) float32 on the latents' device; row R: dump
         self._seen: torch.Tensor | None = None  # 0-d int64 on device: valid latent rows offered this window
         self._gen: torch.Generator | None = None
         self._slots: torch.Tensor | None = None  # arange(R + 1) cache
@@ -98,17 +98,23 @@ class CodebookStream:
         slot = torch.where(keep, slot, r)  # slot R is a dump
         winner = torch.full((r + 1,), -1, dtype=torch.int64, device=dev)
         winner.scatter_reduce_(0, slot, torch.arange(n, device=dev), reduce="amax", include_self=True)
-        winner = winner[:r]
-        take = winner.clamp(min=0)
-        if len(lead) <= 1:
-            rows = x.reshape(n, x.shape[-1])[take]
+        if n <= r:
+            # Few rows: write every row that won its slot (losers go to the dump row R).
+            mine = torch.arange(n, device=dev)
+            dest = torch.where((winner[slot] == mine) & (slot < r), slot, r)
+            rows = x.reshape(n, x.shape[-1])
         else:
-            rows = x[torch.unravel_index(take, lead)]
+            # Many rows: gather the (at most R) winners only, so ``transform`` runs on R rows, not n.
+            winner = winner[:r]
+            take = winner.clamp(min=0)
+            rows = x.reshape(n, x.shape[-1])[take] if x.is_contiguous() or len(lead) <= 1 \
+                else x[_unravel(take, lead)]
+            dest = torch.where(winner >= 0, self._slots[:r], r)
         with torch.no_grad():
             rows = (transform(rows) if transform is not None else rows).float()
-        if self._res is None or self._res.shape != rows.shape or self._res.device != dev:
-            self._res = torch.zeros_like(rows)
-        self._res = torch.where((winner >= 0)[:, None], rows, self._res)
+        if self._res is None or self._res.shape[1] != rows.shape[1] or self._res.device != dev:
+            self._res = torch.zeros(r + 1, rows.shape[1], dtype=torch.float32, device=dev)
+        self._res.index_copy_(0, dest, rows)  # only the dump row R can receive several rows
 
     # ---- report time ------------------------------------------------------------------------------
 
@@ -135,7 +141,7 @@ class CodebookStream:
         """``(min(seen, R), D)`` float32 sampled latents of the window (None before any latents)."""
         if self._res is None:
             return None
-        return self._res[: min(self.seen(), self.reservoir_size)].clone()
+        return self._res[: min(self.seen(), self.reservoir_size)].clone()  # row R is the dump
 
     def close_window(self, window_counts: torch.Tensor | None = None) -> None:
         """Add the window's counts (or the given merged ones) to ``cumulative`` and start a new window.
@@ -151,7 +157,7 @@ class CodebookStream:
             self._seen = torch.zeros_like(self._seen)
         self.updates = 0
 
-    def merge(self, other: "CodebookStream", *, seed: int = 0) -> "CodebookStream":
+    def merge(self, other: CodebookStream, *, seed: int = 0) -> CodebookStream:
         """Fold another stream of the same codebook (e.g. another rank) into this one, in place.
 
         Counts add exactly; the reservoirs combine into a uniform sample of the union (rows drawn
@@ -175,13 +181,23 @@ class CodebookStream:
         self._hist[: self.num_codes] = counts.to(dev, torch.int64)
         self._hist[self.num_codes + 1] = int(overflow)
         if reservoir is not None and reservoir.shape[0] > 0:
-            self._res = torch.zeros(self.reservoir_size, reservoir.shape[1], dtype=torch.float32,
+            self._res = torch.zeros(self.reservoir_size + 1, reservoir.shape[1], dtype=torch.float32,
                                     device=reservoir.device)
             self._res[: reservoir.shape[0]] = reservoir.float()
             # The merged sample stands for ``seen`` rows, so later rows enter at Algorithm R's true rate.
             self._seen = torch.tensor(int(seen), dtype=torch.int64, device=reservoir.device)
         else:
             self._res, self._seen = None, None
+
+
+def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Multi-index of flat row ids (``torch.unravel_index`` copies its coefficients host-to-device,
+    a sync on CUDA; Python-int divisors are kernel arguments)."""
+    out, stride = [], 1
+    for size in reversed(shape):
+        out.append(torch.remainder(torch.div(flat, stride, rounding_mode="floor"), size))
+        stride *= size
+    return tuple(reversed(out))
 
 
 def reduce_streams(streams: list[CodebookStream], dims: list[int | None], *, device: torch.device | str,

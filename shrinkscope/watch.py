@@ -28,8 +28,14 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, Capture, find_quantizers, get_adapter
-from .metrics import CodebookHealth, HealthThresholds, codebook_health, dead_code_ratio, expected_coverage
-from .metrics import utilization_perplexity
+from .metrics import (
+    CodebookHealth,
+    HealthThresholds,
+    codebook_health,
+    dead_code_ratio,
+    expected_coverage,
+    utilization_perplexity,
+)
 from .metrics.health import _raise_warnings
 from .sinks import Sink, make_sinks
 from .stream import CodebookStream, reduce_streams
@@ -125,7 +131,7 @@ class Monitor:
         if self.every and self.step % self.every == 0:
             try:
                 self.report()
-            except Exception as e:  # a report must never break training
+            except Exception as e:  # noqa: BLE001 - a report must never break training
                 logger.warning("shrinkscope: report at step %d failed and was skipped: %r", self.step, e)
 
     def _collect(self, w: _Watched, extract) -> None:
@@ -133,7 +139,7 @@ class Monitor:
             return
         try:
             caps: list[Capture] = extract()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - must never raise into training
             self._disable(w.name, e)
             return
         for cap in caps:
@@ -146,7 +152,7 @@ class Monitor:
                     stream.update_indices(cap.indices)
                 if cap.latents is not None and w.dims.get(cap.codebook) is not None:
                     stream.update_latents(cap.latents, valid=cap.valid, transform=cap.transform)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - must never raise into training
                 self._disable(key, e)
 
     def _disable(self, key: str, error: BaseException) -> None:
@@ -201,7 +207,7 @@ class Monitor:
             for w in self.watched:
                 try:
                     cbs = {} if w.name in self._disabled else w.adapter.codebooks(w.module)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - must never raise into training
                     self._disable(w.name, e)
                     cbs = {}
                 for c, stream in w.streams.items():
@@ -216,7 +222,7 @@ class Monitor:
                                 cumulative.append(hc)
                                 for scope, h in (("window", hw), ("cumulative", hc)):
                                     records.append(self._record(step, now, scope, h, w.adapter))
-                    except Exception as e:
+                    except Exception as e:  # noqa: BLE001 - must never raise into training
                         self._disable(key, e)
                     stream.close_window(wc)
         self.last_report = {"window": window, "cumulative": cumulative}
@@ -291,7 +297,7 @@ class Monitor:
         for s in list(self.sinks):
             try:
                 s.write(record)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - must never raise into training
                 self.sinks.remove(s)
                 logger.warning("shrinkscope: sink %s failed and was dropped: %r", type(s).__name__, e)
 
@@ -367,13 +373,13 @@ class Monitor:
         for s in self.sinks:
             try:
                 s.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - must never raise into training
                 logger.warning("shrinkscope: closing sink %s failed: %r", type(s).__name__, e)
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     def __repr__(self) -> str:

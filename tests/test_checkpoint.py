@@ -1,4 +1,5 @@
 """Safe loading and codebook discovery on real library layouts.  Run: pytest tests/test_checkpoint.py -q"""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from shrinkscope.checkpoint import CheckpointError, find_codebooks, from_state_dict, load_array, load_checkpoint
+from shrinkscope.checkpoint import (
+    CheckpointError, find_codebooks, from_state_dict, load_array, load_checkpoint
+)
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
@@ -28,13 +31,17 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
-# --- real libraries -------------------------------------------------------------------------------------------
+# --- real libraries ----------------------------------------------------------------------------------------
+
 
 def test_lucidrains_heads_and_residual(tmp_path):
     torch.manual_seed(0)
-    model = torch.nn.ModuleDict({
-        "vq": vqp.VectorQuantize(dim=16, codebook_size=32, heads=2, separate_codebook_per_head=True),
-        "rvq": vqp.ResidualVQ(dim=16, codebook_size=24, num_quantizers=3)})
+    model = torch.nn.ModuleDict(
+        {
+            "vq": vqp.VectorQuantize(dim=16, codebook_size=32, heads=2, separate_codebook_per_head=True),
+            "rvq": vqp.ResidualVQ(dim=16, codebook_size=24, num_quantizers=3),
+        }
+    )
     x = torch.randn(2, 50, 16)
     model["vq"](x), model["rvq"](x)
     path = tmp_path / "lucid.pt"
@@ -70,12 +77,16 @@ def test_simvq_effective_codebook(tmp_path):
     torch.testing.assert_close(fc.codebook, want)
 
 
-# --- state dicts with other libraries' key names ---------------------------------------------------------------
+# --- state dicts with other libraries' key names -----------------------------------------------------------
+
 
 def test_taming_lightning_ckpt_prefix_and_lm_table(tmp_path):
     cb = torch.randn(64, 8)
-    sd = {"first_stage_model.quantize.embedding.weight": cb, "first_stage_model.encoder.conv.weight": torch.randn(4, 3),
-          "transformer.tok_embeddings.weight": torch.randn(500, 32)}
+    sd = {
+        "first_stage_model.quantize.embedding.weight": cb,
+        "first_stage_model.encoder.conv.weight": torch.randn(4, 3),
+        "transformer.tok_embeddings.weight": torch.randn(500, 32),
+    }
     torch.save({"state_dict": sd, "epoch": 3, "global_step": 100}, tmp_path / "last.ckpt")
     f = _found(tmp_path / "last.ckpt")
     assert list(f) == ["quantize"] and torch.equal(f["quantize"].codebook, cb)
@@ -85,8 +96,10 @@ def test_taming_lightning_ckpt_prefix_and_lm_table(tmp_path):
 
 def test_taming_ema_usage_buffer(tmp_path):
     usage = torch.tensor([5.0, 0.0, 3.0, 2.0])
-    sd = {"quantize.embedding.weight": torch.randn(4, 3), "quantize.embedding.cluster_size": usage,
-          "quantize.embedding.embed_avg": torch.randn(4, 3)}
+    sd = {
+        "quantize.embedding.weight": torch.randn(4, 3), "quantize.embedding.cluster_size": usage,
+        "quantize.embedding.embed_avg": torch.randn(4, 3)
+    }
     torch.save(sd, tmp_path / "ema.pt")
     (fc,) = _found(tmp_path / "ema.pt").values()
     assert fc.family == "taming-ema" and torch.equal(fc.counts, usage.double())
@@ -96,8 +109,10 @@ def test_llamagen_fifo_normalised_model_and_ema(tmp_path):
     cb = torch.randn(16, 8) * 3
     fifo = torch.tensor([1.0, 1.0, 2.0, 15.0] * 4)
     sd = {"quantize.embedding.weight": cb, "quantize.codebook_used": fifo}
-    obj = {"model": sd, "ema": {k: v.clone() for k, v in sd.items()}, "args": argparse.Namespace(codebook_size=16),
-           "optimizer": {"state": {}}}
+    obj = {
+        "model": sd, "ema": {k: v.clone() for k, v in sd.items()},
+        "args": argparse.Namespace(codebook_size=16), "optimizer": {"state": {}}
+    }
     torch.save(obj, tmp_path / "llamagen.pt")
     f = _found(tmp_path / "llamagen.pt")
     assert sorted(f) == ["ema.quantize", "model.quantize"]
@@ -111,8 +126,13 @@ def test_diffusers_safetensors_reads_only_the_codebook(tmp_path, monkeypatch):
     import safetensors
 
     cb = torch.randn(256, 4)
-    save_file({"quantize.embedding.weight": cb, "encoder.conv_in.weight": torch.randn(64, 3, 3, 3),
-               "decoder.conv_out.weight": torch.randn(3, 64, 3, 3)}, tmp_path / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {
+            "quantize.embedding.weight": cb, "encoder.conv_in.weight": torch.randn(64, 3, 3, 3),
+            "decoder.conv_out.weight": torch.randn(3, 64, 3, 3)
+        },
+        tmp_path / "diffusion_pytorch_model.safetensors",
+    )
     loaded = []
     real = safetensors.safe_open
 
@@ -144,9 +164,15 @@ def test_encodec_original_and_hf(tmp_path):
         sd[f"quantizer.vq.layers.{i}._codebook.inited"] = torch.ones(1)
     torch.save(sd, tmp_path / "encodec.th")
     f = _found(tmp_path / "encodec.th")
-    assert sorted(f) == ["quantizer.vq.layers.0", "quantizer.vq.layers.1"] and f["quantizer.vq.layers.0"].counts is not None
-    hf = {"quantizer.layers.0.codebook.embed": torch.randn(32, 6), "quantizer.layers.0.codebook.cluster_size": torch.rand(32),
-          "quantizer.layers.0.codebook.inited": torch.zeros(1)}
+    assert (
+        sorted(f) == ["quantizer.vq.layers.0", "quantizer.vq.layers.1"]
+        and f["quantizer.vq.layers.0"].counts is not None
+    )
+    hf = {
+        "quantizer.layers.0.codebook.embed": torch.randn(32, 6),
+        "quantizer.layers.0.codebook.cluster_size": torch.rand(32),
+        "quantizer.layers.0.codebook.inited": torch.zeros(1),
+    }
     save_file(hf, tmp_path / "model.safetensors")
     (fc,) = _found(tmp_path / "model.safetensors").values()
     assert fc.name == "quantizer.layers.0" and fc.counts is None  # inited == 0: buffers not meaningful yet
@@ -163,29 +189,46 @@ def test_dac_codebooks_are_l2_normalised(tmp_path):
 
 def test_moshi_and_mimi_derived_codebook(tmp_path):
     emb_sum, usage = torch.randn(64, 8) * 10, torch.rand(64) * 5 + 1
-    sd = {"quantizer.rvq_first.vq.layers.0._codebook.embedding_sum": emb_sum,
-          "quantizer.rvq_first.vq.layers.0._codebook.cluster_usage": usage,
-          "quantizer.acoustic_residual_vector_quantizer.layers.0.codebook.embed_sum": emb_sum.clone(),
-          "quantizer.acoustic_residual_vector_quantizer.layers.0.codebook.cluster_usage": usage.clone()}
+    sd = {
+        "quantizer.rvq_first.vq.layers.0._codebook.embedding_sum": emb_sum,
+        "quantizer.rvq_first.vq.layers.0._codebook.cluster_usage": usage,
+        "quantizer.acoustic_residual_vector_quantizer.layers.0.codebook.embed_sum": emb_sum.clone(),
+        "quantizer.acoustic_residual_vector_quantizer.layers.0.codebook.cluster_usage": usage.clone(),
+    }
     torch.save(sd, tmp_path / "mimi.pt")
     f = _found(tmp_path / "mimi.pt")
     fc = f["quantizer.rvq_first.vq.layers.0"]
     torch.testing.assert_close(fc.codebook, emb_sum / usage[:, None])
-    assert torch.equal(fc.counts, usage.double()) and "quantizer.acoustic_residual_vector_quantizer.layers.0" in f
+    assert (
+        torch.equal(fc.counts, usage.double())
+        and "quantizer.acoustic_residual_vector_quantizer.layers.0" in f
+    )
 
 
 def test_var_scale_hits(tmp_path):
     hits = torch.rand(10, 32)
-    torch.save({"quantize.embedding.weight": torch.randn(32, 4), "quantize.ema_vocab_hit_SV": hits}, tmp_path / "var.pth")
+    torch.save(
+        {"quantize.embedding.weight": torch.randn(32, 4), "quantize.ema_vocab_hit_SV": hits},
+        tmp_path / "var.pth",
+    )
     (fc,) = _found(tmp_path / "var.pth").values()
     torch.testing.assert_close(fc.counts, hits.double().sum(0))
 
 
 def test_wrapper_prefixes_and_legacy_format(tmp_path):
     cb = torch.randn(8, 3)
-    torch.save({"module._orig_mod.vq.codebook": cb}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    torch.save(
+        {"module._orig_mod.vq.codebook": cb}, tmp_path / "old.pt", _use_new_zipfile_serialization=False
+    )
     (fc,) = _found(tmp_path / "old.pt").values()
     assert fc.name == "vq" and torch.equal(fc.codebook, cb)
+
+
+def test_bare_tensor_file_is_a_codebook(tmp_path):
+    cb = torch.randn(12, 3)
+    torch.save(cb, tmp_path / "cb.pt")
+    (fc,) = _found(tmp_path / "cb.pt").values()
+    assert torch.equal(fc.codebook, cb) and torch.equal(load_array(tmp_path / "cb.pt"), cb)
 
 
 def test_numpy_codebooks(tmp_path):
@@ -216,12 +259,19 @@ def test_load_array_channel_first_maps(tmp_path):
 
 # --- bad input ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make,fragment", [
-    (lambda p: None, "no such file"),
-    (lambda p: os.mkdir(p), "is a directory"),
-    (lambda p: open(p, "wb").close(), "is empty"),
-    (lambda p: open(p, "wb").write(b"hello, this is plain text and not a checkpoint\n"), "not a checkpoint"),
-])
+
+@pytest.mark.parametrize(
+    "make,fragment",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: os.mkdir(p), "is a directory"),
+        (lambda p: open(p, "wb").close(), "is empty"),
+        (
+            lambda p: open(p, "wb").write(b"hello, this is plain text and not a checkpoint\n"),
+            "not a checkpoint",
+        ),
+    ],
+)
 def test_unreadable_files(tmp_path, make, fragment):
     path = tmp_path / "bad.pt"
     make(path)

@@ -1,4 +1,5 @@
 """The ``shrinkscope`` CLI: exit codes, one-line errors, JSON contract.  Run: pytest tests/test_cli.py -q"""
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,9 @@ def _run(capsys, *argv):
 
 
 def test_analyze_json_contract(files, capsys):
-    code, out, err = _run(capsys, "analyze", files / "good.safetensors", "--latents", files / "z.npy", "--json")
+    code, out, err = _run(
+        capsys, "analyze", files / "good.safetensors", "--latents", files / "z.npy", "--json"
+    )
     assert code == 0
     d = json.loads(out)
     assert list(d) == ["source", "codebooks"] and d["codebooks"][0]["name"] == "quantize"
@@ -69,30 +72,32 @@ def test_analyze_table_and_verdict(files, capsys):
 
 
 def test_analyze_out_dir(files, tmp_path, capsys):
-    code, out, _ = _run(capsys, "analyze", files / "bad.ckpt", "--latents", files / "z.npy", "--out", tmp_path / "r",
-                        "--no-umap")
+    code, out, _ = _run(
+        capsys, "analyze", files / "bad.ckpt", "--latents", files / "z.npy", "--out", tmp_path / "r",
+        "--no-umap"
+    )
     assert code == 0 and (tmp_path / "r" / "report.html").exists() and "report:" in out
     assert json.loads((tmp_path / "r" / "health.json").read_text())["codebooks"][0]["warnings"]
 
 
 def test_compare_json(files, capsys):
-    code, out, _ = _run(capsys, "compare", files / "bad.ckpt", files / "good.ckpt", "--latents", files / "z.npy",
-                        "--json")
+    code, out, _ = _run(
+        capsys, "compare", files / "bad.ckpt", files / "good.ckpt", "--latents", files / "z.npy", "--json"
+    )
     d = json.loads(out)
-    assert code == 0 and list(d) == ["before", "after", "delta"] and d["delta"][0]["metrics"]["spread_ratio"] > 0
+    assert (
+        code == 0 and list(d) == ["before", "after", "delta"] and d["delta"][0]["metrics"]["spread_ratio"] > 0
+    )
 
 
-@pytest.mark.parametrize("name,fragment", [
-    ("missing.pt", "no such file"),
-    ("adir", "is a directory"),
-    ("empty.pt", "is empty"),
-    ("trunc.ckpt", "truncated"),
-    ("notes.txt", "not a checkpoint"),
-    ("nocb.pt", "no codebook found"),
-    ("nan.pt", "1 NaN"),
-    ("evil.pt", "refused to unpickle"),
-    ("evil.pkl", "--trust-checkpoint"),
-])
+@pytest.mark.parametrize(
+    "name,fragment",
+    [
+        ("missing.pt", "no such file"), ("adir", "is a directory"), ("empty.pt", "is empty"),
+        ("trunc.ckpt", "truncated"), ("notes.txt", "not a checkpoint"), ("nocb.pt", "no codebook found"),
+        ("nan.pt", "1 NaN"), ("evil.pt", "refused to unpickle"), ("evil.pkl", "--trust-checkpoint")
+    ],
+)
 def test_bad_input_exits_2_with_one_line(files, capsys, name, fragment):
     code, out, err = _run(capsys, "analyze", files / name)
     assert code == 2 and out == ""
@@ -130,9 +135,19 @@ def test_no_command_prints_help(capsys):
 def test_console_script_subprocess(files):
     exe = shutil.which("shrinkscope")
     cmd = [exe] if exe else [sys.executable, "-m", "shrinkscope.cli"]
-    ok = subprocess.run([*cmd, "analyze", str(files / "good.ckpt"), "--json"], capture_output=True, text=True,
-                        timeout=120)
+    ok = subprocess.run(
+        [*cmd, "analyze", str(files / "good.ckpt"), "--json"], capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0 and json.loads(ok.stdout)["codebooks"][0]["num_codes"] == 64
-    bad = subprocess.run([*cmd, "analyze", str(files / "evil.pt")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*cmd, "analyze", str(files / "evil.pt")], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "refused to unpickle" in bad.stderr and "Traceback" not in bad.stderr
     assert not (files / "pwned").exists()
+
+
+def test_analyze_without_out_never_imports_matplotlib(files):
+    code = ("import sys; from shrinkscope.cli import main; rc = main(['analyze', sys.argv[1], '--json']); "
+            "sys.exit(3 if 'matplotlib' in sys.modules or 'umap' in sys.modules else rc)")
+    run = subprocess.run([sys.executable, "-c", code, str(files / "good.ckpt")], capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr

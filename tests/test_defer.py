@@ -1,208 +1,26 @@
-"""shrinkscope.defer: pass-through before the switch, exact delegation after it, state, auto switch, errors."""
+"""shrinkscope.defer: pass-through before the switch, exact delegation after it, state, auto switch."""
 from __future__ import annotations
 
 import copy
 import io
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import shrinkscope
-from shrinkscope.defer import DeferredQuantizer, strip_deferred, unwrap
-from shrinkscope.defer_families import water_filling_dimension
+from shrinkscope.defer import DeferredQuantizer, strip_deferred, unwrap, water_filling_dimension
 from shrinkscope.kmeans import kmeans
 from shrinkscope.metrics import assign
 from shrinkscope.reference.quantizer import EMAQuantizer, QuantizerOutput
 
-
-
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
-
-# Minimal, faithful copies of quantizer classes that are not installed here, written from the upstream
-# sources (signatures, buffers, output structures; research/ecosystem.md section 1): taming
-# VectorQuantizer2 / EMAVectorQuantizer, LlamaGen VectorQuantizer, EnCodec EuclideanCodebook /
-# VectorQuantization. Only what deferral touches is reproduced.
-
-
-class VectorQuantizer2(nn.Module):
-    """taming-transformers ``VectorQuantizer2`` (remap omitted)."""
-
-    def __init__(self, n_e, e_dim, beta, remap=None, sane_index_shape=False, legacy=True):
-        super().__init__()
-        self.n_e, self.e_dim, self.beta, self.legacy = n_e, e_dim, beta, legacy
-        self.embedding = nn.Embedding(n_e, e_dim)
-        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
-        self.remap = remap
-        self.sane_index_shape = sane_index_shape
-
-    def forward(self, z, temp=None, rescale_logits=False, return_logits=False):
-        z = z.permute(0, 2, 3, 1).contiguous()
-        zf = z.view(-1, self.e_dim)
-        d = (zf ** 2).sum(1, keepdim=True) + (self.embedding.weight ** 2).sum(1) - 2 * zf @ self.embedding.weight.t()
-        idx = torch.argmin(d, dim=1)
-        z_q = self.embedding(idx).view(z.shape)
-        if not self.legacy:
-            loss = self.beta * torch.mean((z_q.detach() - z) ** 2) + torch.mean((z_q - z.detach()) ** 2)
-        else:
-            loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
-        z_q = z + (z_q - z).detach()
-        z_q = z_q.permute(0, 3, 1, 2).contiguous()
-        if self.sane_index_shape:
-            idx = idx.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
-        return z_q, loss, (None, None, idx)
-
-
-class EmbeddingEMA(nn.Module):
-    def __init__(self, num_tokens, codebook_dim, decay=0.99, eps=1e-5):
-        super().__init__()
-        self.decay, self.eps = decay, eps
-        weight = torch.randn(num_tokens, codebook_dim)
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.cluster_size = nn.Parameter(torch.zeros(num_tokens), requires_grad=False)
-        self.embed_avg = nn.Parameter(weight.clone(), requires_grad=False)
-        self.update = True
-
-    def forward(self, embed_id):
-        return F.embedding(embed_id, self.weight)
-
-
-class EMAVectorQuantizer(nn.Module):
-    """taming-transformers ``EMAVectorQuantizer``."""
-
-    def __init__(self, n_embed, embedding_dim, beta, decay=0.99, eps=1e-5):
-        super().__init__()
-        self.codebook_dim, self.num_tokens, self.beta = embedding_dim, n_embed, beta
-        self.embedding = EmbeddingEMA(n_embed, embedding_dim, decay, eps)
-
-    def forward(self, z):
-        z = z.permute(0, 2, 3, 1)
-        zf = z.reshape(-1, self.codebook_dim)
-        w = self.embedding.weight
-        d = zf.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * zf @ w.t()
-        idx = torch.argmin(d, dim=1)
-        z_q = self.embedding(idx).view(z.shape)
-        enc = F.one_hot(idx, self.num_tokens).type(z.dtype)
-        avg = enc.mean(0)
-        perplexity = torch.exp(-torch.sum(avg * torch.log(avg + 1e-10)))
-        if self.training and self.embedding.update:
-            e = self.embedding
-            e.cluster_size.data.mul_(e.decay).add_(enc.sum(0), alpha=1 - e.decay)
-            e.embed_avg.data.mul_(e.decay).add_(enc.t() @ zf, alpha=1 - e.decay)
-            n = e.cluster_size.sum()
-            smoothed = (e.cluster_size + e.eps) / (n + self.num_tokens * e.eps) * n
-            e.weight.data.copy_(e.embed_avg / smoothed.unsqueeze(1))
-        loss = self.beta * F.mse_loss(z_q.detach(), z)
-        z_q = z + (z_q - z).detach()
-        return z_q.permute(0, 3, 1, 2), loss, (perplexity, enc, idx)
-
-
-class VectorQuantizer(nn.Module):
-    """LlamaGen ``VectorQuantizer`` (entropy loss reduced to a constant-free stand-in)."""
-
-    def __init__(self, n_e, e_dim, beta, entropy_loss_ratio, l2_norm, show_usage):
-        super().__init__()
-        self.n_e, self.e_dim, self.beta = n_e, e_dim, beta
-        self.entropy_loss_ratio, self.l2_norm, self.show_usage = entropy_loss_ratio, l2_norm, show_usage
-        self.embedding = nn.Embedding(n_e, e_dim)
-        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
-        if l2_norm:
-            self.embedding.weight.data = F.normalize(self.embedding.weight.data, p=2, dim=-1)
-        if show_usage:
-            # upstream registers nn.Parameter(zeros) as a buffer, which only works once moved to a GPU
-            self.register_buffer("codebook_used", torch.zeros(65536))
-
-    def forward(self, z):
-        z = torch.einsum("b c h w -> b h w c", z).contiguous()
-        zf = z.view(-1, self.e_dim)
-        if self.l2_norm:
-            z, zf = F.normalize(z, p=2, dim=-1), F.normalize(zf, p=2, dim=-1)
-            emb = F.normalize(self.embedding.weight, p=2, dim=-1)
-        else:
-            emb = self.embedding.weight
-        d = (zf ** 2).sum(1, keepdim=True) + (emb ** 2).sum(1) - 2 * zf @ emb.t()
-        idx = torch.argmin(d, dim=1)
-        z_q = emb[idx].view(z.shape)
-        vq_loss = commit_loss = entropy_loss = None
-        usage = 0
-        if self.show_usage and self.training:
-            n = idx.shape[0]
-            self.codebook_used[:-n] = self.codebook_used[n:].clone()
-            self.codebook_used[-n:] = idx
-            usage = len(torch.unique(self.codebook_used)) / self.n_e
-        if self.training:
-            vq_loss = torch.mean((z_q - z.detach()) ** 2)
-            commit_loss = self.beta * torch.mean((z_q.detach() - z) ** 2)
-            entropy_loss = self.entropy_loss_ratio * (-d).softmax(-1).mean()
-        z_q = z + (z_q - z).detach()
-        return torch.einsum("b h w c -> b c h w", z_q), (vq_loss, commit_loss, entropy_loss, usage), (None, None, idx)
-
-
-class EuclideanCodebook(nn.Module):
-    """EnCodec ``EuclideanCodebook``."""
-
-    def __init__(self, dim, codebook_size, kmeans_init=False, decay=0.99, epsilon=1e-5, threshold_ema_dead_code=2):
-        super().__init__()
-        self.decay, self.codebook_size, self.epsilon = decay, codebook_size, epsilon
-        self.threshold_ema_dead_code = threshold_ema_dead_code
-        embed = torch.zeros(codebook_size, dim) if kmeans_init else nn.init.kaiming_uniform_(torch.empty(codebook_size, dim))
-        self.register_buffer("inited", torch.Tensor([not kmeans_init]))
-        self.register_buffer("cluster_size", torch.zeros(codebook_size))
-        self.register_buffer("embed", embed)
-        self.register_buffer("embed_avg", embed.clone())
-
-    def init_embed_(self, data):
-        if self.inited:
-            return
-        self.embed.data.copy_(data[torch.randint(0, data.shape[0], (self.codebook_size,))])
-        self.embed_avg.data.copy_(self.embed.clone())
-        self.inited.data.copy_(torch.Tensor([True]))
-
-    def forward(self, x):
-        shape, dtype = x.shape, x.dtype
-        x = x.reshape(-1, shape[-1])
-        self.init_embed_(x)
-        e = self.embed.t()
-        ind = (-(x.pow(2).sum(1, keepdim=True) - 2 * x @ e + e.pow(2).sum(0, keepdim=True))).max(-1).indices
-        onehot = F.one_hot(ind, self.codebook_size).type(dtype)
-        ind = ind.view(*shape[:-1])
-        quantize = F.embedding(ind, self.embed)
-        if self.training:
-            expired = self.cluster_size < self.threshold_ema_dead_code
-            if self.threshold_ema_dead_code and torch.any(expired):
-                pick = x[torch.randint(0, x.shape[0], (self.codebook_size,))]
-                self.embed.data.copy_(torch.where(expired[:, None], pick, self.embed))
-            self.cluster_size.data.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-            self.embed_avg.data.mul_(self.decay).add_((x.t() @ onehot).t(), alpha=1 - self.decay)
-            n = self.cluster_size.sum()
-            size = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
-            self.embed.data.copy_(self.embed_avg / size.unsqueeze(1))
-        return quantize, ind
-
-
-class VectorQuantization(nn.Module):
-    """EnCodec ``VectorQuantization`` (``(B, D, N)`` in and out)."""
-
-    def __init__(self, dim, codebook_size, codebook_dim=None, kmeans_init=True, commitment_weight=1.0):
-        super().__init__()
-        cd = codebook_dim or dim
-        self.project_in = nn.Linear(dim, cd) if cd != dim else nn.Identity()
-        self.project_out = nn.Linear(cd, dim) if cd != dim else nn.Identity()
-        self.commitment_weight = commitment_weight
-        self._codebook = EuclideanCodebook(cd, codebook_size, kmeans_init=kmeans_init)
-        self.codebook_size = codebook_size
-
-    def forward(self, x):
-        x = self.project_in(x.transpose(1, 2))
-        quantize, ind = self._codebook(x)
-        if self.training:
-            quantize = x + (quantize - x).detach()
-        loss = torch.tensor([0.0], device=x.device, requires_grad=self.training)
-        if self.training and self.commitment_weight > 0:
-            loss = loss + F.mse_loss(quantize.detach(), x) * self.commitment_weight
-        return self.project_out(quantize).transpose(1, 2), ind, loss
+# the faithful stand-ins for libraries not installed here, shared with the adapter tests
+sys.path.insert(0, str(Path(__file__).resolve().parent / "adapters"))
+import fakes
 
 
 def _roundtrip(obj):
@@ -235,15 +53,19 @@ CASES = {
     "lucid_vq": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8), _seq),
     "lucid_vq_kmeans_init": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, kmeans_init=True,
                                                          threshold_ema_dead_code=1), _seq),
-    "lucid_vq_cosine_proj": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, codebook_dim=3, use_cosine_sim=True), _seq),
-    "lucid_vq_heads": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, heads=2, separate_codebook_per_head=True), _seq),
+    "lucid_vq_cosine_proj": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, codebook_dim=3,
+                                                         use_cosine_sim=True), _seq),
+    "lucid_vq_heads": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, heads=2,
+                                                   separate_codebook_per_head=True), _seq),
     "lucid_vq_image": (lambda: vqp.VectorQuantize(dim=4, codebook_size=8, accept_image_fmap=True), _grid),
     "lucid_rvq": (lambda: vqp.ResidualVQ(dim=4, codebook_size=8, num_quantizers=2), _seq),
-    "taming": (lambda: VectorQuantizer2(8, 4, 0.25, sane_index_shape=True), _grid),
-    "taming_ema": (lambda: EMAVectorQuantizer(8, 4, 0.25), _grid),
-    "llamagen": (lambda: VectorQuantizer(8, 4, 0.25, 0.1, True, True), _grid),
-    "encodec_codebook": (lambda: EuclideanCodebook(4, 8, kmeans_init=True), _seq),
-    "encodec_vq": (lambda: VectorQuantization(4, 8, kmeans_init=True), _chan_first_seq),
+    "taming": (lambda: fakes.VectorQuantizer2(8, 4, 0.25, sane_index_shape=True), _grid),
+    "taming_legacy": (lambda: fakes.VectorQuantizer(8, 4, 0.25), _grid),
+    "taming_ema": (lambda: fakes.EMAVectorQuantizer(8, 4, 0.25), _grid),
+    "llamagen": (lambda: fakes.LlamaGenVectorQuantizer(8, 4, 0.25, 0.1, True, True), _grid),
+    "diffusers": (lambda: fakes.DiffusersVectorQuantizer(8, 4, 0.25), _grid),
+    "encodec_codebook": (lambda: fakes.EuclideanCodebook(4, 8, kmeans_init=True), _seq),
+    "encodec_vq": (lambda: fakes.VectorQuantization(4, 8, codebook_dim=3), _chan_first_seq),
     "reference": (lambda: EMAQuantizer(8, 4), _grid),
 }
 
@@ -268,9 +90,11 @@ def _quantized(out):
 
 
 LOSSES = {  # where each family returns its auxiliary losses
-    "lucid_vq": lambda o: [o[2]], "lucid_vq_kmeans_init": lambda o: [o[2]], "lucid_vq_cosine_proj": lambda o: [o[2]],
+    "lucid_vq": lambda o: [o[2]], "lucid_vq_kmeans_init": lambda o: [o[2]],
+    "lucid_vq_cosine_proj": lambda o: [o[2]],
     "lucid_vq_heads": lambda o: [o[2]], "lucid_vq_image": lambda o: [o[2]], "lucid_rvq": lambda o: [o[2]],
-    "taming": lambda o: [o[1]], "taming_ema": lambda o: [o[1]], "llamagen": lambda o: list(o[1][:3]),
+    "taming": lambda o: [o[1]], "taming_legacy": lambda o: [o[1]], "taming_ema": lambda o: [o[1]],
+    "diffusers": lambda o: [o[1]], "llamagen": lambda o: list(o[1][:3]),
     "encodec_codebook": lambda o: [], "encodec_vq": lambda o: [o[2]], "reference": lambda o: [o.loss],
 }
 
@@ -301,6 +125,42 @@ def test_passthrough_keeps_structure_and_state(case):
     assert torch.equal(x.grad, torch.ones_like(x))
     assert q.step == 1 and q.phase == "warmup"
     assert q.reservoir(next(iter(q._dims))).shape[0] > 0
+
+
+IDS = {  # where each family returns its code ids
+    "lucid_vq": lambda o: o[1], "lucid_vq_kmeans_init": lambda o: o[1],
+    "lucid_vq_cosine_proj": lambda o: o[1],
+    "lucid_vq_heads": lambda o: o[1], "lucid_vq_image": lambda o: o[1], "lucid_rvq": lambda o: o[1],
+    "taming": lambda o: o[2][2], "taming_legacy": lambda o: o[2][2], "taming_ema": lambda o: o[2][2],
+    "diffusers": lambda o: o[2][2], "llamagen": lambda o: o[2][2], "encodec_codebook": lambda o: o[1],
+    "encodec_vq": lambda o: o[1], "reference": lambda o: o.indices,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_passthrough_ids_are_the_bare_modules_lookup(case):
+    make_q, make_x = CASES[case]
+    torch.manual_seed(0)
+    bare = make_q()
+    if case == "reference":
+        bare.init_codebook(torch.randn(64, 4) + 2.0)
+    q = shrinkscope.defer(copy.deepcopy(bare), switch=1000, reservoir_size=64)
+    ids = IDS[case](q.train()(make_x(3)))
+    if not q.family.initted(q.wrapped):
+        assert bool((ids == -1).all())  # no codebook yet: nothing to look up
+    else:
+        assert torch.equal(ids, IDS[case](bare.eval()(make_x(3))))
+
+
+def test_families_agree_with_the_monitor_adapters():
+    from shrinkscope.adapters import get_adapter
+
+    for case, (make_q, _) in CASES.items():
+        module = make_q()
+        ours = shrinkscope.defer(module, reservoir_size=64).family.codebooks(module)
+        theirs = get_adapter(module).codebooks(module)
+        assert ours.keys() == theirs.keys(), case
+        assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in ours), case
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -386,17 +246,19 @@ def test_eval_calls_do_not_count_or_collect():
 
 
 def test_resume_mid_warmup_continues_identically():
-    def run(steps_a, steps_b):
+    def make():
         torch.manual_seed(0)
-        q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="auto", reservoir_size=32,
-                              check_every=2, min_steps=0, max_steps=14, window=50, seed=5)
+        # window=50: the checks record history but never decide, so the switch comes at max_steps
+        return shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="auto", reservoir_size=32,
+                                 check_every=2, min_steps=0, max_steps=14, window=50, seed=5)
+
+    def run(steps_a, steps_b):
+        q = make()
         _train(q, _seq, steps_a)
         if steps_b is None:
             return q
         state = _roundtrip(q.state_dict())
-        torch.manual_seed(0)
-        fresh = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="auto", reservoir_size=32,
-                                  check_every=2, min_steps=0, max_steps=14, window=50, seed=5)
+        fresh = make()
         fresh.load_state_dict(state)
         assert fresh.step == steps_a and fresh.phase == "warmup"
         _train(fresh, lambda s: _seq(s + steps_a), steps_b)
@@ -477,7 +339,8 @@ def test_switch_is_logged_to_monitor_and_python_logging(caplog):
         def log_event(self, event, **payload):
             events.append((event, payload))
 
-    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=2, reservoir_size=32, monitor=Sink())
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=2, reservoir_size=32,
+                          monitor=Sink())
     with caplog.at_level("INFO", logger="shrinkscope.defer"):
         _train(q, _seq, 3)
     assert events and events[0][0] == "defer_switch"
@@ -494,7 +357,8 @@ def test_bad_use_gives_clear_errors():
         shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch="later")
     with pytest.raises(TypeError, match="already deferred"):
         shrinkscope.defer(shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8)))
-    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=1, reservoir_size=32, check_every=100)
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=1, reservoir_size=32,
+                          check_every=100)
     q.train()(torch.randn(1, 2, 4))  # one step gives 2 latents, fewer than K=8
     with pytest.raises(RuntimeError, match="fewer than the codebook size"):
         q(torch.randn(1, 2, 4))
@@ -512,3 +376,22 @@ def test_wrapper_is_a_deferred_quantizer_and_lazy_export_works():
     q = shrinkscope.defer(EMAQuantizer(8, 4))
     assert isinstance(q, shrinkscope.DeferredQuantizer) and isinstance(q, DeferredQuantizer)
     assert callable(shrinkscope.unwrap)
+
+
+def test_switch_event_reaches_a_watch_monitor_jsonl(tmp_path):
+    import json
+
+    model = _AE(shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=3, reservoir_size=32))
+    path = tmp_path / "run.jsonl"
+    monitor = shrinkscope.watch(model, every=100, log_to=str(path))
+    model.quantizer.monitor = monitor  # attach after watch() so the monitor sees the final model
+    try:
+        for s in range(5):
+            recon, loss = model(_seq(s))
+            (recon.pow(2).mean() + loss).backward()
+    finally:
+        monitor.remove()
+    events = [json.loads(line) for line in path.read_text().splitlines() if '"event"' in line]
+    assert [e["event"] for e in events] == ["defer_switch"]
+    assert events[0]["step"] == 3 and events[0]["reason"] == "fixed_step"
+    assert events[0]["family"] == "lucidrains.vq"

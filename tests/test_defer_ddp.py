@@ -60,7 +60,8 @@ def _train_one(rank: int, out_dir: str, switch) -> None:
         opt.step()
     deferred = inner.quantizer
     torch.save({"embed": vq._codebook.embed.clone(), "cluster_size": vq._codebook.cluster_size.clone(),
-                "switch_step": deferred.switch_info["step"], "rows": deferred.switch_info["reservoir_rows"][""],
+                "switch_step": deferred.switch_info["step"],
+                "rows": deferred.switch_info["reservoir_rows"][""],
                 "history": deferred.history}, f"{out_dir}/{switch}-rank{rank}.pt")
 
 

@@ -88,7 +88,7 @@ def test_global_rng_untouched_and_memory_bounded():
         s.update_latents(torch.randn(33, 4, generator=torch.Generator().manual_seed(1)))
         s.update_indices(torch.zeros(33, dtype=torch.long))
     assert torch.equal(state, torch.get_rng_state())
-    assert s._res.shape == (16, 4) and s._hist.shape == (10,)
+    assert s._res.shape == (17, 4) and s._hist.shape == (10,)  # R rows + a dump row; K + 2 bins
     assert s.seen() == 50 * 33
 
 
@@ -125,3 +125,23 @@ def test_bad_arguments():
         CodebookStream(0)
     with pytest.raises(ValueError, match="reservoir_size"):
         CodebookStream(3, reservoir_size=-1)
+
+
+def test_many_rows_gather_path_on_a_view():
+    """n > R: only the winners are gathered (and transformed) from a non-contiguous view."""
+    z = torch.randn(2, 3, 4, 5)
+    rows = z.movedim(1, -1).reshape(-1, 3)
+    s = CodebookStream(1, reservoir_size=6, seed=3)
+    calls = []
+
+    def transform(r):
+        calls.append(r.shape[0])
+        return r + 100
+
+    s.update_latents(z.movedim(1, -1), transform=transform)
+    assert calls == [6] and s.seen() == 40
+    res = s.reservoir()
+    assert res.shape == (6, 3)
+    # every sampled row is a distinct input row (shifted by the transform)
+    matches = [(torch.isclose(rows + 100, r).all(1)).nonzero().flatten().tolist() for r in res]
+    assert all(len(m) == 1 for m in matches) and len({m[0] for m in matches}) == 6

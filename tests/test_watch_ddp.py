@@ -50,8 +50,8 @@ def _worker(rank, world, port, out_dir):
             q(shards[rank])
         m.report()
         stream = m.watched[0].streams[""]
-        torch.save({"counts": m.counts("FrozenQuantizer"), "reservoir_rows": m._last_latents["FrozenQuantizer"].shape[0]},
-                   f"{out_dir}/counts_{rank}.pt")
+        torch.save({"counts": m.counts("FrozenQuantizer"),
+                    "reservoir_rows": m._last_latents["FrozenQuantizer"].shape[0]}, f"{out_dir}/counts_{rank}.pt")
         assert stream.window_counts().sum() == 0
         m.remove()
     finally:
@@ -59,7 +59,7 @@ def _worker(rank, world, port, out_dir):
 
 
 def _usage(path):
-    lines = [json.loads(x) for x in open(path).read().splitlines()]
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
     return [(r["step"], r["scope"], r["metrics"]["utilization_perplexity"], r["metrics"]["dead_code_ratio"])
             for r in lines]
 
@@ -85,4 +85,6 @@ def test_ddp_counts_equal_single_process(tmp_path):
         assert got["reservoir_rows"] == 8
     assert int(single.sum()) == STEPS * 14
     assert (tmp_path / "run_0.jsonl").exists() and not (tmp_path / "run_1.jsonl").exists()
-    assert _usage(tmp_path / "run_0.jsonl") == _usage(tmp_path / "single.jsonl")
+    usage = _usage(tmp_path / "run_0.jsonl")
+    assert [u[:2] for u in usage] == [(s, sc) for s in (3, 6, 7) for sc in ("window", "cumulative")]
+    assert usage == _usage(tmp_path / "single.jsonl")

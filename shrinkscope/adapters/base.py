@@ -12,7 +12,8 @@ transforms only those, so projections and normalisations cost O(reservoir) inste
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn

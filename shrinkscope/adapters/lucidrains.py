@@ -53,9 +53,7 @@ class VectorQuantizeAdapter(Adapter):
         # Re-create the layout the module uses internally: rows of ``dim`` features.
         if x.ndim == 2:
             rows = x.detach()
-        elif getattr(module, "accept_image_fmap", False) or getattr(module, "accept_3d_fmap", False):
-            rows = channels_last(x, 1)
-        elif not getattr(module, "channel_last", True):
+        elif getattr(module, "accept_image_fmap", False) or getattr(module, "accept_3d_fmap", False) or not getattr(module, "channel_last", True):
             rows = channels_last(x, 1)
         else:
             rows = x.detach()

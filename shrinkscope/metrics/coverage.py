@@ -8,9 +8,9 @@ is the share of codes inside at least one latent's ball. Comparisons are strict 
 How it stays fast and exact: distances are searched block by block (memory O(chunk * N), never N x N)
 with float32 matrix products on centred data, and every decision that float32 round-off could flip
 is re-checked in float64. The float32 error of a squared distance ``||a||^2 + ||b||^2 - 2 a.b`` is at
-most ``(2D + 32) * u * (||a||^2 + ||b||^2)`` (``u`` the unit round-off of the matmul precision in use;
-TF32/bf16 matmul settings are honoured), so only pairs within that margin of a ball's edge are
-recomputed. The result equals an all-float64 computation; ``tests/metrics`` checks it against the
+most ``(2D + 32) * u * (||a||^2 + ||b||^2)`` (``u = 2^-24``), so only pairs within that margin of a
+ball's edge are recomputed, by direct float64 differences. When TF32/bf16 matrix products are enabled
+(``torch.set_float32_matmul_precision``), the search runs in float64 instead. The result equals an all-float64 computation; ``tests/metrics`` checks it against the
 ``prdc`` package and against a plain loop.
 """
 from __future__ import annotations
@@ -22,17 +22,21 @@ import torch
 from ._validate import as_float, common, row_chunk, same_dim
 
 
-def _unit_roundoff(device: torch.device) -> float:
-    """Unit round-off of float32 matrix products under the current torch precision settings."""
-    precision = torch.get_float32_matmul_precision()
-    u = {"highest": 2.0 ** -24, "high": 2.0 ** -11, "medium": 2.0 ** -8}.get(precision, 2.0 ** -8)
+def _search_dtype(device: torch.device) -> tuple[torch.dtype, float]:
+    """dtype of the fast distance search and its unit round-off.
+
+    float32 when float32 matrix products run at full precision; when the user allowed TF32/bf16
+    products (``torch.set_float32_matmul_precision`` or ``allow_tf32``), float64 instead, since a
+    10-bit mantissa would leave nearly every decision to the re-check.
+    """
+    reduced = torch.get_float32_matmul_precision() != "highest"
     if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        u = max(u, 2.0 ** -11)
-    return u
+        reduced = True
+    return (torch.float64, 2.0 ** -53) if reduced else (torch.float32, 2.0 ** -24)
 
 
 class _Points:
-    """One point set: float64 rows as given (exact checks) and float32 rows centred on a shared origin.
+    """One point set: float64 rows as given (exact checks) and search-dtype rows centred on a shared origin.
 
     Exact checks use direct differences of the uncentred rows, so equal distances (lattice data,
     codes copied from latents) stay exactly equal and the strict ``<`` behaves as in the ``prdc`` package.
@@ -41,24 +45,26 @@ class _Points:
     def __init__(self, x: torch.Tensor, origin: torch.Tensor):
         self.raw = x.double()
         centred = self.raw - origin
-        self.x32 = centred.float()
-        self.sq64 = (centred * centred).sum(1)  # only feeds tolerances and the float32 search
-        self.sq32 = self.sq64.float()
+        dtype, self.unit_roundoff = _search_dtype(x.device)
+        self.xs = centred.to(dtype)
+        self.sq64 = (centred * centred).sum(1)  # feeds the tolerances and the fast search
+        self.sqs = self.sq64.to(dtype)
         self.n = x.shape[0]
         self.dim = x.shape[1]
-
-
-def _tol_scale(dim: int, device: torch.device) -> float:
-    return (2 * dim + 32) * _unit_roundoff(device) * _TOL_SAFETY
 
 
 _TOL_SAFETY = 1.0  # tests raise this to force every decision through the float64 path
 
 
-def _block32(a: _Points, s: int, e: int, b: _Points) -> torch.Tensor:
-    """Approximate squared distances of rows ``s:e`` of ``a`` to all of ``b`` (float32, ``(e-s, b.n)``)."""
-    d2 = torch.addmm(b.sq32[None, :], a.x32[s:e], b.x32.t(), alpha=-2.0)
-    return d2.add_(a.sq32[s:e, None])
+def _tol_scale(p: _Points) -> float:
+    """c such that |fast - exact| squared distance <= c * (||a||^2 + ||b||^2) for centred rows a, b."""
+    return (2 * p.dim + 32) * p.unit_roundoff * _TOL_SAFETY
+
+
+def _block(a: _Points, s: int, e: int, b: _Points) -> torch.Tensor:
+    """Approximate squared distances of rows ``s:e`` of ``a`` to all of ``b`` (search dtype, ``(e-s, b.n)``)."""
+    d2 = torch.addmm(b.sqs[None, :], a.xs[s:e], b.xs.t(), alpha=-2.0)
+    return d2.add_(a.sqs[s:e, None])
 
 
 def _exact_rows(a: _Points, rows: torch.Tensor, b: _Points) -> torch.Tensor:
@@ -75,14 +81,14 @@ def _exact_rows(a: _Points, rows: torch.Tensor, b: _Points) -> torch.Tensor:
 def _knn_sq_radii(p: _Points, k: int) -> torch.Tensor:
     """Squared distance from every row to its k-th nearest *other* row, exact in float64."""
     n = p.n
-    tol = _tol_scale(p.dim, p.raw.device) * (p.sq64 + p.sq64.max())
+    tol = _tol_scale(p) * (p.sq64 + p.sq64.max())
     m = min(n - 1, 2 * k)  # k candidates plus a margin of k more
     out = torch.empty(n, dtype=torch.float64, device=p.raw.device)
     # bounded by the float32 block (rows, N) and by the float64 candidate block (rows, m, D)
     step = min(row_chunk(n), row_chunk(m * p.dim, budget=1 << 22))
     for s in range(0, n, step):
         e = min(n, s + step)
-        d2 = _block32(p, s, e, p)
+        d2 = _block(p, s, e, p)
         rows = torch.arange(e - s, device=d2.device)
         d2[rows, rows + s] = float("inf")  # a point is not its own neighbour
         vals, idx = torch.topk(d2, m, dim=1, largest=False)
@@ -118,6 +124,15 @@ def knn_radii(x: Any, *, k: int = 5, name: str = "latents") -> torch.Tensor:
     return _knn_sq_radii(p, k).sqrt()
 
 
+def _pair_sq(a: _Points, ia: torch.Tensor, b: _Points, ib: torch.Tensor) -> torch.Tensor:
+    """Float64 squared distances of the pairs ``(a[ia[t]], b[ib[t]])`` (direct differences, in pieces)."""
+    out = torch.empty(ia.numel(), dtype=torch.float64, device=a.raw.device)
+    step = max(1, (1 << 22) // a.dim)
+    for s in range(0, ia.numel(), step):
+        out[s:s + step] = (a.raw[ia[s:s + step]] - b.raw[ib[s:s + step]]).pow(2).sum(1)
+    return out
+
+
 def _ball_pass(real: _Points, fake: _Points, r2_real: torch.Tensor, r2_fake: torch.Tensor | None,
                *, density: bool = False) -> dict[str, torch.Tensor]:
     """One blocked pass over real x fake distances; every ball test certified in float64.
@@ -127,26 +142,26 @@ def _ball_pass(real: _Points, fake: _Points, r2_real: torch.Tensor, r2_fake: tor
     ball) and, with ``density``, ``count`` (number of real balls holding it).
     """
     dev = real.raw.device
-    c = _tol_scale(real.dim, dev)
+    c = _tol_scale(real)
     fake_max, real_max = float(fake.sq64.max()), float(real.sq64.max())
     covered = torch.zeros(real.n, dtype=torch.bool, device=dev)
     recalled = torch.zeros(real.n, dtype=torch.bool, device=dev)
     inside = torch.zeros(fake.n, dtype=torch.bool, device=dev)
     count = torch.zeros(fake.n, dtype=torch.int64, device=dev)
     unsure_fake = torch.zeros(fake.n, dtype=torch.bool, device=dev)
-    tol_fake = (c * (fake.sq64 + real_max)).float()
-    r2r32 = r2_real.float()
+    tol_fake = (c * (fake.sq64 + real_max)).to(fake.xs.dtype)  # bounds the error of any pair in a column
+    r2r = r2_real.to(real.xs.dtype)
     step = row_chunk(fake.n)
     for s in range(0, real.n, step):
         e = min(real.n, s + step)
-        d2 = _block32(real, s, e, fake)
-        tol_row = c * (real.sq64[s:e] + fake_max)
-        # coverage: nearest fake vs this real ball
+        d2 = _block(real, s, e, fake)
+        tol_row = c * (real.sq64[s:e] + fake_max)  # bounds the error of any pair in a row
+        # coverage: the nearest fake point against this real point's ball
         near = d2.min(1).values.double()
         cov = near + tol_row < r2_real[s:e]
         unsure = ~cov & (near - tol_row < r2_real[s:e])
         if r2_fake is not None:
-            gap = (d2 - r2_fake.float()[None, :]).min(1).values.double()
+            gap = (d2 - r2_fake.to(d2.dtype)[None, :]).min(1).values.double()
             rec = gap + tol_row < 0
             unsure |= ~rec & (gap - tol_row < 0)
             recalled[s:e] = rec
@@ -157,19 +172,28 @@ def _ball_pass(real: _Points, fake: _Points, r2_real: torch.Tensor, r2_fake: tor
             covered[rows] = (exact < r2_real[rows, None]).any(1)
             if r2_fake is not None:
                 recalled[rows] = (exact < r2_fake[None, :]).any(1)
-        # precision / density: each fake column against the balls of this block's real rows
-        gap = d2.sub_(r2r32[s:e, None])
-        inside |= (gap < -tol_fake[None, :]).any(0)
-        near_edge = (gap.abs() <= tol_fake[None, :]).any(0)
-        unsure_fake |= near_edge
+        # fake columns against the balls of this block's real rows
+        gap = d2.sub_(r2r[s:e, None])
         if density:
-            count += (gap < -tol_fake[None, :]).sum(0)
-    cols = unsure_fake.nonzero().flatten()
-    for s in range(0, cols.numel(), row_chunk(real.n)):
-        part = cols[s:s + row_chunk(real.n)]
-        hit = _exact_rows(fake, part, real) < r2_real[None, :]  # (cols, real.n)
-        inside[part] = hit.any(1)
-        count[part] = hit.sum(1)
+            # every pair counts: decide each one, re-checking only the pairs within its own error bound
+            tol = torch.add(c * real.sqs[s:e, None], c * fake.sqs[None, :])
+            count += (gap < -tol).sum(0)
+            amb = (gap.abs_() <= tol).nonzero()
+            if amb.numel():
+                i, j = amb[:, 0] + s, amb[:, 1]
+                hit = _pair_sq(real, i, fake, j) < r2_real[i]
+                count.index_add_(0, j[hit], torch.ones_like(j[hit]))
+        else:
+            colmin = gap.min(0).values
+            inside |= colmin < -tol_fake
+            unsure_fake |= colmin.abs() <= tol_fake
+    if density:
+        inside = count > 0
+    else:
+        cols = (unsure_fake & ~inside).nonzero().flatten()
+        for s in range(0, cols.numel(), row_chunk(real.n)):
+            part = cols[s:s + row_chunk(real.n)]
+            inside[part] = (_exact_rows(fake, part, real) < r2_real[None, :]).any(1)
     out = {"covered": covered, "inside": inside}
     if r2_fake is not None:
         out["recalled"] = recalled

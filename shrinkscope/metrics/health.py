@@ -5,15 +5,21 @@ them one codebook at a time and name each (``layers.0``, ``head 1``, ...).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ._validate import as_counts, as_float, same_dim
 from .coverage import coverage_and_precision
-from .geometry import DEFAULT_MAX_POINTS, mean_pairwise_distance, spread_cosine, spread_euclidean, total_variance
+from .geometry import (
+    DEFAULT_MAX_POINTS,
+    mean_pairwise_distance,
+    spread_cosine,
+    spread_euclidean,
+    total_variance,
+)
 from .spectrum import _effective_dimension_from, _effective_rank_from, singular_spectrum
 from .usage import assign, dead_code_ratio, utilization_perplexity
 
@@ -117,10 +123,10 @@ def _raise_warnings(h: CodebookHealth, t: HealthThresholds, all_zero: bool,
     if h.utilization is not None and h.utilization < t.low_utilization:
         _warn(h, "low_utilization", f"usage perplexity {h.utilization_perplexity:.1f} is {h.utilization:.1%} of "
               f"K={h.num_codes} (< {t.low_utilization:.0%})")
-    if h.latent_coverage is not None and expected_coverage is not None:
-        if h.latent_coverage < t.poor_coverage * expected_coverage:
-            _warn(h, "poor_coverage", f"only {h.latent_coverage:.0%} of latents have a code in their k-NN ball; "
-                  f"codes spread like the latents would reach about {expected_coverage:.0%}")
+    if (h.latent_coverage is not None and expected_coverage is not None
+            and h.latent_coverage < t.poor_coverage * expected_coverage):
+        _warn(h, "poor_coverage", f"only {h.latent_coverage:.0%} of latents have a code in their k-NN ball; "
+              f"codes spread like the latents would reach about {expected_coverage:.0%}")
 
 
 def expected_coverage(num_codes: int, num_latents: int, *, k: int = 5) -> float:

@@ -106,7 +106,7 @@ def utilization_perplexity(counts: Any) -> float:
         A float in ``[1, K]``; higher is better.
 
     Example:
-        >>> utilization_perplexity(torch.ones(8))
+        >>> round(utilization_perplexity(torch.ones(8)), 9)
         8.0
     """
     p = _probs(as_counts(counts))

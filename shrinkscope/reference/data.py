@@ -66,7 +66,7 @@ def digit_pools(*, seed: int = 0, test_fraction: float = 0.2):
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0)
     y = torch.from_numpy(d.target.astype(np.int64))
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(len(x) * test_fraction))
+    n_test = round(len(x) * test_fraction)
     te, tr = perm[:n_test], perm[n_test:]
     return x[tr], y[tr], x[te], y[te]
 

@@ -34,7 +34,7 @@ class PriorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PriorConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PriorConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

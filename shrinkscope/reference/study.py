@@ -21,7 +21,6 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
 
 SIZES = tuple(2 ** e for e in range(6, 13))
 FRACTIONS = (0.0, 0.05, 0.10, 0.25, 0.50)
@@ -76,7 +75,7 @@ def run_one(task: dict, plan: dict, device: str, deadline: float) -> dict:
     cfg = TrainConfig(steps=plan["steps"], batch_size=plan["batch_size"], lr=SHARED["lr"],
                       prior_steps=plan["prior_steps"], prior_batch_size=plan["batch_size"], seed=task["seed"],
                       device=device, kmeans_items=min(len(data.train), max(2000, math.ceil(4 * k / per_item))))
-    qs = int(round(task["fraction"] * plan["steps"]))
+    qs = round(task["fraction"] * plan["steps"])
     tcfg = tokenizer_config_for(data, num_codes=k, hidden=plan["hidden"] if data.is_image else 2 * plan["hidden"],
                                 quantize_start=qs, beta=SHARED["beta"], decay=SHARED["decay"],
                                 l2_normalize=SHARED["l2_normalize"])
@@ -106,9 +105,10 @@ def markdown(results: list[dict], plan: dict, seconds: float) -> str:
     done = [r for r in results if not r.get("skipped")]
     cols = ("recon_mse", "utilization_perplexity", "spread_cosine", "effective_rank", "latent_coverage",
             "modes_covered", "mode_kl", "mode_entropy", "pixel_diversity", "recall", "coverage")
-    lines = [f"Runs: {len(done)} done, {len(results) - len(done)} skipped by the deadline; {seconds:.0f} s. "
-             f"{plan['steps']} tokenizer steps, {plan['prior_steps']} prior steps, {plan['samples']} samples per run; "
-             f"shared: {json.dumps(SHARED)}. Cells: mean ± std over seeds (n in the last column).", ""]
+    head = (f"Runs: {len(done)} done, {len(results) - len(done)} skipped by the deadline; {seconds:.0f} s. "
+            f"{plan['steps']} tokenizer steps, {plan['prior_steps']} prior steps, {plan['samples']} samples per run; "
+            f"shared: {json.dumps(SHARED)}. Cells: mean ± std over seeds (n in the last column).")
+    lines = [head, ""]
     for ds in DATASETS:
         for sweep, key, label in (("size", "num_codes", "K"), ("fraction", "fraction", "continuous share")):
             rows = [r for r in done if r["dataset"] == ds and (sweep == "fraction" or r["fraction"] in (0.0, 0.25))]
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             for f in as_completed(futs):
                 try:
                     results.append(f.result())
-                except Exception as e:  # one failed cell must not lose the others
+                except Exception as e:  # noqa: BLE001 - one failed cell must not lose the others
                     results.append({"skipped": True, "error": repr(e)})
                 done = sum(not r.get("skipped") for r in results)
                 print(f"[{time.time() - t0:5.0f} s] {done}/{len(todo)} runs done", flush=True)

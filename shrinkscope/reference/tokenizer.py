@@ -53,7 +53,7 @@ class TokenizerConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TokenizerConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
         """Rebuild from a checkpoint's ``config``; unknown keys (from newer versions) are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if a.device == "cuda" else "gloo")
         if a.device == "cuda":
-            a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(a.device)
     data = load_dataset(a.dataset, seed=a.seed)
     tcfg = tokenizer_config_for(data, num_codes=a.num_codes, quantize_start=a.quantize_start)
@@ -333,9 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"rank": rank, "final_recon_mse": hist[-1]["recon_mse"],
                       "codebook_checksum": float(tok.quantizer.embed.double().sum()),
                       "weights_checksum": float(sum(p.detach().double().sum() for p in tok.parameters()))}), flush=True)
-    if rank == 0:
-        if a.out:
-            save_checkpoint(a.out, tok, data, cfg, prior=prior)
+    if rank == 0 and a.out:
+        save_checkpoint(a.out, tok, data, cfg, prior=prior)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -1,4 +1,5 @@
 """Self-contained HTML reports: PNGs embedded as base64, so ``report.html`` opens offline anywhere."""
+
 from __future__ import annotations
 
 import base64
@@ -47,15 +48,19 @@ def metrics_table(healths: Sequence[Any], statuses: Sequence[str]) -> str:
     for h, st in zip(healths, statuses):
         cells = "".join(f"<td>{_fmt(v)}</td>" for v in h.metrics.values())
         warn = ", ".join(w["code"] for w in h.warnings) or "none"
-        rows.append(f'<tr><td>{html.escape(h.name)}</td><td class="{st}">{st}</td>{cells}'
-                    f"<td>{html.escape(warn)}</td></tr>")
+        rows.append(
+            f'<tr><td>{html.escape(h.name)}</td><td class="{st}">{st}</td>{cells}'
+            f"<td>{html.escape(warn)}</td></tr>"
+        )
     return f"<table><tr><th>codebook</th><th>status</th>{head}<th>warnings</th></tr>{''.join(rows)}</table>"
 
 
 def _warnings_list(h: Any) -> str:
     if not h.warnings:
         return ""
-    items = "".join(f"<li><b>{html.escape(w['code'])}</b>: {html.escape(w['message'])}</li>" for w in h.warnings)
+    items = "".join(
+        f"<li><b>{html.escape(w['code'])}</b>: {html.escape(w['message'])}</li>" for w in h.warnings
+    )
     return f"<ul>{items}</ul>"
 
 
@@ -102,19 +107,23 @@ def write_analysis_report(result: Any, out_dir: str, *, umap: bool | None = None
         png = codebook_figure(e, os.path.join(out_dir, stem + ".png"))
         imgs = embed_png(png, f"plots of {e.health.name}")
         if do_umap and i < max_umap:
-            up = umap_figure([("codes", e.found.codebook, CODE_COLORS[0])], e.latents,
-                             os.path.join(out_dir, stem + "_umap.png"))
+            up = umap_figure(
+                [("codes", e.found.codebook, CODE_COLORS[0])], e.latents,
+                os.path.join(out_dir, stem + "_umap.png")
+            )
             imgs += embed_png(up, f"UMAP of {e.health.name}") if up else ""
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in e.notes)
         sections.append(f"<h2>{html.escape(e.health.name)} <span class='{e.status}'>({e.status})</span></h2>"
                         f"<p class='notes'>key <code>{html.escape(e.found.key)}</code>, family "
                         f"{html.escape(e.found.family)}</p>{_warnings_list(e.health)}"
                         f"<ul class='notes'>{notes}</ul>{imgs}")
-    body = (f"<p>Checkpoint <code>{html.escape(str(result.source))}</code>; latents: "
-            f"{html.escape(str(result.latents_source or 'none'))}.</p>"
-            f"<h2>Verdict</h2><div class='verdict'>{html.escape(result.verdict())}</div>"
-            f"<h2>Metrics</h2>{metrics_table(result.codebooks, [e.status for e in result.entries])}"
-            + "".join(sections))
+    body = (
+        f"<p>Checkpoint <code>{html.escape(str(result.source))}</code>; latents: "
+        f"{html.escape(str(result.latents_source or 'none'))}.</p>"
+        f"<h2>Verdict</h2><div class='verdict'>{html.escape(result.verdict())}</div>"
+        f"<h2>Metrics</h2>{metrics_table(result.codebooks, [e.status for e in result.entries])}"
+        + "".join(sections)
+    )
     path = os.path.join(out_dir, "report.html")
     with open(path, "w") as f:
         f.write(page("shrinkscope: codebook health", body))
@@ -132,15 +141,20 @@ def write_comparison_report(result: Any, out_dir: str, *, umap: bool | None = No
     sections = []
     for i, (b, a) in enumerate(result.pairs):
         stem = f"{i:02d}_{safe_name(a.health.name)}_compare"
-        imgs = embed_png(comparison_figure(b, a, os.path.join(out_dir, stem + ".png")), f"{a.health.name} overlay")
+        imgs = embed_png(
+            comparison_figure(b, a, os.path.join(out_dir, stem + ".png")), f"{a.health.name} overlay"
+        )
         if do_umap and i < max_umap:
             z = a.latents if a.latents is not None else b.latents
-            up = umap_figure([("before", b.found.codebook, CODE_COLORS[0]), ("after", a.found.codebook,
-                                                                            CODE_COLORS[1])], z,
-                             os.path.join(out_dir, stem + "_umap.png"))
+            up = umap_figure(
+                [("before", b.found.codebook, CODE_COLORS[0]), ("after", a.found.codebook, CODE_COLORS[1])],
+                z, os.path.join(out_dir, stem + "_umap.png")
+            )
             imgs += embed_png(up, f"UMAP of {a.health.name}") if up else ""
-        sections.append(f"<h2>{html.escape(a.health.name)}: <span class='{b.status}'>{b.status}</span> &rarr; "
-                        f"<span class='{a.status}'>{a.status}</span></h2>{imgs}")
+        sections.append(
+            f"<h2>{html.escape(a.health.name)}: <span class='{b.status}'>{b.status}</span> &rarr; "
+            f"<span class='{a.status}'>{a.status}</span></h2>{imgs}"
+        )
     bh = [b.health for b, _ in result.pairs]
     ah = [a.health for _, a in result.pairs]
     body = (f"<p>Before <code>{html.escape(str(result.before.source))}</code>, after "

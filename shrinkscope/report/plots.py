@@ -3,6 +3,7 @@
 matplotlib (and umap) are imported inside the functions, so importing shrinkscope never needs them.
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no global backend state) and saved as PNG.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -68,8 +69,10 @@ def _usage(ax: Any, series: Sequence[tuple[str, torch.Tensor | None, str]]) -> N
         k = p.numel()
         x = torch.arange(1, k + 1)
         ax.fill_between(x.numpy(), p.clamp_min(1e-9).numpy(), 1e-9, step="mid", color=color, alpha=0.25)
-        ax.step(x.numpy(), p.clamp_min(1e-9).numpy(), where="mid", color=color, lw=1.2,
-                label=f"{label} ({int((p > 0).sum())}/{k} used)")
+        ax.step(
+            x.numpy(), p.clamp_min(1e-9).numpy(), where="mid", color=color, lw=1.2,
+            label=f"{label} ({int((p > 0).sum())}/{k} used)"
+        )
         if k not in uniform_drawn:  # one reference line per codebook size
             ax.axhline(1.0 / k, color="0.3", ls=":", lw=1, label=f"uniform 1/K = {1.0 / k:.2g}")
             uniform_drawn.add(k)
@@ -83,12 +86,16 @@ def _usage(ax: Any, series: Sequence[tuple[str, torch.Tensor | None, str]]) -> N
         ax.set_ylim(bottom=max(1e-9, floor / 3))
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no usage information\n(no usage buffer in the checkpoint;\npass --latents)",
-                ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.text(
+            0.5, 0.5, "no usage information\n(no usage buffer in the checkpoint;\npass --latents)",
+            ha="center", va="center", transform=ax.transAxes, color="0.4"
+        )
     ax.grid(alpha=0.3)
 
 
-def _projection(ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None) -> None:
+def _projection(
+    ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None
+) -> None:
     fit_on = latents if latents is not None else torch.cat([c for _, c, _ in codebooks]).double()
     mean, comps, share = pca_basis(fit_on)
     if latents is not None:
@@ -105,14 +112,20 @@ def _projection(ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], lat
     ax.grid(alpha=0.3)
 
 
-def _distances(ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None) -> None:
+def _distances(
+    ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None
+) -> None:
     import numpy as np
 
     samples: list[tuple[str, torch.Tensor, str, str]] = []
     if latents is not None:
-        samples.append(("pairwise latent-latent", pairwise_distance_sample(latents, max_pairs=50_000), LATENT_COLOR, "-"))
+        samples.append(
+            ("pairwise latent-latent", pairwise_distance_sample(latents, max_pairs=50_000), LATENT_COLOR, "-")
+        )
     for label, cb, color in codebooks:
-        samples.append((f"pairwise code-code ({label})", pairwise_distance_sample(cb, max_pairs=50_000), color, "-"))
+        samples.append(
+            (f"pairwise code-code ({label})", pairwise_distance_sample(cb, max_pairs=50_000), color, "-")
+        )
         if latents is not None:
             _, d2 = assign(cb, _sample(latents, 5000))
             samples.append((f"latent to nearest code ({label})", d2.sqrt(), color, "--"))
@@ -124,8 +137,10 @@ def _distances(ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], late
     hi = max(float(s.max()) for _, s, _, _ in samples if s.numel()) or 1.0
     bins = np.linspace(0.0, hi * 1.02, 60)
     for label, s, color, style in samples:
-        ax.hist(s.double().numpy(), bins=bins, density=True, histtype="step", color=color, ls=style, lw=1.5,
-                label=label)
+        ax.hist(
+            s.double().numpy(), bins=bins, density=True, histtype="step", color=color, ls=style, lw=1.5,
+            label=label
+        )
     ax.set_title("Distance distributions")
     ax.set_xlabel("Euclidean distance")
     ax.set_ylabel("density")
@@ -137,9 +152,16 @@ def codebook_figure(entry: Any, path: str) -> str:
     """2 x 2 panel for one analysed codebook: spectrum, usage, PCA projection, distances. Returns ``path``."""
     h, cb, z = entry.health, entry.found.codebook, entry.latents
     fig, ax = _figure(2, 2, (12, 9))
-    _spectrum(ax[0, 0], [(f"codes (eff. rank {h.effective_rank:.1f})", h.singular_values, CODE_COLORS[0], "-"),
-                         (f"latents (eff. rank {h.latent_effective_rank or 0:.1f})", h.latent_singular_values,
-                          LATENT_COLOR, "--")])
+    _spectrum(
+        ax[0, 0],
+        [
+            (f"codes (eff. rank {h.effective_rank:.1f})", h.singular_values, CODE_COLORS[0], "-"),
+            (
+                f"latents (eff. rank {h.latent_effective_rank or 0:.1f})", h.latent_singular_values,
+                LATENT_COLOR, "--"
+            ),
+        ],
+    )
     _usage(ax[0, 1], [("codes", h.counts, CODE_COLORS[0])])
     _projection(ax[1, 0], [("codes", cb, CODE_COLORS[0])], z)
     _distances(ax[1, 1], [("codes", cb, CODE_COLORS[0])], z)
@@ -153,12 +175,25 @@ def comparison_figure(before: Any, after: Any, path: str) -> str:
     hb, ha = before.health, after.health
     z = after.latents if after.latents is not None else before.latents
     fig, ax = _figure(2, 2, (12, 9))
-    _spectrum(ax[0, 0], [(f"before (eff. rank {hb.effective_rank:.1f})", hb.singular_values, CODE_COLORS[0], "-"),
-                         (f"after (eff. rank {ha.effective_rank:.1f})", ha.singular_values, CODE_COLORS[1], "-"),
-                         ("latents", ha.latent_singular_values if ha.latent_singular_values is not None
-                          else hb.latent_singular_values, LATENT_COLOR, "--")])
+    _spectrum(
+        ax[0, 0],
+        [
+            (f"before (eff. rank {hb.effective_rank:.1f})", hb.singular_values, CODE_COLORS[0], "-"),
+            (f"after (eff. rank {ha.effective_rank:.1f})", ha.singular_values, CODE_COLORS[1], "-"),
+            (
+                "latents",
+                ha.latent_singular_values
+                if ha.latent_singular_values is not None
+                else hb.latent_singular_values,
+                LATENT_COLOR,
+                "--",
+            ),
+        ],
+    )
     _usage(ax[0, 1], [("before", hb.counts, CODE_COLORS[0]), ("after", ha.counts, CODE_COLORS[1])])
-    pair = [("before", before.found.codebook, CODE_COLORS[0]), ("after", after.found.codebook, CODE_COLORS[1])]
+    pair = [
+        ("before", before.found.codebook, CODE_COLORS[0]), ("after", after.found.codebook, CODE_COLORS[1])
+    ]
     _projection(ax[1, 0], pair, z)
     _distances(ax[1, 1], pair, z)
     fig.suptitle(f"{ha.name}: before ({before.status}) vs after ({after.status})", fontsize=13)
@@ -166,8 +201,10 @@ def comparison_figure(before: Any, after: Any, path: str) -> str:
     return path
 
 
-def umap_figure(entries: Sequence[tuple[str, Any, str]], latents: torch.Tensor | None, path: str, *,
-                max_points: int = 1500, seed: int = 0) -> str | None:
+def umap_figure(
+    entries: Sequence[tuple[str, Any, str]], latents: torch.Tensor | None, path: str, *,
+    max_points: int = 1500, seed: int = 0
+) -> str | None:
     """UMAP of codes over latents (subsampled). Returns None when umap-learn is not importable."""
     try:
         import umap
@@ -175,16 +212,20 @@ def umap_figure(entries: Sequence[tuple[str, Any, str]], latents: torch.Tensor |
         return None
 
     parts = [] if latents is None else [("latents", _sample(latents, max_points, seed), LATENT_COLOR)]
-    parts += [(label, _sample(cb, max_points, seed + 1 + i), color) for i, (label, cb, color) in enumerate(entries)]
+    parts += [
+        (label, _sample(cb, max_points, seed + 1 + i), color) for i, (label, cb, color) in enumerate(entries)
+    ]
     data = torch.cat([p[1].double() for p in parts]).numpy()
     emb = umap.UMAP(n_neighbors=15, min_dist=0.1, random_state=seed, n_jobs=1).fit_transform(data)
     fig, ax = _figure(1, 1, (7, 6))
     start = 0
     for label, x, color in parts:
-        e = emb[start:start + x.shape[0]]
+        e = emb[start : start + x.shape[0]]
         start += x.shape[0]
-        ax[0, 0].scatter(e[:, 0], e[:, 1], s=3 if label == "latents" else 9, color=color,
-                         alpha=0.35 if label == "latents" else 0.8, lw=0, label=label)
+        ax[0, 0].scatter(
+            e[:, 0], e[:, 1], s=3 if label == "latents" else 9, color=color,
+            alpha=0.35 if label == "latents" else 0.8, lw=0, label=label
+        )
     ax[0, 0].set_title(f"UMAP of codes over latents ({data.shape[0]} points, subsampled)")
     ax[0, 0].set_xlabel("UMAP 1")
     ax[0, 0].set_ylabel("UMAP 2")

@@ -1,21 +1,21 @@
 """Terminal output: one row per codebook with the key metrics and warnings, then the verdict."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 # (metric key, column header, format) shown in the terminal table; the full set is in --json / health.json.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("spread_ratio", "spread", "{:.2f}"),
-    ("effective_rank", "rank", "{:.1f}"),
-    ("latent_effective_rank", "z-rank", "{:.1f}"),
-    ("utilization", "util", "{:.0%}"),
-    ("dead_code_ratio", "dead", "{:.0%}"),
-    ("latent_coverage", "cover", "{:.0%}"),
-    ("quantization_error", "qerr", "{:.3f}"),
+    ("spread_ratio", "spread", "{:.2f}"), ("effective_rank", "rank", "{:.1f}"),
+    ("latent_effective_rank", "z-rank", "{:.1f}"), ("utilization", "util", "{:.0%}"),
+    ("dead_code_ratio", "dead", "{:.0%}"), ("latent_coverage", "cover", "{:.0%}"),
+    ("quantization_error", "qerr", "{:.3f}")
 )
-LEGEND = ("spread: code spread / latent spread (about 1 good, << 1 shrunk)   rank / z-rank: effective rank of "
-          "codes / latents\nutil: usage perplexity / K   dead: share of unused codes   cover: latents with a code "
-          "in their k-NN ball\nqerr: quantization error / latent variance   -: needs --latents or a usage buffer")
+LEGEND = (
+    "spread: code spread / latent spread (about 1 good, << 1 shrunk)   rank / z-rank: effective rank of "
+    "codes / latents\nutil: usage perplexity / K   dead: share of unused codes   cover: latents with a code "
+    "in their k-NN ball\nqerr: quantization error / latent variance   -: needs --latents or a usage buffer"
+)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -34,7 +34,7 @@ def format_rows(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: i
 
 
 def _name(name: str, width: int = 36) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3):]
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
 def health_table(healths: Sequence[Any]) -> str:
@@ -44,7 +44,9 @@ def health_table(healths: Sequence[Any]) -> str:
     for h in healths:
         m = h.metrics
         warn = ",".join(w["code"] for w in h.warnings) or "ok"
-        rows.append([_name(h.name), str(h.num_codes), str(h.dim), *[_fmt(m[k], f) for k, _, f in COLUMNS], warn])
+        rows.append(
+            [_name(h.name), str(h.num_codes), str(h.dim), *[_fmt(m[k], f) for k, _, f in COLUMNS], warn]
+        )
     return format_rows(header, rows)
 
 
@@ -68,10 +70,18 @@ def comparison_text(result: Any) -> str:
             if mb[key] is None and ma[key] is None:
                 continue
             delta = None if mb[key] is None or ma[key] is None else ma[key] - mb[key]
-            rows.append([_name(a.health.name, 28), key, _fmt(mb[key], spec), _fmt(ma[key], spec),
-                         "-" if delta is None else f"{delta:+.3g}"])
-        rows.append([_name(a.health.name, 28), "warnings", ",".join(w["code"] for w in b.health.warnings) or "ok",
-                     ",".join(w["code"] for w in a.health.warnings) or "ok", ""])
+            rows.append(
+                [
+                    _name(a.health.name, 28), key, _fmt(mb[key], spec), _fmt(ma[key], spec),
+                    "-" if delta is None else f"{delta:+.3g}"
+                ]
+            )
+        rows.append(
+            [
+                _name(a.health.name, 28), "warnings", ",".join(w["code"] for w in b.health.warnings) or "ok",
+                ",".join(w["code"] for w in a.health.warnings) or "ok", ""
+            ]
+        )
     parts = [f"shrinkscope compare\n  before: {result.before.source}\n  after:  {result.after.source}", ""]
     parts.append(format_rows(header, rows, left=2) if rows else "(no codebooks paired by name)")
     parts += ["", "Verdict:", *("  " + line for line in result.verdict().splitlines())]

@@ -4,6 +4,7 @@ Line schema (written by ``shrinkscope.watch``'s JSONL sink): metric lines
 ``{"step", "time", "name", "scope": "window"|"cumulative", "num_codes", "dim", "metrics": {KEY: ...},
 "warnings": [...]}`` and event lines ``{"step", "time", "event", ...}`` (drawn as vertical lines).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,7 +53,9 @@ def read_timeline(path: str) -> Timeline:
     if not os.path.exists(path):
         raise TimelineError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise TimelineError(f"{path}: is a directory; pass the JSONL file written by shrinkscope.watch(log_to=...)")
+        raise TimelineError(
+            f"{path}: is a directory; pass the JSONL file written by shrinkscope.watch(log_to=...)"
+        )
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = [ln for ln in f.read().splitlines() if ln.strip()]
     if not lines:
@@ -67,15 +70,18 @@ def read_timeline(path: str) -> Timeline:
             if i == len(lines):
                 tl.skipped_last_line = True
                 break
-            raise TimelineError(f"{path}:{i}: not a shrinkscope JSONL line ({' '.join(str(exc).split())[:120]})") \
-                from None
+            raise TimelineError(
+                f"{path}:{i}: not a shrinkscope JSONL line ({' '.join(str(exc).split())[:120]})"
+            ) from None
         if "event" in row:
             tl.events.append(row)
         elif isinstance(row.get("metrics"), dict) and "name" in row:
             tl.series.setdefault((str(row["name"]), str(row.get("scope", "window"))), []).append(row)
     if not tl.series:
-        raise TimelineError(f"{path}: holds no metric lines ({len(tl.events)} event lines); is it the JSONL log "
-                            "of shrinkscope.watch?")
+        raise TimelineError(
+            f"{path}: holds no metric lines ({len(tl.events)} event lines); is it the JSONL log "
+            "of shrinkscope.watch?"
+        )
     for rows in tl.series.values():
         rows.sort(key=lambda r: r["step"])
     return tl
@@ -96,7 +102,9 @@ def timeline_text(tl: Timeline) -> str:
     extra = [f"events: {events}"] if events else []
     if tl.skipped_last_line:
         extra.append("note: the last line was incomplete and was skipped (run still writing?)")
-    return "\n".join([f"shrinkscope report {tl.source}", "", format_rows(header, rows), *([""] + extra if extra else [])])
+    return "\n".join(
+        [f"shrinkscope report {tl.source}", "", format_rows(header, rows), *([""] + extra if extra else [])]
+    )
 
 
 def timeline_figure(tl: Timeline, path: str) -> str:
@@ -110,19 +118,23 @@ def timeline_figure(tl: Timeline, path: str) -> str:
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(n for n, _ in tl.series))}
     for ax, m in zip(axes, metrics):
-        for (name, scope) in tl.series:
+        for name, scope in tl.series:
             xs, ys = tl.values((name, scope), m)
             if xs:
-                ax.plot(xs, ys, "-" if scope == "window" else "--", color=colors[name], lw=1.5, marker=".",
-                        ms=4, label=f"{name} ({scope})")
-        for j, e in enumerate(tl.events):
+                ax.plot(
+                    xs, ys, "-" if scope == "window" else "--", color=colors[name], lw=1.5, marker=".", ms=4,
+                    label=f"{name} ({scope})"
+                )
+        for e in tl.events:
             ax.axvline(e["step"], color="0.3", ls=":", lw=1.2)
-            ax.annotate(str(e["event"]), (e["step"], 1), xycoords=("data", "axes fraction"), rotation=90,
-                        va="top", ha="right", fontsize=7, color="0.3", xytext=(-2, -2), textcoords="offset points")
+            ax.annotate(
+                str(e["event"]), (e["step"], 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                ha="right", fontsize=7, color="0.3", xytext=(-2, -2), textcoords="offset points"
+            )
         ax.set_title(m)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
@@ -140,8 +152,11 @@ def write_timeline_report(tl: Timeline, out_dir: str) -> str:
 
     os.makedirs(out_dir, exist_ok=True)
     png = timeline_figure(tl, os.path.join(out_dir, "timeline.png"))
-    body = (f"<p>Run log <code>{html.escape(tl.source)}</code>: {sum(map(len, tl.series.values()))} metric lines, "
-            f"{len(tl.events)} events.</p><pre>{html.escape(timeline_text(tl))}</pre>{embed_png(png, 'timeline')}")
+    body = (
+        f"<p>Run log <code>{html.escape(tl.source)}</code>: "
+        f"{sum(map(len, tl.series.values()))} metric lines, "
+        f"{len(tl.events)} events.</p><pre>{html.escape(timeline_text(tl))}</pre>{embed_png(png, 'timeline')}"
+    )
     path = os.path.join(out_dir, "report.html")
     with open(path, "w") as f:
         f.write(page("shrinkscope: codebook health over training", body))

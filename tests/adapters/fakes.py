@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # ---- taming-transformers: taming/modules/vqvae/quantize.py ----------------------------------------
 
 class VectorQuantizer2(nn.Module):

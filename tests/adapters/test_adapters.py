@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import fakes
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fakes
 from shrinkscope import watch
 from shrinkscope.adapters import find_quantizers, get_adapter
 from shrinkscope.reference.quantizer import EMAQuantizer
@@ -163,7 +163,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_detect_and_codebooks(case):
-    name, _, _, _, family, names, _ = case
+    _, _, _, _, family, names, _ = case
     model = _make(case)
     found = find_quantizers(model)
     assert [(n, a.family) for n, _, a in found] == [("quantizer", family)]
@@ -180,7 +180,7 @@ def test_detect_and_codebooks(case):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bitwise_identical_training_and_counts(case):
-    name, _, layout, _, family, names, tokens = case
+    _, _, layout, _, family, names, tokens = case
     xs = _data(layout)
     plain = _make(case)
     watched = copy.deepcopy(plain)

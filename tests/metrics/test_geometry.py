@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from metrics_testutil import FLOAT_DTYPES, randn
 
 from shrinkscope.metrics import (
     mean_pairwise_distance,
@@ -16,8 +17,6 @@ from shrinkscope.metrics import (
     spread_ratio,
     total_variance,
 )
-
-from metrics_testutil import FLOAT_DTYPES, randn
 
 
 def ref_spread_cosine(c):

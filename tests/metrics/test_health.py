@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
-
 from metrics_testutil import randn
+
 from shrinkscope.kmeans import kmeans
 from shrinkscope.metrics import (
     HIGHER_IS_BETTER,

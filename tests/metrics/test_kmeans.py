@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
 from metrics_testutil import randn
+
 from shrinkscope.kmeans import kmeans, kmeans_plusplus
 from shrinkscope.metrics import assign
 

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from metrics_testutil import FLOAT_DTYPES, randn
+
 from shrinkscope.metrics import effective_dimension, effective_rank, singular_spectrum
 
 
@@ -95,7 +95,7 @@ def test_bad_input():
 
 def test_gram_path_for_large_inputs(monkeypatch):
     # force the chunked D x D Gram path and compare with the direct SVD on the same rows
-    import shrinkscope.metrics.spectrum as spectrum
+    from shrinkscope.metrics import spectrum
 
     x = randn(300, 12, seed=7) * torch.linspace(0.5, 2, 12, dtype=torch.float64) - 2
     direct = singular_spectrum(x)

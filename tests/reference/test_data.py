@@ -3,7 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from shrinkscope.reference.data import digit_pools, from_path, gaussians, load_dataset, patches, stacked_digits
+from shrinkscope.reference.data import (
+    digit_pools,
+    from_path,
+    gaussians,
+    load_dataset,
+    patches,
+    stacked_digits,
+)
 
 
 def test_stacked_digits_shapes_and_modes():

@@ -1,4 +1,5 @@
 """HTML/PNG reports of analyze and compare.  Run: pytest tests/report -q"""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ def _checkpoints():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1200, 6, generator=g)
     good = {"quantize.embedding.weight": z[:48].clone()}
-    bad = {"quantize.embedding.weight": 0.05 * torch.randn(48, 6, generator=g),
-           "quantize.embedding.cluster_size": torch.rand(48, generator=g)}
+    bad = {
+        "quantize.embedding.weight": 0.05 * torch.randn(48, 6, generator=g),
+        "quantize.embedding.cluster_size": torch.rand(48, generator=g),
+    }
     return z, good, bad
 
 
@@ -29,7 +32,9 @@ def test_analysis_report_is_self_contained(tmp_path):
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["00_quantize.png"] and (tmp_path / "00_quantize.png").read_bytes()[:8] == PNG_MAGIC
     assert page.count("data:image/png;base64,") == 1
-    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)  # nothing fetched when opened offline
+    assert not re.search(
+        r"""(src|href)=["']?(https?:|//|file:)""", page
+    )  # nothing fetched when opened offline
     assert "shrinkage" in page and "Shrunk" in page
     assert json.loads((tmp_path / "health.json").read_text()) == json.loads(json.dumps(res.to_dict()))
 

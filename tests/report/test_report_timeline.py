@@ -1,4 +1,5 @@
 """``shrinkscope report RUN.jsonl``: parsing and timeline plots.  Run: pytest tests/report -q"""
+
 from __future__ import annotations
 
 import json
@@ -7,18 +8,24 @@ import pytest
 import torch
 
 from shrinkscope.cli import main
-from shrinkscope.report import TimelineError, read_timeline, write_timeline_report
+from shrinkscope.report import TimelineError, read_timeline
 
 
 def _line(step, name="vq", scope="window", ratio=0.5, **extra):
     metrics = {"spread_ratio": ratio, "utilization": 0.1 * step, "dead_code_ratio": None}
-    return json.dumps({"step": step, "time": 0.0, "name": name, "scope": scope, "num_codes": 16, "dim": 4,
-                       "metrics": metrics, "warnings": [], **extra})
+    return json.dumps(
+        {
+            "step": step, "time": 0.0, "name": name, "scope": scope, "num_codes": 16, "dim": 4,
+            "metrics": metrics, "warnings": [], **extra
+        }
+    )
 
 
 def test_parse_series_events_and_partial_last_line(tmp_path):
-    lines = [_line(2, ratio=0.2), _line(1, ratio=0.1), _line(1, scope="cumulative"),
-             json.dumps({"step": 2, "time": 0.0, "event": "defer_switch", "reason": "plateau"}), '{"step": 3, "ti']
+    lines = [
+        _line(2, ratio=0.2), _line(1, ratio=0.1), _line(1, scope="cumulative"),
+        json.dumps({"step": 2, "time": 0.0, "event": "defer_switch", "reason": "plateau"}), '{"step": 3, "ti'
+    ]
     (tmp_path / "run.jsonl").write_text("\n".join(lines))
     tl = read_timeline(str(tmp_path / "run.jsonl"))
     assert sorted(tl.series) == [("vq", "cumulative"), ("vq", "window")]
@@ -27,8 +34,13 @@ def test_parse_series_events_and_partial_last_line(tmp_path):
     assert [e["event"] for e in tl.events] == ["defer_switch"] and tl.skipped_last_line
 
 
-@pytest.mark.parametrize("content,fragment", [("", "is empty"), ("{bad json\n" + _line(1), ":1: not a shrinkscope"),
-                                              (json.dumps({"step": 1, "event": "x"}), "no metric lines")])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        ("", "is empty"), ("{bad json\n" + _line(1), ":1: not a shrinkscope"),
+        (json.dumps({"step": 1, "event": "x"}), "no metric lines")
+    ],
+)
 def test_bad_logs(tmp_path, content, fragment):
     (tmp_path / "run.jsonl").write_text(content)
     with pytest.raises(TimelineError, match=fragment):
@@ -42,7 +54,9 @@ def test_report_from_a_real_watch_log(tmp_path, capsys):
     except ImportError:
         pytest.skip("shrinkscope.watch not importable")
     torch.manual_seed(0)
-    model = torch.nn.ModuleDict({"enc": torch.nn.Linear(8, 8), "vq": vqp.VectorQuantize(dim=8, codebook_size=16)})
+    model = torch.nn.ModuleDict(
+        {"enc": torch.nn.Linear(8, 8), "vq": vqp.VectorQuantize(dim=8, codebook_size=16)}
+    )
     log = tmp_path / "run.jsonl"
     with watch(model, every=2, log_to=str(log)) as mon:
         for i in range(8):
