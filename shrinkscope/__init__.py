@@ -1,6 +1,6 @@
 """shrinkscope: diagnose and fix codebook shrinkage in vector-quantized tokenizers.
 
-Entry points (imported lazily, so ``import shrinkscope`` stays light):
+Entry points (``import shrinkscope`` needs torch, never matplotlib or umap):
 
 - ``shrinkscope.metrics`` / ``codebook_health``: the metric suite (pure functions on tensors);
 - ``shrinkscope.watch(model)``: hooks that stream codebook health from a training loop;
@@ -14,29 +14,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "codebook_health": ("shrinkscope.metrics", "codebook_health"),
-    "CodebookHealth": ("shrinkscope.metrics", "CodebookHealth"),
-    "HealthThresholds": ("shrinkscope.metrics", "HealthThresholds"),
-    "kmeans": ("shrinkscope.kmeans", "kmeans"),
-    "watch": ("shrinkscope.watch", "watch"),
-    "Monitor": ("shrinkscope.watch", "Monitor"),
-    "analyze": ("shrinkscope.analyze", "analyze"),
-    "compare": ("shrinkscope.analyze", "compare"),
-    "defer": ("shrinkscope.defer", "defer"),
-    "unwrap": ("shrinkscope.defer", "unwrap"),
-    "DeferredQuantizer": ("shrinkscope.defer", "DeferredQuantizer"),
-}
+# Functions whose module has the same name (shrinkscope.watch.watch, ...) are bound eagerly: a lazy binding
+# would be replaced by the submodule as soon as anything imported it. These imports pull in torch but not
+# matplotlib or umap, which only the plotting functions import.
+from .analyze import analyze, compare  # noqa: E402
+from .defer import DeferredQuantizer, defer, unwrap  # noqa: E402
+from .kmeans import kmeans  # noqa: E402
+from .metrics import CodebookHealth, HealthThresholds, codebook_health  # noqa: E402
+from .watch import Monitor, watch  # noqa: E402
 
-__all__ = ["__version__", "metrics", *_LAZY]
+__all__ = [
+    "__version__", "analyze", "codebook_health", "CodebookHealth", "compare", "defer", "DeferredQuantizer",
+    "HealthThresholds", "kmeans", "metrics", "Monitor", "unwrap", "watch",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name == "metrics":
         return importlib.import_module("shrinkscope.metrics")
-    if name in _LAZY:
-        mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod), attr)
-        globals()[name] = value
-        return value
     raise AttributeError(f"module 'shrinkscope' has no attribute {name!r}")

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field, replace
 import math
 import os
 import re
-import sys
-import types
 from typing import Any, Mapping
 
 import numpy as np
@@ -341,15 +339,3 @@ def compare(before: Any, after: Any, *, latents: Any = None, **kwargs: Any) -> C
     if not pairs and len(rb.entries) == len(ra.entries):
         pairs = list(zip(rb.entries, ra.entries))  # same structure under different names: pair by position
     return ComparisonResult(rb, ra, pairs)
-
-
-class _CallableModule(types.ModuleType):
-    """``shrinkscope.analyze`` names both this module and its main function (a lazy export of the package).
-    Once anything has imported the module, the package attribute is the module itself; making it callable
-    keeps ``shrinkscope.analyze(path)`` working whichever of the two a user gets."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> AnalysisResult:
-        return analyze(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

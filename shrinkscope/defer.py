@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-import types
 from typing import Any
 
 import torch
@@ -531,18 +529,3 @@ def strip_deferred(state_dict: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`defer`.
-
-    Why: the package exposes the function ``shrinkscope.defer`` lazily, but importing this submodule first
-    (``from shrinkscope.defer import DeferredQuantizer``) makes Python bind ``shrinkscope.defer`` to the
-    module; a callable module keeps ``shrinkscope.defer(quantizer)`` working in either order.
-    """
-
-    def __call__(self, quantizer: nn.Module, **options: Any) -> DeferredQuantizer:
-        return defer(quantizer, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

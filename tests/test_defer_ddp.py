@@ -45,7 +45,9 @@ def _train_one(rank: int, out_dir: str, switch) -> None:
     import shrinkscope
 
     torch.manual_seed(0)  # same initial weights on every rank, as DDP expects
-    vq = vqp.VectorQuantize(dim=4, codebook_size=8, kmeans_init=True)
+    # codebook_dim=3 gives the quantizer project_in/out parameters that the pass-through does not use:
+    # DDP (without find_unused_parameters) must still find them in the graph
+    vq = vqp.VectorQuantize(dim=4, codebook_size=8, kmeans_init=True, codebook_dim=3)
     inner = _AE(shrinkscope.defer(vq, switch=switch, reservoir_size=64, check_every=2, min_steps=4,
                                   max_steps=12, window=2, seed=0))
     # broadcast_buffers=False: DDP must not paper over diverging codebooks by copying rank 0's buffers

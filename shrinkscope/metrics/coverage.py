@@ -54,6 +54,7 @@ class _Points:
 
 
 _TOL_SAFETY = 1.0  # tests raise this to force every decision through the float64 path
+_SQUARE_BLOCK = 2896  # side of the square blocks of the k-NN search: about 8M elements (32 MiB float32)
 
 
 def _tol_scale(p: _Points) -> float:
@@ -77,26 +78,50 @@ def _exact_rows(a: _Points, rows: torch.Tensor, b: _Points) -> torch.Tensor:
     return out
 
 
+def _merge(best_v: torch.Tensor, best_i: torch.Tensor, rows: slice, v: torch.Tensor, i: torch.Tensor) -> None:
+    """Keep the m smallest of the running candidates of ``rows`` and the new ones ``(v, i)``."""
+    vv = torch.cat([best_v[rows], v], 1)
+    ii = torch.cat([best_i[rows], i], 1)
+    top, pos = torch.topk(vv, best_v.shape[1], dim=1, largest=False)
+    best_v[rows], best_i[rows] = top, ii.gather(1, pos)
+
+
 @torch.no_grad()
 def _knn_sq_radii(p: _Points, k: int) -> torch.Tensor:
-    """Squared distance from every row to its k-th nearest *other* row, exact in float64."""
-    n = p.n
+    """Squared distance from every row to its k-th nearest *other* row, exact in float64.
+
+    The fast search visits each pair of row blocks once (distances are symmetric: a block serves its
+    rows and, transposed, its columns) and keeps the m = 2k nearest candidates of every row; their
+    distances are then recomputed exactly, and a row whose k-th neighbour could lie outside its
+    candidates (by the round-off bound) is recomputed against all rows.
+    """
+    n, dev = p.n, p.raw.device
     tol = _tol_scale(p) * (p.sq64 + p.sq64.max())
     m = min(n - 1, 2 * k)  # k candidates plus a margin of k more
-    out = torch.empty(n, dtype=torch.float64, device=p.raw.device)
-    # bounded by the float32 block (rows, N) and by the float64 candidate block (rows, m, D)
-    step = min(row_chunk(n), row_chunk(m * p.dim, budget=1 << 22))
+    best_v = torch.full((n, m), float("inf"), dtype=p.xs.dtype, device=dev)
+    best_i = torch.zeros((n, m), dtype=torch.long, device=dev)
+    bs = max(m + 1, _SQUARE_BLOCK)
+    for s in range(0, n, bs):
+        e = min(n, s + bs)
+        for t in range(s, n, bs):
+            u = min(n, t + bs)
+            d2 = torch.addmm(p.sqs[None, t:u], p.xs[s:e], p.xs[t:u].t(), alpha=-2.0).add_(p.sqs[s:e, None])
+            if s == t:
+                d2.fill_diagonal_(float("inf"))  # a point is not its own neighbour
+            v, i = torch.topk(d2, min(m, u - t), dim=1, largest=False)
+            _merge(best_v, best_i, slice(s, e), v, i + t)
+            if s != t:
+                v, i = torch.topk(d2, min(m, e - s), dim=0, largest=False)
+                _merge(best_v, best_i, slice(t, u), v.t(), i.t() + s)
+    out = torch.empty(n, dtype=torch.float64, device=dev)
+    step = row_chunk(m * p.dim, budget=1 << 22)  # bounds the float64 (rows, m, D) candidate block
     for s in range(0, n, step):
         e = min(n, s + step)
-        d2 = _block(p, s, e, p)
-        rows = torch.arange(e - s, device=d2.device)
-        d2[rows, rows + s] = float("inf")  # a point is not its own neighbour
-        vals, idx = torch.topk(d2, m, dim=1, largest=False)
-        exact = (p.raw[s:e, None, :] - p.raw[idx]).pow(2).sum(2).sort(1).values  # (rows, m)
+        exact = (p.raw[s:e, None, :] - p.raw[best_i[s:e]]).pow(2).sum(2).sort(1).values  # (rows, m)
         kth = exact[:, k - 1]
         if m < n - 1:
-            # every non-candidate has float32 distance >= vals[:, -1], so exact >= vals[:, -1] - tol
-            bad = (vals[:, -1].double() - tol[s:e] < kth).nonzero().flatten()
+            # every non-candidate has fast distance >= best_v[:, -1], so exact >= best_v[:, -1] - tol
+            bad = (best_v[s:e, -1].double() - tol[s:e] < kth).nonzero().flatten()
             if bad.numel():
                 full = _exact_rows(p, bad + s, p)
                 full[torch.arange(bad.numel(), device=full.device), bad + s] = float("inf")
@@ -134,12 +159,13 @@ def _pair_sq(a: _Points, ia: torch.Tensor, b: _Points, ib: torch.Tensor) -> torc
 
 
 def _ball_pass(real: _Points, fake: _Points, r2_real: torch.Tensor, r2_fake: torch.Tensor | None,
-               *, density: bool = False) -> dict[str, torch.Tensor]:
+               *, density: bool = False, columns: bool = True) -> dict[str, torch.Tensor]:
     """One blocked pass over real x fake distances; every ball test certified in float64.
 
     Returns per-real ``covered`` (a fake point inside the real point's ball) and, when ``r2_fake`` is
     given, ``recalled`` (the real point inside some fake ball); per-fake ``inside`` (inside some real
-    ball) and, with ``density``, ``count`` (number of real balls holding it).
+    ball) and, with ``density``, ``count`` (number of real balls holding it). ``columns=False`` skips
+    the per-fake work (``inside`` is then not computed).
     """
     dev = real.raw.device
     c = _tol_scale(real)
@@ -172,6 +198,8 @@ def _ball_pass(real: _Points, fake: _Points, r2_real: torch.Tensor, r2_fake: tor
             covered[rows] = (exact < r2_real[rows, None]).any(1)
             if r2_fake is not None:
                 recalled[rows] = (exact < r2_fake[None, :]).any(1)
+        if not columns:
+            continue
         # fake columns against the balls of this block's real rows
         gap = d2.sub_(r2r[s:e, None])
         if density:
@@ -189,7 +217,7 @@ def _ball_pass(real: _Points, fake: _Points, r2_real: torch.Tensor, r2_fake: tor
             unsure_fake |= colmin.abs() <= tol_fake
     if density:
         inside = count > 0
-    else:
+    elif columns:
         cols = (unsure_fake & ~inside).nonzero().flatten()
         for s in range(0, cols.numel(), row_chunk(real.n)):
             part = cols[s:s + row_chunk(real.n)]
@@ -216,6 +244,11 @@ def _check(codebook: Any, latents: Any, k: int) -> tuple[torch.Tensor, torch.Ten
 def coverage_and_precision(codebook: Any, latents: Any, *, k: int = 5,
                            radii: torch.Tensor | None = None) -> tuple[float, float]:
     """``(latent_coverage, codebook_precision)`` from one shared pass (what ``codebook_health`` uses)."""
+    return _coverage(codebook, latents, k, radii, precision=True)
+
+
+def _coverage(codebook: Any, latents: Any, k: int, radii: torch.Tensor | None,
+              *, precision: bool) -> tuple[float, float]:
     cb, x = _check(codebook, latents, k)
     origin = x.double().mean(0)
     lat, codes = _Points(x, origin), _Points(cb, origin)
@@ -226,8 +259,9 @@ def coverage_and_precision(codebook: Any, latents: Any, *, k: int = 5,
         if r.shape != (x.shape[0],):
             raise ValueError(f"radii: expected shape ({x.shape[0]},) (one per latent), got {tuple(r.shape)}")
         r2 = r * r
-    res = _ball_pass(lat, codes, r2, None)
-    return float(res["covered"].double().mean()), float(res["inside"].double().mean())
+    res = _ball_pass(lat, codes, r2, None, columns=precision)
+    prec = float(res["inside"].double().mean()) if precision else float("nan")
+    return float(res["covered"].double().mean()), prec
 
 
 @torch.no_grad()
@@ -248,7 +282,7 @@ def latent_coverage(codebook: Any, latents: Any, *, k: int = 5, radii: torch.Ten
         >>> latent_coverage(x[:50], x) > latent_coverage(x[:50] * 0.1, x)
         True
     """
-    return coverage_and_precision(codebook, latents, k=k, radii=radii)[0]
+    return _coverage(codebook, latents, k, radii, precision=False)[0]
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ fewer modes of the data, and its samples are closer to each other.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -73,8 +74,9 @@ def mode_coverage(modes: Any, num_modes: int, *, reference: Any | None = None) -
         >>> mc.modes_hit, round(mc.fraction, 2)
         (3, 0.75)
     """
-    if not isinstance(num_modes, int) or num_modes < 1:
+    if isinstance(num_modes, bool) or not isinstance(num_modes, numbers.Integral) or num_modes < 1:
         raise ValueError(f"num_modes: expected an int M >= 1, got {num_modes!r}")
+    num_modes = int(num_modes)
     ids = to_tensor(modes, "modes")
     if ids.is_floating_point() or ids.is_complex():
         raise TypeError(f"modes: expected integer mode ids, got {ids.dtype}; round or classify the samples first")

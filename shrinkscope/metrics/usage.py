@@ -53,10 +53,11 @@ def assign(codebook: Any, latents: Any, *, chunk_size: int | None = None) -> tup
     c_sq = (cbc * cbc).sum(1)
     step = chunk_size or row_chunk(cb.shape[0], budget=1 << 25)  # big blocks: BLAS runs near peak
     cbt = cbc.t().contiguous()
+    buf = torch.empty(min(step, n), cb.shape[0], dtype=cb.dtype, device=cb.device)  # reused: no page faults
     for s in range(0, n, step):
         xb = x[s:s + step]
         # ||x-c||^2 = ||x||^2 + ||c||^2 - 2 x.c ; the ||x||^2 term does not change the argmin.
-        scores = torch.addmm(c_sq, xb - origin, cbt, alpha=-2.0)
+        scores = torch.addmm(c_sq, xb - origin, cbt, alpha=-2.0, out=buf[: xb.shape[0]])
         arg = scores.argmin(1)
         idx[s:s + step] = arg
         # Recompute the winning distance directly in float64 (no cancellation of the expanded form).

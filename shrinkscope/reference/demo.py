@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add a third arm, shrinkscope.defer(switch='auto') (default: on with --device cuda, "
                              "off on CPU, where it would add half again to the run time)")
     parser.add_argument("--no-auto-arm", dest="auto_arm", action="store_false")
+    parser.add_argument("--no-l2-normalize", dest="l2_normalize", action="store_false", default=True,
+                        help="plain Euclidean codes in both arms (the early baseline then collapses; "
+                             "see docs/reference.md)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 
 
@@ -85,14 +88,18 @@ def _preset(args: argparse.Namespace) -> DemoPreset:
 
 
 def run_arm(name: str, quantize_start: int, data, preset: DemoPreset, cfg: TrainConfig, out: Path, *,
-            classifier=None, progress: bool = True, auto: bool = False) -> dict[str, Any]:
+            classifier=None, progress: bool = True, auto: bool = False,
+            shared: dict | None = None) -> dict[str, Any]:
     """Train, evaluate and save one arm; returns its results (``evaluate.evaluate_arm`` + timings)."""
     from .evaluate import evaluate_arm
 
     t0 = time.time()
+    sh = shared or SHARED
     tcfg = tokenizer_config_for(data, num_codes=preset.num_codes, code_dim=preset.code_dim, hidden=preset.hidden,
-                                quantize_start=quantize_start, beta=SHARED["beta"], decay=SHARED["decay"],
-                                l2_normalize=SHARED["l2_normalize"])
+                                quantize_start=quantize_start, beta=sh["beta"], decay=sh["decay"],
+                                l2_normalize=sh["l2_normalize"])
+    # the JSONL sink appends: a timeline left by an earlier run in the same folder would be drawn too
+    (out / f"{name}.jsonl").unlink(missing_ok=True)
     auto_switch = auto_switch_options(preset.steps) if auto else None
     tok, hist = train_tokenizer(tcfg, data, cfg, log_to=out / f"{name}.jsonl", progress=progress, desc=name,
                                 auto_switch=auto_switch)
@@ -241,6 +248,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=SHARED["lr"],
                       prior_steps=preset.prior_steps, prior_batch_size=preset.batch_size, seed=args.seed,
                       device=args.device, watch_every=preset.watch_every)
+    shared = {**SHARED, "l2_normalize": bool(getattr(args, "l2_normalize", True))}
     defer_at = max(1, round(args.defer_fraction * preset.steps))
     arms = [("early", 0, False), ("deferred", defer_at, False)]
     auto_arm = args.device == "cuda" if args.auto_arm is None else args.auto_arm
@@ -249,13 +257,13 @@ def _run(args: argparse.Namespace) -> int:
     results = []
     for name, qs, auto in arms:
         results.append(run_arm(name, qs, data, preset, cfg, out, classifier=classifier, progress=args.progress,
-                               auto=auto))
+                               auto=auto, shared=shared))
     rows = comparison_rows(results)
     names = [r["arm"] for r in results]
     print(f"shrinkscope demo: {data.name}, K={preset.num_codes}, {preset.steps} tokenizer steps per arm "
           f"(deferred: continuous for the first {defer_at}), seed {args.seed}")
     print(format_table(rows, names))
-    meta = {"dataset": data.name, "preset": asdict(preset), "shared": SHARED, "seed": args.seed,
+    meta = {"dataset": data.name, "preset": asdict(preset), "shared": shared, "seed": args.seed,
             "device": args.device, "defer_at": defer_at, "seconds": time.time() - t0,
             "classifier_accuracy": getattr(classifier, "held_out_accuracy", None),
             "auto_arm": any(a for _, _, a in arms)}

@@ -4,7 +4,7 @@ Grid (issue 7): K = 2^6 .. 2^12 x {early, deferred at 25%} x 3 seeds on stacked-
 the continuous-phase sweep (0, 5, 10, 25, 50% of the budget) at K = 1024. Each run trains a tokenizer and a
 prior and measures held-out recon MSE, codebook health and the diversity of 10,000 prior samples. Runs are
 small, so several run at once on the one GPU (``--workers`` processes); tasks are ordered seed-major so that
-a deadline (``--budget-minutes``, default 8.5) cuts whole seeds last, and skipped runs are listed as such.
+a deadline (``--budget-minutes``, default 7.5) cuts whole seeds last, and skipped runs are listed as such.
 
 Outputs ``OUT/study.json`` (every run) and ``OUT/study.md`` (mean +- std tables). ``--smoke`` is a tiny
 CPU version used by the tests.
@@ -103,9 +103,11 @@ def _mean_std(vals: list) -> str:
 def markdown(results: list[dict], plan: dict, seconds: float) -> str:
     """The study's tables: per dataset, size sweep (early vs deferred) and fraction sweep."""
     done = [r for r in results if not r.get("skipped")]
+    failed = sum(1 for r in results if r.get("error"))
     cols = ("recon_mse", "utilization_perplexity", "spread_cosine", "effective_rank", "latent_coverage",
             "modes_covered", "mode_kl", "mode_entropy", "pixel_diversity", "recall", "coverage")
-    head = (f"Runs: {len(done)} done, {len(results) - len(done)} skipped by the deadline; {seconds:.0f} s. "
+    head = (f"Runs: {len(done)} done, {len(results) - len(done) - failed} skipped by the deadline, {failed} failed "
+            f"(see study.json); {seconds:.0f} s. "
             f"{plan['steps']} tokenizer steps, {plan['prior_steps']} prior steps, {plan['samples']} samples per run; "
             f"shared: {json.dumps(SHARED)}. Cells: mean ± std over seeds (n in the last column).")
     lines = [head, ""]
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (tests)")
     p.add_argument("--workers", type=int, default=None, help="concurrent runs (default: 12 on cuda, 1 on cpu)")
-    p.add_argument("--budget-minutes", type=float, default=8.5, help="no run starts after this (default 8.5)")
+    p.add_argument("--budget-minutes", type=float, default=7.5,
+                   help="no run starts after this many minutes (default 7.5: in-flight runs end before 9)")
     a = p.parse_args(argv)
     plan = dict(SMOKE if a.smoke else FULL)
     device = "cpu" if a.smoke else a.device
@@ -162,12 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(run_one, t, plan, device, deadline) for t in todo]
+            futs = {ex.submit(run_one, t, plan, device, deadline): t for t in todo}
             for f in as_completed(futs):
                 try:
                     results.append(f.result())
                 except Exception as e:  # noqa: BLE001 - one failed cell must not lose the others
-                    results.append({"skipped": True, "error": repr(e)})
+                    results.append({**futs[f], "skipped": True, "error": repr(e)})
                 done = sum(not r.get("skipped") for r in results)
                 print(f"[{time.time() - t0:5.0f} s] {done}/{len(todo)} runs done", flush=True)
     seconds = time.time() - t0
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_json = {k: list(v) if isinstance(v, tuple) else v for k, v in plan.items()}
     (out / "study.json").write_text(json.dumps({"plan": plan_json, "shared": SHARED, "device": device,
                                                 "seconds": seconds, "runs": results}, indent=1))
-    md = markdown([r for r in results if "dataset" in r], plan, seconds)
+    md = markdown(results, plan, seconds)
     (out / "study.md").write_text(md + "\n")
     print(md)
     print(f"wrote {out / 'study.json'} and {out / 'study.md'}")

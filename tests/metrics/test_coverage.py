@@ -74,6 +74,14 @@ def test_float64_recheck_path_gives_same_answer(monkeypatch):
     assert torch.equal(fast[1], slow[1])
 
 
+def test_blocked_knn_search_matches_one_block(monkeypatch):
+    x = randn(250, 5, seed=16) * torch.tensor([3.0, 1.0, 1.0, 0.3, 0.1], dtype=torch.float64)
+    one_block = knn_radii(x, k=4)
+    monkeypatch.setattr(coverage, "_SQUARE_BLOCK", 13)  # many square blocks, ragged last one
+    assert torch.equal(knn_radii(x, k=4), one_block)
+    np.testing.assert_allclose(one_block.numpy(), ref_radii(x, 4), rtol=1e-12)
+
+
 def test_low_precision_matmul_setting_is_honoured():
     c, x = randn(60, 16, seed=7) * 0.5, randn(300, 16, seed=8)
     exact = ref_coverage_precision(c, x, 5)

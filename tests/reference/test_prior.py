@@ -47,7 +47,7 @@ def test_learns_a_fixed_sequence():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.1
+    assert loss.item() < 0.1
     assert torch.equal(p.sample(2, temperature=0.5)[0], seq[0])
 
 

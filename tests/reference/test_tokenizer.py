@@ -78,3 +78,16 @@ def test_l2_tokenizer_latents_unit_norm_in_both_phases():
     tok = VQTokenizer(TokenizerConfig(num_codes=16, hidden=16, l2_normalize=True))
     z = tok.encode(torch.rand(2, 3, 8, 8))
     assert torch.allclose(z.norm(dim=1), torch.ones(2, 4, 4), atol=1e-5)
+
+
+def test_auto_switch_via_shrinkscope_defer():
+    pytest.importorskip("shrinkscope.defer")
+    data = stacked_digits(n_train=300, n_test=50)
+    tc, cfg = _small(data, 0, steps=30)
+    tok, hist = train_tokenizer(tc, data, cfg, progress=False,
+                                auto_switch={"check_every": 5, "min_steps": 5, "max_steps": 15})
+    assert type(tok.quantizer).__name__ == "EMAQuantizer"  # unwrapped after training
+    assert 5 <= tok.config.quantize_start <= 15
+    assert bool(tok.quantizer.active) and bool(tok.quantizer.initted)
+    assert all(h["commit_loss"] == 0 for h in hist if h["step"] < tok.config.quantize_start)
+    assert hist[-1]["commit_loss"] > 0
