@@ -17,6 +17,7 @@ from .audio import (
     EuclideanCodebookAdapter,
 )
 from .base import Adapter, Capture
+from .deferred import DeferredAdapter
 from .generic import GenericAdapter
 from .lucidrains import (
     FSQAdapter,
@@ -29,7 +30,7 @@ from .lucidrains import (
 from .reference import ReferenceAdapter
 from .taming import DiffusersAdapter, GumbelAdapter, LlamaGenAdapter, TamingAdapter
 
-ADAPTERS: tuple[Adapter, ...] = (
+_FAMILIES: tuple[Adapter, ...] = (
     ReferenceAdapter(),
     GroupedResidualVQAdapter(), ResidualVQAdapter(), VectorQuantizeAdapter(), SimVQAdapter(),
     FSQAdapter(), LFQAdapter(),
@@ -38,6 +39,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     DACRVQAdapter(), DACVQAdapter(),
     GenericAdapter(),
 )
+ADAPTERS: tuple[Adapter, ...] = (DeferredAdapter(_FAMILIES), *_FAMILIES)
 """Every built-in adapter, most specific first (the generic fallback last)."""
 
 
@@ -105,7 +107,7 @@ def find_quantizers(model: nn.Module, *, adapters: tuple[Adapter, ...] | None = 
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "Capture", "DACRVQAdapter", "DACVQAdapter", "DiffusersAdapter", "EncodecRVQAdapter",
+    "ADAPTERS", "Adapter", "Capture", "DACRVQAdapter", "DeferredAdapter", "DACVQAdapter", "DiffusersAdapter", "EncodecRVQAdapter",
     "EncodecRVQWrapperAdapter", "EncodecVQAdapter", "EuclideanCodebookAdapter", "FSQAdapter", "GenericAdapter",
     "GroupedResidualVQAdapter", "GumbelAdapter", "LFQAdapter", "LlamaGenAdapter", "ReferenceAdapter",
     "ResidualVQAdapter", "SimVQAdapter", "TamingAdapter", "VectorQuantizeAdapter", "find_quantizers", "get_adapter",
