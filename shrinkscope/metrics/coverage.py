@@ -241,6 +241,7 @@ def _check(codebook: Any, latents: Any, k: int) -> tuple[torch.Tensor, torch.Ten
     return common(cb, x)
 
 
+@torch.no_grad()
 def coverage_and_precision(codebook: Any, latents: Any, *, k: int = 5,
                            radii: torch.Tensor | None = None) -> tuple[float, float]:
     """``(latent_coverage, codebook_precision)`` from one shared pass (what ``codebook_health`` uses)."""

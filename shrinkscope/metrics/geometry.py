@@ -111,6 +111,7 @@ def spread_ratio(codebook: Any, latents: Any, *, max_points: int | None = DEFAUL
     return spread_euclidean(cb, max_points=max_points, seed=seed) / denom
 
 
+@torch.no_grad()
 def total_variance(latents: Any) -> float:
     """Sum over dimensions of the per-dimension variance of ``latents`` (mean squared distance to the mean)."""
     x = as_float(latents, "latents", min_rows=1)

@@ -146,6 +146,7 @@ def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=g)[:n].to(x.device)]
 
 
+@torch.no_grad()
 def codebook_health(
     codebook: Any,
     *,

@@ -240,6 +240,13 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"shrinkscope demo: {e}", file=sys.stderr)
         return 2
+    try:  # fail fast on data the tokenizer cannot take (non-square images, sizes not divisible by 4)
+        from .tokenizer import VQTokenizer
+
+        VQTokenizer(tokenizer_config_for(data, num_codes=preset.num_codes, code_dim=preset.code_dim))
+    except ValueError as e:
+        print(f"shrinkscope demo: {e}", file=sys.stderr)
+        return 2
     classifier = None
     if data.name == "stacked-digits":
         from .classifier import load_classifier

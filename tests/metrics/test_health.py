@@ -127,6 +127,13 @@ def test_usage_warnings(healthy):
                                                                               thresholds=lenient))
 
 
+def test_parameters_that_require_grad(healthy, latents):
+    param = torch.nn.Parameter(healthy.clone())
+    h = codebook_health(param, latents=latents)
+    assert h.to_dict()["metrics"] == codebook_health(healthy, latents=latents).to_dict()["metrics"]
+    assert param.grad is None
+
+
 def test_uninitialized_codebook():
     h = codebook_health(torch.zeros(16, 4))
     assert codes_of(h) == {"uninitialized"}
