@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .checkpoint import (
-    Checkpoint, CheckpointError, FoundCodebook, find_codebooks, from_state_dict, load_array, load_checkpoint
+    Checkpoint, CheckpointError, FoundCodebook, find_codebooks, from_state_dict, load_arrays,
+    load_checkpoint
 )
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
 
@@ -153,13 +154,46 @@ def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=g)[:n]]
 
 
+def _norm_name(name: str) -> str:
+    return name.replace("/", ".").strip(".")
+
+
+def _named_latents(
+    found: list[FoundCodebook], z: dict[str, torch.Tensor], max_latents: int | None, seed: int
+) -> list[tuple[torch.Tensor | None, list[str]]]:
+    """Per-codebook latents from a file of named arrays: a codebook takes the array whose name ends like its own
+    (``rvq/layers.0`` from ``Monitor.save_latents`` serves the codebook ``rvq.layers.0`` or ``model.rvq.layers.0``)."""
+    out: list[tuple[torch.Tensor | None, list[str]]] = []
+    for fc in found:
+        name = _norm_name(fc.name)
+        def like(k: str) -> bool:
+            k = _norm_name(k)
+            return name == k or name.endswith("." + k) or k.endswith("." + name)
+
+        match = [k for k in z if like(k)]
+        if not match:  # a quantizer watched on its own is named by its class: match the codebook part
+            match = [k for k in z if "/" in k and like(k.split("/", 1)[1])]
+        rows = _as_rows(z[match[0]], fc.codebook.shape[1]) if len(match) == 1 else None
+        if rows is None:
+            why = "no array named like it" if not match else (
+                f"several arrays match ({', '.join(match)})" if len(match) > 1 else f"{match[0]} has no axis of "
+                f"size D={fc.codebook.shape[1]}")
+            out.append((None, [f"latents: {why} in the latents file: not used here"]))
+            continue
+        out.append((_subsample(rows.float(), max_latents, seed), [f"latents: array {match[0]}"]))
+    return out
+
+
 def _latents_per_codebook(
-    found: list[FoundCodebook], z: torch.Tensor | None, max_latents: int | None, seed: int
+    found: list[FoundCodebook], z: torch.Tensor | dict[str, torch.Tensor] | None, max_latents: int | None,
+    seed: int
 ) -> list[tuple[torch.Tensor | None, list[str]]]:
     """Latents for each codebook; residual stages (``layers.1``, ...) get the residual of earlier stages."""
     out: list[tuple[torch.Tensor | None, list[str]]] = [(None, []) for _ in found]
     if z is None:
         return out
+    if isinstance(z, dict):
+        return _named_latents(found, z, max_latents, seed)
     residual: dict[str, tuple[int, torch.Tensor]] = {}
     for i, fc in enumerate(found):
         d = fc.codebook.shape[1]
@@ -237,11 +271,16 @@ def analyze(
         z, latents_note = _reference_latents(ckpt)
         latents_source = "reference model" if z is not None else None
     elif isinstance(latents, (str, os.PathLike)):
-        z, latents_source = load_array(latents), os.fspath(latents)
+        z, latents_source = load_arrays(latents), os.fspath(latents)
     else:
         z = torch.as_tensor(np.asarray(latents)) if not isinstance(latents, torch.Tensor) else latents
         latents_source = "<tensor>"
-    if z is not None:
+    if isinstance(z, dict):
+        z = {k: v.detach().cpu() for k, v in z.items()}
+        bad = [k for k, v in z.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"latents: arrays {', '.join(bad)} contain NaN/Inf values")
+    elif z is not None:
         z = z.detach().cpu()
         if not z.is_floating_point() or z.dim() < 2 or z.shape[0] < 2:
             raise CheckpointError(f"latents: expected a float array (N, D) or (B, D, ...) with N >= 2, got "

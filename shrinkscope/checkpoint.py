@@ -553,6 +553,23 @@ def find_codebooks(ckpt: Checkpoint, *, keys: list[str] | None = None, include_e
     return found
 
 
+def load_arrays(path: str | os.PathLike, *, what: str = "latents") -> torch.Tensor | dict[str, torch.Tensor]:
+    """Like ``load_array``, but a file with several float arrays (one per codebook, as
+    ``Monitor.save_latents`` writes for residual/multi-head quantizers) comes back as ``{name: array}``.
+
+    Raises:
+        CheckpointError: unreadable file, no floating array of >= 2 dims.
+    """
+    try:
+        return load_array(path, what=what)
+    except CheckpointError:
+        ckpt = load_checkpoint(path)
+        refs = [r for r in ckpt.tensors.values() if len(r.shape) >= 2 and r.floating]
+        if len(refs) < 2:
+            raise
+        return {r.key: r.load() for r in refs}
+
+
 def load_array(path: str | os.PathLike, *, what: str = "latents") -> torch.Tensor:
     """Load one float array (latents) from ``.npy``, ``.npz``, ``.pt`` or ``.safetensors`` safely.
 

@@ -36,7 +36,7 @@ from .metrics import (
     expected_coverage,
     utilization_perplexity,
 )
-from .metrics.health import _raise_warnings
+from .metrics.health import raise_warnings
 from .sinks import Sink, make_sinks
 from .stream import CodebookStream, reduce_streams
 
@@ -258,7 +258,7 @@ class Monitor:
     def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor) -> CodebookHealth:
         h = CodebookHealth(name=key, num_codes=k, dim=d)
         self._set_usage(h, counts.double())
-        _raise_warnings(h, self.thresholds, False)
+        raise_warnings(h, self.thresholds, False)
         return h
 
     def _set_usage(self, h: CodebookHealth, c: torch.Tensor) -> None:
@@ -282,7 +282,7 @@ class Monitor:
             if n is not None:
                 m = n.shape[0] if cap is None else min(cap, n.shape[0])
                 exp_cov = expected_coverage(h.num_codes, m, k=self.health_kwargs.get("k", 5))
-        _raise_warnings(hc, self.thresholds, all_zero and not usage_only, exp_cov)
+        raise_warnings(hc, self.thresholds, all_zero and not usage_only, exp_cov)
         return hc
 
     def _record(self, step: int, now: float, scope: str, h: CodebookHealth, adapter: Adapter) -> dict[str, Any]:

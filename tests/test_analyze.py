@@ -158,3 +158,25 @@ def test_package_level_analyze_is_callable_after_module_import():
 
     res = shrinkscope.analyze({"vq.codebook": torch.randn(8, 3)}, progress=False)
     assert res.codebooks[0].num_codes == 8
+
+
+@pytest.mark.parametrize("ext", ["pt", "npz"])
+def test_latents_saved_by_watch_feed_analyze_per_codebook(tmp_path, ext):
+    """Monitor.save_latents of a residual quantizer writes one array per stage; analyze matches them by name."""
+    from vector_quantize_pytorch import ResidualVQ
+
+    import shrinkscope
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.rvq = ResidualVQ(dim=8, codebook_size=16, num_quantizers=2, kmeans_init=True)
+    with shrinkscope.watch(model.rvq, every=0) as monitor:
+        for _ in range(4):
+            model.rvq(torch.randn(2, 64, 8))
+        path = monitor.save_latents(tmp_path / f"lat.{ext}")
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    res = shrinkscope.analyze(tmp_path / "m.pt", latents=path, progress=False)
+    assert [h.name for h in res.codebooks] == ["rvq.layers.0", "rvq.layers.1"]
+    assert all(h.latent_coverage is not None for h in res.codebooks)
+    # each stage is measured against its own captured input, not the residual recomputed from stage 0
+    assert any("latents: array" in n for e in res.entries for n in e.notes)

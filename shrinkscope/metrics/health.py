@@ -100,8 +100,20 @@ def _warn(h: CodebookHealth, code: str, message: str) -> None:
     h.warnings.append({"code": code, "message": message})
 
 
-def _raise_warnings(h: CodebookHealth, t: HealthThresholds, all_zero: bool,
-                    expected_coverage: float | None = None) -> None:
+def raise_warnings(h: CodebookHealth, t: HealthThresholds, all_zero: bool = False,
+                   expected_coverage: float | None = None) -> None:
+    """Append the warnings that ``h``'s metrics trip under thresholds ``t`` to ``h.warnings``.
+
+    Used by ``codebook_health`` and by callers that assemble a ``CodebookHealth`` themselves (the monitor's
+    cumulative and usage-only records).
+
+    Args:
+        h: the health record (its ``warnings`` list is extended in place).
+        t: the thresholds.
+        all_zero: the codebook is all zeros (reported as ``uninitialized`` and nothing else).
+        expected_coverage: coverage that codes drawn from the latents would reach (``expected_coverage``);
+            ``poor_coverage`` is only judged when it is given.
+    """
     if all_zero:
         _warn(h, "uninitialized", "every code is zero: the codebook looks uninitialised (saved before the first "
               "forward / k-means init?), not collapsed; geometry metrics are meaningless here")
@@ -230,5 +242,5 @@ def codebook_health(
         h.utilization_perplexity = utilization_perplexity(c)
         h.utilization = h.utilization_perplexity / kk
         h.dead_code_ratio = dead_code_ratio(c, threshold=t.dead_threshold)
-    _raise_warnings(h, t, all_zero, exp_cov)
+    raise_warnings(h, t, all_zero, exp_cov)
     return h
