@@ -16,6 +16,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Sequence
@@ -122,7 +123,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _demo_module() -> tuple[object | None, str | None]:
     """Import shrinkscope.reference.demo lazily: a broken reference module must never break analyze."""
     try:
-        from .reference import demo
+        demo = importlib.import_module("shrinkscope.reference.demo")
     except Exception as exc:  # noqa: BLE001 - any import failure becomes a one-line error
         return None, f"the demo is unavailable ({type(exc).__name__}: {' '.join(str(exc).split())})"
     return demo, None

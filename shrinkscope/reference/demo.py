@@ -145,22 +145,22 @@ ROWS = [
 ]
 
 
-def _better(vals: list, hib) -> str:
-    """Name index of the winning arm (``"tie"`` / ``""`` when undecided or not comparable)."""
+def _winners(vals: list, hib) -> list[int]:
+    """Indices of the best arms (several on a tie; none when a value is missing)."""
     nums = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if len(nums) != len(vals) or len(vals) < 2:
-        return ""
+        return []
     if hib is None:  # spread_ratio: closest to 1 wins
         keys = [-abs(math.log(max(v, 1e-12))) for v in vals]
     else:
         keys = [v if hib else -v for v in vals]
     best = max(keys)
-    winners = [i for i, k in enumerate(keys) if k == best]
-    return "tie" if len(winners) > 1 else str(winners[0])
+    return [i for i, k in enumerate(keys) if k == best]
 
 
 def comparison_rows(results: list[dict]) -> list[dict]:
-    """The before/after table as dicts: ``metric``, one value per arm, ``better`` (arm name / tie / "")."""
+    """The before/after table as dicts: ``metric``, one value per arm, ``better`` (winning arm, arms joined by
+    " = " on a partial tie, ``"tie"`` when all agree, ``""`` when a value is missing), ``direction``."""
     rows = []
     for label, get, hib in ROWS:
         vals = []
@@ -171,9 +171,12 @@ def comparison_rows(results: list[dict]) -> list[dict]:
                 vals.append(None)
         if all(v is None for v in vals):
             continue
-        win = _better(vals, hib)
-        rows.append({"metric": label, "values": vals,
-                     "better": results[int(win)]["arm"] if win.isdigit() else win,
+        win = _winners(vals, hib)
+        if len(win) == len(vals):
+            better = "tie"
+        else:  # a partial tie names every arm that shares the best value
+            better = " = ".join(results[i]["arm"] for i in win)
+        rows.append({"metric": label, "values": vals, "better": better,
                      "direction": "closer to 1" if hib is None else ("higher" if hib else "lower")})
     return rows
 

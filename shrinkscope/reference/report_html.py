@@ -152,7 +152,7 @@ def _fmt(v: Any) -> str:
 def verdict(rows: list[dict], arms: list[str]) -> str:
     """One honest sentence: how many metrics each arm won, and which ones."""
     wins = {a: [r["metric"] for r in rows if r["better"] == a] for a in arms}
-    ties = [r["metric"] for r in rows if r["better"] == "tie"]
+    ties = [r["metric"] for r in rows if r["better"] == "tie" or " = " in r["better"]]
     parts = [f"{a} won {len(w)} of {len(rows)} metrics" + (f" ({', '.join(w)})" if w else "")
              for a, w in wins.items()]
     return "; ".join(parts) + (f"; ties: {', '.join(ties)}" if ties else "") + "."

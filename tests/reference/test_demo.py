@@ -49,3 +49,12 @@ def test_bad_options(tmp_path, capsys):
     demo.add_arguments(p)
     assert demo.main(p.parse_args(["--out", str(tmp_path), "--defer-fraction", "1.5"])) == 2
     assert "defer-fraction" in capsys.readouterr().err
+
+
+def test_partial_and_full_ties_are_named():
+    results = [{"arm": a, "recon_mse": v, "health": {"metrics": {}}, "diversity": None}
+               for a, v in (("early", 0.2), ("deferred", 0.1), ("deferred-auto", 0.1))]
+    assert demo.comparison_rows(results)[0]["better"] == "deferred = deferred-auto"
+    for r in results:
+        r["recon_mse"] = 0.3
+    assert demo.comparison_rows(results)[0]["better"] == "tie"
