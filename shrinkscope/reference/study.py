@@ -61,6 +61,8 @@ def run_one(task: dict, plan: dict, device: str, deadline: float) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # anything created on plain "cuda" lands on this run's GPU
     if time.time() > deadline:
         return {**task, "skipped": True}
     from .data import load_dataset
@@ -135,37 +137,47 @@ def markdown(results: list[dict], plan: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _device_for(i: int, device: str, gpus: int) -> str:
+    """Round-robin the runs over the visible GPUs (``cuda:0``, ``cuda:1``, ...)."""
+    return f"cuda:{i % gpus}" if device == "cuda" and gpus > 0 else device
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shrinkscope.reference.study", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="shrinkscope-study")
-    p.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run (tests)")
-    p.add_argument("--workers", type=int, default=None, help="concurrent runs (default: 12 on cuda, 1 on cpu)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="cuda (default) spreads the runs over every visible GPU; --smoke defaults to cpu")
+    p.add_argument("--smoke", action="store_true", help="tiny plan (tests; on the CPU unless --device cuda)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="concurrent runs (default: 12 per GPU on cuda, 1 on cpu)")
+    p.add_argument("--limit", type=int, default=None, help="run only the first N cells (timing a plan)")
     p.add_argument("--budget-minutes", type=float, default=7.5,
                    help="no run starts after this many minutes (default 7.5: in-flight runs end before 9)")
     a = p.parse_args(argv)
     plan = dict(SMOKE if a.smoke else FULL)
-    device = "cpu" if a.smoke else a.device
+    device = a.device or ("cpu" if a.smoke else "cuda")
+    gpus = 0
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             p.error("--device cuda: CUDA is not available (use --smoke for a CPU check)")
+        gpus = torch.cuda.device_count()
     from .classifier import load_classifier
 
     load_classifier()  # train and cache once here, so the workers only read the cache
     t0 = time.time()
     deadline = t0 + a.budget_minutes * 60
-    todo = tasks(plan)
-    workers = a.workers or (12 if device == "cuda" else 1)
+    todo = tasks(plan)[: a.limit]
+    workers = a.workers or (12 * gpus if device == "cuda" else 1)
     results: list[dict] = []
     if workers == 1:
-        results = [run_one(t, plan, device, deadline) for t in todo]
+        results = [run_one(t, plan, _device_for(i, device, gpus), deadline) for i, t in enumerate(todo)]
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(run_one, t, plan, device, deadline): t for t in todo}
+            futs = {ex.submit(run_one, t, plan, _device_for(i, device, gpus), deadline): t for i, t in enumerate(todo)}
             for f in as_completed(futs):
                 try:
                     results.append(f.result())
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     plan_json = {k: list(v) if isinstance(v, tuple) else v for k, v in plan.items()}
-    (out / "study.json").write_text(json.dumps({"plan": plan_json, "shared": SHARED, "device": device,
+    (out / "study.json").write_text(json.dumps({"plan": plan_json, "shared": SHARED, "device": device, "gpus": gpus,
                                                 "seconds": seconds, "runs": results}, indent=1))
     md = markdown(results, plan, seconds)
     (out / "study.md").write_text(md + "\n")
