@@ -234,7 +234,12 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     preset = _preset(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"shrinkscope demo: --out {out}: cannot create the folder ({exc.strerror or exc}); "
+              "pass a new or existing folder", file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
         data = load_dataset("path" if args.data else args.dataset, seed=args.seed, path=args.data,

@@ -49,6 +49,12 @@ def test_bad_options(tmp_path, capsys):
     demo.add_arguments(p)
     assert demo.main(p.parse_args(["--out", str(tmp_path), "--defer-fraction", "1.5"])) == 2
     assert "defer-fraction" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    assert demo.main(p.parse_args(["--out", str(blocker), "--quick"])) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and err.count("\n") == 1
+    assert blocker.read_text() == "keep me"  # nothing lost
 
 
 def test_partial_and_full_ties_are_named():
