@@ -94,17 +94,25 @@ def _usage(ax: Any, series: Sequence[tuple[str, torch.Tensor | None, str]]) -> N
 
 
 def _projection(
-    ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None
+    ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None,
+    own: Sequence[torch.Tensor] | None = None
 ) -> None:
-    fit_on = latents if latents is not None else torch.cat([c for _, c, _ in codebooks]).double()
+    """Codes over latents in one PCA frame. ``own``: one latent set per codebook (two encoders): each
+    codebook is drawn over its own encoder's latents, in a basis fitted on all of them."""
+    clouds = [latents] if own is None else list(own)
+    present = [c.double() for c in clouds if c is not None]
+    fit_on = torch.cat(present) if present else torch.cat([c for _, c, _ in codebooks]).double()
     mean, comps, share = pca_basis(fit_on)
-    if latents is not None:
+    if own is None and latents is not None:
         z = (_sample(latents.double(), MAX_SCATTER) - mean) @ comps
         ax.scatter(z[:, 0], z[:, 1], s=3, color=LATENT_COLOR, alpha=0.35, lw=0, label="latents")
-    for label, cb, color in codebooks:
+    for i, (label, cb, color) in enumerate(codebooks):
+        if own is not None and own[i] is not None:
+            z = (_sample(own[i].double(), MAX_SCATTER // 2, seed=2 + i) - mean) @ comps
+            ax.scatter(z[:, 0], z[:, 1], s=3, color=color, alpha=0.12, lw=0, label=f"latents ({label}'s encoder)")
         c = (_sample(cb.double(), MAX_SCATTER, seed=1) - mean) @ comps
-        ax.scatter(c[:, 0], c[:, 1], s=9, color=color, alpha=0.8, lw=0, label=label)
-    basis = "latents" if latents is not None else "codes"
+        ax.scatter(c[:, 0], c[:, 1], s=9, color=color, alpha=0.8, lw=0, label=f"codes ({label})" if own else label)
+    basis = "codes" if not present else ("latents" if own is None else "latents of both encoders")
     ax.set_title(f"PCA projection (axes fitted on the {basis})")
     ax.set_xlabel(f"PC1 ({float(share[0]):.0%} of variance)")
     ax.set_ylabel(f"PC2 ({float(share[1]):.0%} of variance)")
@@ -113,21 +121,27 @@ def _projection(
 
 
 def _distances(
-    ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None
+    ax: Any, codebooks: Sequence[tuple[str, torch.Tensor, str]], latents: torch.Tensor | None,
+    own: Sequence[torch.Tensor | None] | None = None
 ) -> None:
+    """Distance histograms; with ``own`` each codebook is measured against its own encoder's latents."""
     import numpy as np
 
     samples: list[tuple[str, torch.Tensor, str, str]] = []
-    if latents is not None:
+    if own is None and latents is not None:
         samples.append(
             ("pairwise latent-latent", pairwise_distance_sample(latents, max_pairs=50_000), LATENT_COLOR, "-")
         )
-    for label, cb, color in codebooks:
+    for i, (label, cb, color) in enumerate(codebooks):
+        z = latents if own is None else own[i]
+        if own is not None and z is not None:
+            samples.append((f"pairwise latent-latent ({label})", pairwise_distance_sample(z, max_pairs=50_000),
+                            color, ":"))
         samples.append(
             (f"pairwise code-code ({label})", pairwise_distance_sample(cb, max_pairs=50_000), color, "-")
         )
-        if latents is not None:
-            _, d2 = assign(cb, _sample(latents, 5000))
+        if z is not None:
+            _, d2 = assign(cb, _sample(z, 5000))
             samples.append((f"latent to nearest code ({label})", d2.sqrt(), color, "--"))
         else:
             c = _sample(cb.double(), 4096)
@@ -173,29 +187,44 @@ def codebook_figure(entry: Any, path: str) -> str:
 def comparison_figure(before: Any, after: Any, path: str) -> str:
     """Overlay of two analysed codebooks: both spectra on one axis, both projected into one frame."""
     hb, ha = before.health, after.health
-    z = after.latents if after.latents is not None else before.latents
+    zb, za = before.latents, after.latents
+    # Two reference checkpoints bring latents of two different encoders: then each codebook is drawn and
+    # measured against its own encoder's latents, never against the other's.
+    own = None
+    if zb is not None and za is not None and not (zb is za or (zb.shape == za.shape and torch.equal(zb, za))):
+        own = [zb, za]
+    z = za if za is not None else zb
     fig, ax = _figure(2, 2, (12, 9))
     _spectrum(
         ax[0, 0],
         [
             (f"before (eff. rank {hb.effective_rank:.1f})", hb.singular_values, CODE_COLORS[0], "-"),
             (f"after (eff. rank {ha.effective_rank:.1f})", ha.singular_values, CODE_COLORS[1], "-"),
-            (
-                "latents",
-                ha.latent_singular_values
-                if ha.latent_singular_values is not None
-                else hb.latent_singular_values,
-                LATENT_COLOR,
-                "--",
-            ),
-        ],
+        ]
+        + (
+            [
+                ("latents (before's encoder)", hb.latent_singular_values, CODE_COLORS[0], "--"),
+                ("latents (after's encoder)", ha.latent_singular_values, CODE_COLORS[1], "--"),
+            ]
+            if own
+            else [
+                (
+                    "latents",
+                    ha.latent_singular_values
+                    if ha.latent_singular_values is not None
+                    else hb.latent_singular_values,
+                    LATENT_COLOR,
+                    "--",
+                )
+            ]
+        ),
     )
     _usage(ax[0, 1], [("before", hb.counts, CODE_COLORS[0]), ("after", ha.counts, CODE_COLORS[1])])
     pair = [
         ("before", before.found.codebook, CODE_COLORS[0]), ("after", after.found.codebook, CODE_COLORS[1])
     ]
-    _projection(ax[1, 0], pair, z)
-    _distances(ax[1, 1], pair, z)
+    _projection(ax[1, 0], pair, z, own)
+    _distances(ax[1, 1], pair, z, own)
     fig.suptitle(f"{ha.name}: before ({before.status}) vs after ({after.status})", fontsize=13)
     fig.savefig(path)
     return path

@@ -56,3 +56,33 @@ def test_comparison_report_overlays(tmp_path):
     assert "Before" in page and "After" in page and page.count("data:image/png;base64,") == 1
     text = comparison_text(res)
     assert "spread_ratio" in text and "shrunk -> healthy" in text
+
+
+def test_compare_draws_each_codebook_over_its_own_encoders_latents(tmp_path, monkeypatch):
+    """Two reference checkpoints bring two encoders' latents: neither codebook is measured on the other's."""
+    import torch
+
+    from shrinkscope.analyze import analyze
+    from shrinkscope.report import plots
+
+    g = torch.Generator().manual_seed(0)
+    z_before, z_after = torch.randn(400, 4, generator=g) * 0.2, torch.randn(400, 4, generator=g)
+    before = analyze({"quantize.embedding.weight": z_before[:32].clone()}, latents=z_before, progress=False)
+    after = analyze({"quantize.embedding.weight": z_after[:32].clone()}, latents=z_after, progress=False)
+    seen = {}
+    real = plots._distances
+
+    def spy(ax, codebooks, latents, own=None):
+        seen["own"] = own
+        return real(ax, codebooks, latents, own)
+
+    monkeypatch.setattr(plots, "_distances", spy)
+    path = plots.comparison_figure(before.entries[0], after.entries[0], str(tmp_path / "cmp.png"))
+    assert (tmp_path / "cmp.png").stat().st_size > 0 and path
+    assert seen["own"] is not None
+    assert torch.equal(seen["own"][0], before.entries[0].latents)
+    assert torch.equal(seen["own"][1], after.entries[0].latents)
+    # one shared latent set: the single-cloud drawing
+    same = analyze({"quantize.embedding.weight": z_after[:32].clone() * 0.1}, latents=z_after, progress=False)
+    plots.comparison_figure(same.entries[0], after.entries[0], str(tmp_path / "cmp2.png"))
+    assert seen["own"] is None
