@@ -19,7 +19,7 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 EPILOG_ANALYZE = """examples:
   shrinkscope analyze vqgan.ckpt
@@ -80,19 +80,23 @@ def _kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+def _emit(result: Any, args: argparse.Namespace, text: Any, write_report: Any) -> int:
+    """Print a result as JSON or as text, then write its report folder when ``--out`` is given."""
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(text(result))
+    if args.out:
+        path = write_report(result, args.out, umap=False if args.no_umap else None)
+        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze
     from .report import analysis_text, write_analysis_report
 
-    result = analyze(args.checkpoint, **_kwargs(args))
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(analysis_text(result))
-    if args.out:
-        path = write_analysis_report(result, args.out, umap=False if args.no_umap else None)
-        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
-    return 0
+    return _emit(analyze(args.checkpoint, **_kwargs(args)), args, analysis_text, write_analysis_report)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -101,14 +105,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     kw = _kwargs(args)
     result = compare(args.before, args.after, latents=kw.pop("latents"), **kw)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(comparison_text(result))
-    if args.out:
-        path = write_comparison_report(result, args.out, umap=False if args.no_umap else None)
-        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
-    return 0
+    return _emit(result, args, comparison_text, write_comparison_report)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -23,15 +23,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .adapters.base import l2norm
 from .kmeans import kmeans
 from .metrics.usage import assign
 
 Fitted = dict[str, tuple[torch.Tensor, torch.Tensor]]  # codebook name -> (centroids (K, D), counts (K,))
 Passed = tuple[Any, dict[str, torch.Tensor]]  # (the output, {reservoir stream: (N, D) latents})
-
-
-def _l2(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x, dim=-1)
 
 
 def _nearest(codebook: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -91,7 +88,7 @@ class Family:
         for name, rows in reservoirs.items():
             centers = kmeans(rows, sizes[name], iters=iters, seed=seed)
             if self.is_normalized(module):
-                centers = _l2(centers)
+                centers = l2norm(centers)
             idx, _ = assign(centers, rows)
             out[name] = (centers, torch.bincount(idx, minlength=sizes[name]).to(centers.dtype))
         return out
@@ -153,7 +150,7 @@ class LucidVQ(Family):
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
         embed = module._codebook.embed.detach()
         if self.is_normalized(module):
-            embed = _l2(embed)
+            embed = l2norm(embed)
         if self._separate(module):
             return {f"head{h}": embed[h] for h in range(embed.shape[0])}
         return {"": embed[0]}
@@ -303,7 +300,7 @@ class LucidResidualVQ(Family):
         if self.initted(module):
             res = flat
             for q, cb in enumerate(self.codebooks(module).values()):
-                look = _l2(res) if self.is_normalized(module) else res
+                look = l2norm(res) if self.is_normalized(module) else res
                 ids[:, q] = _nearest(cb, look)
                 res = res - cb[ids[:, q]].to(res)
         ind = ids.reshape(*x.shape[:-1], q_count)
@@ -324,10 +321,10 @@ class LucidResidualVQ(Family):
         res = reservoirs[""]
         out: Fitted = {}
         for q, layer in enumerate(module.layers):
-            look = _l2(res) if self.is_normalized(module) else res
+            look = l2norm(res) if self.is_normalized(module) else res
             centers = kmeans(look, int(layer.codebook_size), iters=iters, seed=seed + q)
             if self.is_normalized(module):
-                centers = _l2(centers)
+                centers = l2norm(centers)
             idx, _ = assign(centers, look)
             counts = torch.bincount(idx, minlength=int(layer.codebook_size)).to(centers.dtype)
             out[f"layers.{q}"] = (centers, counts)
@@ -451,13 +448,13 @@ class LlamaGenVQ(TamingVQ):
 
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
         w = module.embedding.weight.detach()
-        return {"": _l2(w) if module.l2_norm else w}
+        return {"": l2norm(w) if module.l2_norm else w}
 
     def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
         rows = _grid_rows(z)
         if module.l2_norm:
-            rows = _l2(rows)
+            rows = l2norm(rows)
         idx = _nearest(self.codebooks(module)[""], rows)
         usage: float = 0
         if module.show_usage and module.training:

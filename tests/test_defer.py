@@ -16,6 +16,8 @@ from shrinkscope.kmeans import kmeans
 from shrinkscope.metrics import assign
 from shrinkscope.reference.quantizer import EMAQuantizer, QuantizerOutput
 
+from defer_testutil import TinyAE  # noqa: E402
+
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
 # the faithful stand-ins for libraries not installed here, shared with the adapter tests
@@ -271,21 +273,9 @@ def test_resume_mid_warmup_continues_identically():
     assert torch.equal(straight.wrapped._codebook.embed, resumed.wrapped._codebook.embed)
 
 
-class _AE(nn.Module):
-    def __init__(self, quantizer):
-        super().__init__()
-        self.enc = nn.Linear(4, 4)
-        self.quantizer = quantizer
-        self.dec = nn.Linear(4, 4)
-
-    def forward(self, x):
-        q, _, loss = self.quantizer(self.enc(x))
-        return self.dec(q), loss
-
-
 def test_unwrap_and_checkpoint_load_into_original_class():
     torch.manual_seed(0)
-    model = _AE(vqp.VectorQuantize(dim=4, codebook_size=8))
+    model = TinyAE(vqp.VectorQuantize(dim=4, codebook_size=8))
     model.quantizer = shrinkscope.defer(model.quantizer, switch=3, reservoir_size=32, check_every=1)
     for s in range(5):
         recon, loss = model(_seq(s))
@@ -293,7 +283,7 @@ def test_unwrap_and_checkpoint_load_into_original_class():
     assert model.quantizer.switched
     saved = _roundtrip(model.state_dict())
     assert any(k.startswith("quantizer.wrapped.") for k in saved)
-    plain = _AE(vqp.VectorQuantize(dim=4, codebook_size=8))
+    plain = TinyAE(vqp.VectorQuantize(dim=4, codebook_size=8))
     plain.load_state_dict(strip_deferred(saved))  # strict: no missing or unexpected keys
     assert torch.equal(plain.quantizer._codebook.embed, model.quantizer.wrapped._codebook.embed)
     unwrapped = unwrap(model)
@@ -381,7 +371,7 @@ def test_wrapper_is_a_deferred_quantizer_and_lazy_export_works():
 def test_switch_event_reaches_a_watch_monitor_jsonl(tmp_path):
     import json
 
-    model = _AE(shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=3, reservoir_size=32))
+    model = TinyAE(shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=3, reservoir_size=32))
     path = tmp_path / "run.jsonl"
     monitor = shrinkscope.watch(model, every=100, log_to=str(path))
     model.quantizer.monitor = monitor  # attach after watch() so the monitor sees the final model

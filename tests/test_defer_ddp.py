@@ -9,6 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from defer_testutil import TinyAE  # noqa: E402
+
 vqp = pytest.importorskip("vector_quantize_pytorch")
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -17,18 +19,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class _AE(nn.Module):
-    def __init__(self, quantizer):
-        super().__init__()
-        self.enc = nn.Linear(4, 4)
-        self.quantizer = quantizer
-        self.dec = nn.Linear(4, 4)
-
-    def forward(self, x):
-        q, _, loss = self.quantizer(self.enc(x))
-        return self.dec(q), loss
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -48,7 +38,7 @@ def _train_one(rank: int, out_dir: str, switch) -> None:
     # codebook_dim=3 gives the quantizer project_in/out parameters that the pass-through does not use:
     # DDP (without find_unused_parameters) must still find them in the graph
     vq = vqp.VectorQuantize(dim=4, codebook_size=8, kmeans_init=True, codebook_dim=3)
-    inner = _AE(shrinkscope.defer(vq, switch=switch, reservoir_size=64, check_every=2, min_steps=4,
+    inner = TinyAE(shrinkscope.defer(vq, switch=switch, reservoir_size=64, check_every=2, min_steps=4,
                                   max_steps=12, window=2, seed=0))
     # broadcast_buffers=False: DDP must not paper over diverging codebooks by copying rank 0's buffers
     model = nn.parallel.DistributedDataParallel(inner, broadcast_buffers=False)

@@ -34,9 +34,6 @@ class DeferredAdapter(Adapter):
                 return a
         raise ValueError(f"no adapter reads the quantizer wrapped by defer: {type(module.wrapped).__name__}")
 
-    def family_of(self, module: nn.Module) -> str:
-        return f"deferred:{self._inner(module).family}"
-
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return self._inner(module).codebooks(module.wrapped)
 
