@@ -20,6 +20,7 @@ from .checkpoint import (
     load_checkpoint
 )
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
+from .metrics.verdict import verdict_line
 
 __all__ = ["analyze", "compare", "AnalysisResult", "ComparisonResult", "Entry", "status_of"]
 
@@ -44,7 +45,10 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def status_of(health: CodebookHealth) -> str:
-    """One word for a codebook: ``healthy``, ``shrunk``, ``underused`` or ``uninitialised``."""
+    """One word for a codebook: its verdict's status (``shrunk``, ``underused``, ``healthy``, ``cannot_tell``),
+    with ``uninitialised`` spelled as the reports always have."""
+    if health.verdict is not None:
+        return "uninitialised" if health.verdict.status == "uninitialized" else health.verdict.status
     codes = {w["code"] for w in health.warnings}
     if "uninitialized" in codes:
         return "uninitialised"
@@ -88,28 +92,18 @@ class AnalysisResult:
         return all(e.status == "healthy" for e in self.entries)
 
     def verdict(self) -> str:
-        """A short verdict in plain words (several lines when several codebooks have problems)."""
-        groups: dict[str, list[Entry]] = {}
+        """The verdict in plain words: one line per codebook (status, evidence, the deciding measurements),
+        then what to pass to learn more. Identical codebook verdicts are grouped."""
+        lines: list[str] = []
         for e in self.entries:
-            groups.setdefault(e.status, []).append(e)
-        n = len(self.entries)
-        lines = []
-        if len(groups.get("healthy", [])) == n:
-            lines.append(
-                f"Healthy: no sign of shrinkage, dimensional collapse or dead codes in {n} codebook(s)."
-            )
-        words = {"shrunk": "Shrunk", "underused": "Under-used", "uninitialised": "Uninitialised"}
-        for status in ("shrunk", "underused", "uninitialised"):
-            for e in groups.get(status, []):
-                lines.append(
-                    f"{words[status]}: {e.health.name}: {e.health.warnings[0]['message']}"
-                    + (f" (+{len(e.health.warnings) - 1} more)" if len(e.health.warnings) > 1 else "")
-                )
-        if any(e.health.latent_coverage is None for e in self.entries):
-            lines.append(
-                "Measured without encoder latents for some codebooks: pass --latents FILE (pre-quantization "
-                "encoder outputs) to test spread and coverage against the latent cloud."
-            )
+            v = e.health.verdict
+            if v is None:
+                continue
+            lines.append(verdict_line(e.health.name, v))
+        missing = {m["input"]: m for e in self.entries if e.health.verdict for m in e.health.verdict.missing}
+        for key in ("latents", "usage", "labels"):
+            if key in missing:
+                lines.append(f"Missing {key}: {missing[key]['why']}; {missing[key]['how']}.")
         return "\n".join(lines)
 
 
@@ -226,8 +220,41 @@ def _latents_per_codebook(
     return out
 
 
+def _labels_for(labels: torch.Tensor | None, z: Any, x: torch.Tensor | None, max_latents: int | None,
+                seed: int) -> torch.Tensor | None:
+    """Labels aligned with a codebook's latent rows: the same rows ``_subsample`` kept; one label per map
+    (``(B,)`` for ``(B, D, ...)`` latents) is repeated over the map's positions."""
+    if labels is None or x is None or not isinstance(z, torch.Tensor):
+        return None
+    n_rows = z.numel() // x.shape[1]
+    lab = labels.reshape(-1)
+    if lab.numel() == z.shape[0] and n_rows != z.shape[0]:
+        lab = lab.repeat_interleave(n_rows // z.shape[0])
+    if lab.numel() != n_rows:
+        raise CheckpointError(f"labels: expected one label per latent row ({n_rows}) or per map ({z.shape[0]}), "
+                              f"got {lab.numel()}")
+    lab = _subsample(lab, max_latents, seed)
+    return lab if lab.numel() == x.shape[0] else None
+
+
+def _load_labels(labels: Any) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        arr = load_arrays(labels)
+        if isinstance(arr, dict):
+            if len(arr) != 1:
+                raise CheckpointError(f"labels: expected one integer array, found {len(arr)} ({', '.join(arr)})")
+            arr = next(iter(arr.values()))
+    else:
+        arr = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if arr.is_floating_point() or arr.is_complex() or arr.dtype == torch.bool:
+        raise CheckpointError(f"labels: expected integer mode ids (one per latent row), got {arr.dtype}")
+    return arr.detach().cpu().long()
+
+
 def analyze(
-    source: Any, *, latents: Any = None, keys: list[str] | None = None, trust_checkpoint: bool = False,
+    source: Any, *, latents: Any = None, labels: Any = None, keys: list[str] | None = None, trust_checkpoint: bool = False,
     include_embeddings: bool = False, l2_normalize: bool | None = None,
     thresholds: HealthThresholds | None = None, max_latents: int | None = 20_000,
     max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0
@@ -240,6 +267,8 @@ def analyze(
         latents: optional pre-quantization encoder outputs: a path (``.npy/.npz/.pt/.safetensors``) or a
             tensor/array, ``(N, D)`` or channel-first maps ``(B, D, ...)``. Enable spread ratio, coverage,
             quantization error, and usage counts when the checkpoint stores none.
+        labels: optional data-mode ids of the latents (a path to a ``.npy/.pt`` of ints, or an array): one per
+            latent row, or one per map of ``(B, D, ...)`` latents. Enable the mode-level metrics.
         keys: explicit codebook keys (disables automatic discovery).
         trust_checkpoint: allow unsafe unpickling of a torch file (only for files you trust).
         include_embeddings: also report token-embedding tables of language models.
@@ -293,6 +322,12 @@ def analyze(
                 f"latents of shape {list(z.shape)} match no codebook dimension (D = {dims}); "
                 "pass encoder outputs in the codebook's space (after any projection)"
             )
+    lab = _load_labels(labels)
+    if lab is not None and z is None:
+        raise CheckpointError("labels: --labels describe latent rows; pass --latents FILE with them")
+    if lab is not None and isinstance(z, dict):
+        raise CheckpointError("labels: a latents file of several named arrays has no single row order; "
+                              "pass one (N, D) array with --labels")
     per_cb = _latents_per_codebook(found, z, max_latents, seed)
     t = thresholds or HealthThresholds()
     entries = []
@@ -306,10 +341,11 @@ def analyze(
         if counts is not None:
             counts = counts / counts.sum()
             if fc.ema_counts:
-                tt = replace(t, dead_threshold=max(t.dead_threshold, EMA_DEAD_SHARE / counts.numel()))
+                tt = replace(t, max_dead_usage=max(t.max_dead_usage, EMA_DEAD_SHARE / counts.numel()))
+        is_residual = any("residual" in n for n in notes)  # residual stages: rows are not the labelled ones'
         h = codebook_health(
             fc.codebook, latents=x, counts=counts, name=fc.name, thresholds=tt, seed=seed,
-            max_points=max_points
+            max_points=max_points, labels=None if is_residual else _labels_for(lab, z, x, max_latents, seed)
         )
         extra = [latents_note] if latents_note else []
         if x is not None and counts is None:
@@ -343,11 +379,12 @@ class ComparisonResult:
 
     def verdict(self) -> str:
         """Which side is healthier, codebook by codebook, in plain words."""
-        rank = {"healthy": 0, "underused": 1, "uninitialised": 2, "shrunk": 3}
+        rank = {"healthy": 0, "cannot_tell": 1, "underused": 1, "uninitialised": 2, "shrunk": 3}
         lines = []
         for b, a in self.pairs:
             sb, sa = b.status, a.status
-            trend = "better" if rank[sa] < rank[sb] else "worse" if rank[sa] > rank[sb] else "same status"
+            rb_, ra_ = rank.get(sb, 1), rank.get(sa, 1)
+            trend = "better" if ra_ < rb_ else "worse" if ra_ > rb_ else "same status"
             detail = []
             for key in ("spread_ratio", "effective_rank", "utilization", "latent_coverage"):
                 vb, va = b.health.metrics[key], a.health.metrics[key]

@@ -36,6 +36,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "N x D or channel-first maps): enables spread ratio, coverage, quantization error",
     )
     p.add_argument(
+        "--labels", metavar="FILE",
+        help="data-mode ids of the latents (.npy/.pt of ints, one per --latents row or per map): "
+        "enables the mode-level metrics token_mode_entropy and shrunk_mode_share",
+    )
+    p.add_argument(
         "--out", metavar="DIR", help="write report.html (self-contained), the PNGs and health.json here"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
@@ -74,7 +79,7 @@ def _kwargs(args: argparse.Namespace) -> dict:
             file=sys.stderr,
         )
     return dict(
-        latents=args.latents, keys=args.key, trust_checkpoint=args.trust_checkpoint,
+        latents=args.latents, labels=args.labels, keys=args.key, trust_checkpoint=args.trust_checkpoint,
         include_embeddings=args.include_embeddings, l2_normalize=args.l2_normalize,
         max_latents=args.max_latents, max_points=args.max_points, seed=args.seed
     )

@@ -44,15 +44,19 @@ def kmeans_plusplus(x: torch.Tensor, k: int, *, generator: torch.Generator | Non
 
 
 @torch.no_grad()
-def kmeans(x: Any, k: int, *, iters: int = 20, seed: int = 0, tol: float = 1e-6) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding; empty clusters are re-seeded at the worst-fit points.
+def kmeans(x: Any, k: int, *, iters: int = 20, seed: int = 0, tol: float = 1e-6,
+           init: str = "kmeans++") -> torch.Tensor:
+    """Lloyd's k-means; empty clusters are re-seeded at the worst-fit points.
 
     Args:
         x: ``(N, D)`` points (torch or numpy), N >= k.
         k: number of clusters.
         iters: maximum Lloyd iterations.
-        seed: seed of the k-means++ draw.
+        seed: seed of the initial draw.
         tol: stop when the relative drop of the mean squared error falls below this.
+        init: ``"kmeans++"`` (Arthur & Vassilvitskii 2007; k sequential steps) or ``"random"``: k distinct
+            rows drawn uniformly, the seeding of Zhao, Karagodin et al.'s final runs. ``"random"`` costs one
+            draw instead of k passes over the data, which matters for K in the thousands.
 
     Returns:
         ``(k, D)`` centroids in ``x``'s dtype and device (half precision comes back as float32).
@@ -73,7 +77,12 @@ def kmeans(x: Any, k: int, *, iters: int = 20, seed: int = 0, tol: float = 1e-6)
         raise ValueError(f"x: k-means with k={k} needs at least {k} points, got {pts.shape[0]}; "
                          "collect more latents (a larger reservoir) or use a smaller codebook")
     g = torch.Generator().manual_seed(seed)
-    centers = kmeans_plusplus(pts, k, generator=g)
+    if init == "kmeans++":
+        centers = kmeans_plusplus(pts, k, generator=g)
+    elif init == "random":
+        centers = pts[torch.randperm(pts.shape[0], generator=g)[:k].to(pts.device)].clone()
+    else:
+        raise ValueError(f"init: expected 'kmeans++' or 'random', got {init!r}")
     prev = float("inf")
     for _ in range(iters):
         idx, d2 = assign(centers, pts)

@@ -33,10 +33,9 @@ from .metrics import (
     HealthThresholds,
     codebook_health,
     dead_code_ratio,
-    expected_coverage,
+    judge_health,
     utilization_perplexity,
 )
-from .metrics.health import raise_warnings
 from .sinks import Sink, make_sinks
 from .stream import CodebookStream, reduce_streams
 
@@ -258,7 +257,7 @@ class Monitor:
     def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor) -> CodebookHealth:
         h = CodebookHealth(name=key, num_codes=k, dim=d)
         self._set_usage(h, counts.double())
-        raise_warnings(h, self.thresholds, False)
+        judge_health(h, self.thresholds, all_zero=False)
         return h
 
     def _set_usage(self, h: CodebookHealth, c: torch.Tensor) -> None:
@@ -266,23 +265,17 @@ class Monitor:
         if float(c.sum()) > 0:
             h.utilization_perplexity = utilization_perplexity(c)
             h.utilization = h.utilization_perplexity / h.num_codes
-            h.dead_code_ratio = dead_code_ratio(c, threshold=self.thresholds.dead_threshold)
+            h.dead_code_ratio = dead_code_ratio(c, threshold=self.thresholds.max_dead_usage)
+            h.codes_used = 1.0 - h.dead_code_ratio
         else:
-            h.utilization_perplexity = h.utilization = h.dead_code_ratio = None
+            h.utilization_perplexity = h.utilization = h.dead_code_ratio = h.codes_used = None
 
     def _with_counts(self, h: CodebookHealth, counts: torch.Tensor, usage_only: bool) -> CodebookHealth:
         """The same geometry with usage metrics (and warnings) from other counts."""
         hc = dataclasses.replace(h, warnings=[])
         self._set_usage(hc, counts.double())
         all_zero = any(wr["code"] == "uninitialized" for wr in h.warnings)
-        exp_cov = None
-        if hc.latent_coverage is not None and h.latent_singular_values is not None:
-            n = self._last_latents.get(h.name)
-            cap = self.health_kwargs.get("coverage_max_latents", 10_000)
-            if n is not None:
-                m = n.shape[0] if cap is None else min(cap, n.shape[0])
-                exp_cov = expected_coverage(h.num_codes, m, k=self.health_kwargs.get("k", 5))
-        raise_warnings(hc, self.thresholds, all_zero and not usage_only, exp_cov)
+        judge_health(hc, self.thresholds, all_zero=all_zero and not usage_only)
         return hc
 
     def _record(self, step: int, now: float, scope: str, h: CodebookHealth, adapter: Adapter) -> dict[str, Any]:

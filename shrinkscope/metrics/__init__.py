@@ -22,7 +22,11 @@ from .health import (
     HealthThresholds,
     codebook_health,
     expected_coverage,
+    judge_health,
 )
+from .modes import joint_counts, mode_perplexities, shrunk_mode_share, token_mode_entropy
+from .reference import KMeansReference, kmeans_reference
+from .verdict import STATUSES, Verdict
 from .spectrum import effective_dimension, effective_rank, singular_spectrum
 from .usage import assign, code_counts, dead_code_ratio, utilization, utilization_perplexity
 
@@ -33,6 +37,9 @@ __all__ = [
     "WARNING_CODES",
     "CodebookHealth",
     "HealthThresholds",
+    "KMeansReference",
+    "STATUSES",
+    "Verdict",
     "ModeCoverage",
     "assign",
     "code_counts",
@@ -43,19 +50,25 @@ __all__ = [
     "effective_dimension",
     "effective_rank",
     "expected_coverage",
+    "joint_counts",
+    "judge_health",
+    "kmeans_reference",
     "knn_radii",
     "latent_coverage",
     "mean_pairwise_distance",
     "mode_coverage",
+    "mode_perplexities",
     "pairwise_distance_sample",
     "pixel_diversity",
     "prdc",
     "quantization_error",
     "quantization_mse",
+    "shrunk_mode_share",
     "singular_spectrum",
     "spread_cosine",
     "spread_euclidean",
     "spread_ratio",
+    "token_mode_entropy",
     "total_variance",
     "utilization",
     "utilization_perplexity",

@@ -6,13 +6,14 @@ them one codebook at a time and name each (``layers.0``, ``head 1``, ...).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ._validate import as_counts, as_float, same_dim
-from .coverage import coverage_and_precision
+from .coverage import coverage_and_precision, knn_radii
 from .geometry import (
     DEFAULT_MAX_POINTS,
     mean_pairwise_distance,
@@ -20,44 +21,39 @@ from .geometry import (
     spread_euclidean,
     total_variance,
 )
+from .modes import as_labels, joint_counts, shrunk_mode_share, token_mode_entropy
+from .reference import kmeans_reference, reference_coverage
 from .spectrum import _effective_dimension_from, _effective_rank_from, singular_spectrum
 from .usage import assign, dead_code_ratio, utilization_perplexity
+from .verdict import HealthThresholds, Judged, Verdict, judge
 
 METRIC_KEYS: tuple[str, ...] = (
     "num_codes", "dim", "spread_cosine", "spread_euclidean", "spread_ratio", "effective_rank",
     "effective_dimension", "latent_effective_rank", "latent_effective_dimension", "utilization_perplexity",
     "utilization", "dead_code_ratio", "latent_coverage", "codebook_precision", "quantization_error",
+    "codes_used", "offset_vs_spread", "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans",
+    "excess_distortion", "token_mode_entropy", "shrunk_mode_share",
 )
-"""The metric keys of the JSON contract, in display order."""
+"""The metric keys of the JSON contract, in display order (the last eight were added in 0.2: docs/metrics.md)."""
 
 HIGHER_IS_BETTER: dict[str, bool | None] = {
     "num_codes": None, "dim": None, "spread_cosine": True, "spread_euclidean": True, "spread_ratio": True,
     "effective_rank": True, "effective_dimension": True, "latent_effective_rank": None,
     "latent_effective_dimension": None, "utilization_perplexity": True, "utilization": True,
     "dead_code_ratio": False, "latent_coverage": True, "codebook_precision": True, "quantization_error": False,
+    "codes_used": True, "offset_vs_spread": False, "spread_vs_kmeans": True, "rank_vs_kmeans": True,
+    "coverage_vs_kmeans": True, "excess_distortion": False, "token_mode_entropy": True, "shrunk_mode_share": False,
 }
 
 WARNING_CODES: tuple[str, ...] = (
     "shrinkage", "dimensional_collapse", "dead_codes", "low_utilization", "poor_coverage", "uninitialized",
+    "excess_distortion", "mode_shrinkage",
 )
 
 
 @dataclass
-class HealthThresholds:
-    """Where ``codebook_health`` raises a warning. Every field is a documented, tunable cut-off."""
-
-    shrinkage_spread_ratio: float = 0.5  # spread_ratio below this: codes span < half the latent cloud
-    collapse_rank_ratio: float = 0.5  # codebook effective rank below this share of the latents' one
-    collapse_rank_share: float = 0.1  # without latents: effective rank below this share of min(K, D)
-    dead_code_ratio: float = 0.1  # more than 10% of codes never (or barely) used
-    dead_threshold: float = 0.0  # a code with usage count <= this is dead
-    low_utilization: float = 0.25  # utilization (perplexity / K) below this
-    poor_coverage: float = 0.5  # coverage below half of what codes drawn from the latents would reach
-
-
-@dataclass
 class CodebookHealth:
-    """All metrics of one codebook (``None`` where the needed input was absent) and its warnings."""
+    """All metrics of one codebook (``None`` where the needed input was absent), its warnings and verdict."""
 
     name: str
     num_codes: int
@@ -75,10 +71,20 @@ class CodebookHealth:
     latent_coverage: float | None = None
     codebook_precision: float | None = None
     quantization_error: float | None = None
+    codes_used: float | None = None
+    offset_vs_spread: float | None = None
+    spread_vs_kmeans: float | None = None
+    rank_vs_kmeans: float | None = None
+    coverage_vs_kmeans: float | None = None
+    excess_distortion: float | None = None
+    token_mode_entropy: float | None = None
+    shrunk_mode_share: float | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
+    verdict: Verdict | None = None
     singular_values: torch.Tensor | None = field(default=None, repr=False)
     latent_singular_values: torch.Tensor | None = field(default=None, repr=False)
     counts: torch.Tensor | None = field(default=None, repr=False)
+    judged: Judged | None = field(default=None, repr=False)
 
     @property
     def metrics(self) -> dict[str, float | int | None]:
@@ -86,59 +92,66 @@ class CodebookHealth:
         return {k: getattr(self, k) for k in METRIC_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"name", "num_codes", "dim", "metrics": {KEY: ...}, "warnings": [...]}`` (JSON-ready)."""
+        """``{"name", "num_codes", "dim", "metrics": {KEY: ...}, "warnings": [...], "verdict": {...}}`` (JSON-ready)."""
         return {"name": self.name, "num_codes": self.num_codes, "dim": self.dim,
-                "metrics": dict(self.metrics), "warnings": [dict(w) for w in self.warnings]}
+                "metrics": dict(self.metrics), "warnings": [dict(w) for w in self.warnings],
+                "verdict": None if self.verdict is None else self.verdict.to_dict()}
 
     @property
     def healthy(self) -> bool:
-        """True when no warning was raised."""
-        return not self.warnings
+        """True when the verdict is ``healthy`` (measured against latents, nothing fired)."""
+        if self.verdict is None:
+            return not self.warnings
+        return self.verdict.status == "healthy"
 
 
-def _warn(h: CodebookHealth, code: str, message: str) -> None:
-    h.warnings.append({"code": code, "message": message})
+def judged_from(h: CodebookHealth, *, evidence: tuple[str, ...] | None = None, all_zero: bool = False) -> Judged:
+    """The verdict's inputs from a health record's own fields (for records assembled by hand, e.g. usage only)."""
+    if evidence is None:
+        evidence = ("codes",) * (h.spread_cosine is not None) + ("usage",) * (h.utilization is not None)
+    rank_share = None
+    if h.effective_rank is not None and min(h.num_codes - 1, h.dim) >= 1:
+        rank_share = h.effective_rank / min(h.num_codes - 1, h.dim)
+    values = {k: getattr(h, k) for k in METRIC_KEYS}
+    values["rank_share"] = rank_share
+    return Judged(h.num_codes, h.dim, evidence, values, all_zero=all_zero)
+
+
+def judge_health(h: CodebookHealth, thresholds: HealthThresholds | None = None, *,
+                 all_zero: bool | None = None) -> CodebookHealth:
+    """Set ``h.warnings`` and ``h.verdict`` from ``h``'s measurements under ``thresholds`` (replacing both).
+
+    ``codebook_health`` calls it; callers that assemble a ``CodebookHealth`` themselves (the monitor's
+    cumulative and usage-only records) call it after changing the usage fields. The geometry that the
+    verdict reads is the one ``codebook_health`` measured (``h.judged``); usage values are read afresh.
+
+    Returns:
+        ``h`` itself.
+    """
+    t = thresholds or HealthThresholds()
+    j = h.judged if h.judged is not None else judged_from(h)
+    j = replace(j, values=dict(j.values))  # records copied with dataclasses.replace share the Judged
+    if all_zero is not None:
+        j = replace(j, all_zero=all_zero)
+    for k in ("dead_code_ratio", "utilization", "codes_used"):
+        j.values[k] = getattr(h, k)
+    if h.utilization is not None and "usage" not in j.evidence and "latents" not in j.evidence:
+        j = replace(j, evidence=(*j.evidence, "usage"))
+    h.judged = j
+    h.warnings, h.verdict = judge(j, t)
+    return h
 
 
 def raise_warnings(h: CodebookHealth, t: HealthThresholds, all_zero: bool = False,
                    expected_coverage: float | None = None) -> None:
-    """Append the warnings that ``h``'s metrics trip under thresholds ``t`` to ``h.warnings``.
+    """Deprecated alias of ``judge_health`` (it appended warnings; it never raised). Removed in 0.3.
 
-    Used by ``codebook_health`` and by callers that assemble a ``CodebookHealth`` themselves (the monitor's
-    cumulative and usage-only records).
-
-    Args:
-        h: the health record (its ``warnings`` list is extended in place).
-        t: the thresholds.
-        all_zero: the codebook is all zeros (reported as ``uninitialized`` and nothing else).
-        expected_coverage: coverage that codes drawn from the latents would reach (``expected_coverage``);
-            ``poor_coverage`` is only judged when it is given.
+    ``expected_coverage`` is ignored: coverage is now judged against k-means of the same K.
     """
-    if all_zero:
-        _warn(h, "uninitialized", "every code is zero: the codebook looks uninitialised (saved before the first "
-              "forward / k-means init?), not collapsed; geometry metrics are meaningless here")
-        return
-    if h.spread_ratio is not None and h.spread_ratio < t.shrinkage_spread_ratio:
-        _warn(h, "shrinkage", f"codes span {h.spread_ratio:.2f}x the latents' mean pairwise distance "
-              f"(< {t.shrinkage_spread_ratio}): the codebook has shrunk into a narrow region of latent space")
-    if h.effective_rank is not None:
-        if h.latent_effective_rank is not None and h.latent_effective_rank > 1:
-            if h.effective_rank < t.collapse_rank_ratio * h.latent_effective_rank:
-                _warn(h, "dimensional_collapse", f"codebook effective rank {h.effective_rank:.1f} is below "
-                      f"{t.collapse_rank_ratio:g}x the latents' {h.latent_effective_rank:.1f}")
-        elif h.effective_rank < t.collapse_rank_share * min(h.num_codes, h.dim):
-            _warn(h, "dimensional_collapse", f"codebook effective rank {h.effective_rank:.1f} is below "
-                  f"{t.collapse_rank_share:g} x min(K, D) = {t.collapse_rank_share * min(h.num_codes, h.dim):.1f}")
-    if h.dead_code_ratio is not None and h.dead_code_ratio > t.dead_code_ratio:
-        _warn(h, "dead_codes", f"{h.dead_code_ratio:.0%} of the {h.num_codes} codes are dead "
-              f"(usage <= {t.dead_threshold:g}; threshold {t.dead_code_ratio:.0%})")
-    if h.utilization is not None and h.utilization < t.low_utilization:
-        _warn(h, "low_utilization", f"usage perplexity {h.utilization_perplexity:.1f} is {h.utilization:.1%} of "
-              f"K={h.num_codes} (< {t.low_utilization:.0%})")
-    if (h.latent_coverage is not None and expected_coverage is not None
-            and h.latent_coverage < t.poor_coverage * expected_coverage):
-        _warn(h, "poor_coverage", f"only {h.latent_coverage:.0%} of latents have a code in their k-NN ball; "
-              f"codes spread like the latents would reach about {expected_coverage:.0%}")
+    warnings.warn("raise_warnings is deprecated: use judge_health(h, thresholds)", DeprecationWarning, stacklevel=2)
+    before = list(h.warnings)
+    judge_health(h, t, all_zero=all_zero)
+    h.warnings = before + h.warnings
 
 
 def expected_coverage(num_codes: int, num_latents: int, *, k: int = 5) -> float:
@@ -151,67 +164,73 @@ def expected_coverage(num_codes: int, num_latents: int, *, k: int = 5) -> float:
     return 1.0 - math.exp(-k * num_codes / max(1, num_latents))
 
 
-def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
-    if n is None or x.shape[0] <= n:
-        return x
-    g = torch.Generator().manual_seed(seed)
-    return x[torch.randperm(x.shape[0], generator=g)[:n].to(x.device)]
-
-
 @torch.no_grad()
 def codebook_health(
     codebook: Any,
     *,
     latents: Any | None = None,
     counts: Any | None = None,
+    labels: Any | None = None,
     name: str = "codebook",
     k: int = 5,
     thresholds: HealthThresholds | None = None,
     coverage_max_latents: int | None = 10_000,
     max_points: int | None = DEFAULT_MAX_POINTS,
+    reference: bool = True,
     seed: int = 0,
 ) -> CodebookHealth:
-    """Measure every codebook-health metric that the given inputs allow.
+    """Measure every codebook-health metric that the given inputs allow, and judge them.
 
     Args:
         codebook: ``(K, D)`` effective codebook (after any normalisation/projection the lookup uses).
         latents: optional ``(N, D)`` pre-quantization latents: enables spread_ratio, latent spectrum,
-            coverage, precision and quantization error; also gives counts when ``counts`` is None.
+            coverage, precision, quantization error and the k-means reference (``*_vs_kmeans``,
+            ``excess_distortion``); also gives counts when ``counts`` is None.
         counts: optional ``(K,)`` usage counts or shares (e.g. from hooks or a ``cluster_size`` buffer).
+        labels: optional ``(N,)`` integer data-mode ids of the latents (needs ``latents``): enables
+            ``token_mode_entropy`` and ``shrunk_mode_share``. Negative ids are ignored.
         name: label of this codebook in reports.
         k: neighbour rank of the coverage balls.
         thresholds: warning cut-offs (``HealthThresholds()`` by default).
         coverage_max_latents: coverage/precision use a random subset of at most this many latents
             (their cost is O(N^2)); ``None`` uses all.
         max_points: exact pairwise spreads up to this many rows, sampled above.
-        seed: seed of every subsample.
+        reference: fit the k-means reference when latents are given (``False``: skip it; the verdict then
+            cannot call the codebook healthy).
+        seed: seed of every subsample and of the k-means reference.
 
     Returns:
-        A ``CodebookHealth``.
+        A ``CodebookHealth`` with ``warnings`` and ``verdict``.
 
     Raises:
-        ValueError / TypeError: bad shapes, dtypes, NaN/Inf, D mismatch, counts of the wrong length.
+        ValueError / TypeError: bad shapes, dtypes, NaN/Inf, D mismatch, counts or labels of the wrong length.
 
     Example:
         >>> h = codebook_health(torch.randn(64, 8), latents=torch.randn(500, 8))
         >>> sorted(h.to_dict())
-        ['dim', 'metrics', 'name', 'num_codes', 'warnings']
+        ['dim', 'metrics', 'name', 'num_codes', 'verdict', 'warnings']
+        >>> codebook_health(torch.randn(64, 8)).verdict.status
+        'cannot_tell'
     """
     t = thresholds or HealthThresholds()
     cb = as_float(codebook, "codebook", min_rows=2)
     kk, d = cb.shape
     h = CodebookHealth(name=name, num_codes=kk, dim=d)
-    x = None
-    exp_cov = None
+    x = lab = None
     if latents is not None:
         x = as_float(latents, "latents", min_rows=2)
         same_dim(cb, x)
         x = x.to(cb.device)
+    if labels is not None:
+        if x is None:
+            raise ValueError("labels: mode labels describe latents; pass latents=(N, D) rows with them")
+        lab = as_labels(labels, x.shape[0]).to(cb.device)
     c = None
     if counts is not None:
         c = as_counts(counts)
         if c.numel() != kk:
             raise ValueError(f"counts: expected {kk} entries (one per code), got {c.numel()}")
+    evidence = ("codes",) + ("usage",) * (c is not None) + ("latents",) * (x is not None) + ("labels",) * (lab is not None)
 
     all_zero = not bool(cb.any())
     h.spread_cosine = spread_cosine(cb)
@@ -220,6 +239,8 @@ def codebook_health(
     h.singular_values = sv
     h.effective_rank = _effective_rank_from(sv)
     h.effective_dimension = _effective_dimension_from(sv, 0.99)
+    h.offset_vs_spread = _offset_vs_spread(cb, h.spread_euclidean)
+    idx = d2 = xs = radii = perm = None
     if x is not None:
         lat_spread = mean_pairwise_distance(x, max_points=max_points, seed=seed, name="latents")
         h.spread_ratio = h.spread_euclidean / lat_spread if lat_spread > 0 else None
@@ -227,20 +248,104 @@ def codebook_health(
         h.latent_singular_values = lsv
         h.latent_effective_rank = _effective_rank_from(lsv)
         h.latent_effective_dimension = _effective_dimension_from(lsv, 0.99)
-        # One nearest-code search serves both the quantization error and (without counts) the usage.
+        # One nearest-code search serves the quantization error, the reference comparison and (without
+        # counts) the usage.
         idx, d2 = assign(cb, x)
         var = total_variance(x)
         h.quantization_error = float(d2.mean()) / var if var > 0 else None
-        xs = _subsample(x, coverage_max_latents, seed)
+        # one seeded permutation: its head is the coverage subset (and the reference's held-out rows)
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+        n_cov = x.shape[0] if coverage_max_latents is None else min(coverage_max_latents, x.shape[0])
+        xs = x[perm[:n_cov].to(x.device)]
         if xs.shape[0] > k:
-            h.latent_coverage, h.codebook_precision = coverage_and_precision(cb, xs, k=k)
-            exp_cov = expected_coverage(kk, xs.shape[0], k=k)
+            radii = knn_radii(xs, k=k)
+            h.latent_coverage, h.codebook_precision = coverage_and_precision(cb, xs, k=k, radii=radii)
         if c is None:
             c = torch.bincount(idx, minlength=kk).double()
+        if lab is not None:
+            h.token_mode_entropy = token_mode_entropy(joint_counts(idx, lab, kk))
+    live = None
     if c is not None and float(c.sum()) > 0:
         h.counts = c.cpu()
         h.utilization_perplexity = utilization_perplexity(c)
         h.utilization = h.utilization_perplexity / kk
-        h.dead_code_ratio = dead_code_ratio(c, threshold=t.dead_threshold)
-    raise_warnings(h, t, all_zero, exp_cov)
+        h.dead_code_ratio = dead_code_ratio(c, threshold=t.max_dead_usage)
+        h.codes_used = 1.0 - h.dead_code_ratio
+        live = (c > t.max_dead_usage).to(cb.device)
+    geo = _live_geometry(cb, live, h, max_points=max_points, seed=seed)
+    refs: dict[str, float | None] = {}
+    if x is not None and reference:
+        ref = kmeans_reference(x, kk, perm=perm, seed=seed)
+        if ref is not None:
+            refs = {"spread_euclidean": ref.spread_euclidean, "effective_rank": ref.effective_rank,
+                    "distortion": ref.distortion}
+            if geo["spread_euclidean"] is not None and ref.spread_euclidean > 0:
+                h.spread_vs_kmeans = geo["spread_euclidean"] / ref.spread_euclidean
+            if geo["effective_rank"] is not None:
+                h.rank_vs_kmeans = geo["effective_rank"] / ref.effective_rank
+            if radii is not None and h.latent_coverage is not None:
+                cov_ref = reference_coverage(ref, xs, radii, k=k)
+                refs["latent_coverage"] = cov_ref
+                h.coverage_vs_kmeans = h.latent_coverage / cov_ref if cov_ref > 0 else None
+            if ref.distortion is not None and ref.distortion > 0:
+                h.excess_distortion = float(d2[ref.eval_index].mean()) / ref.distortion - 1.0
+            if lab is not None:
+                le = lab[ref.eval_index]
+                h.shrunk_mode_share = shrunk_mode_share(
+                    joint_counts(idx[ref.eval_index], le, kk), joint_counts(ref.eval_assign, le, kk),
+                    min_ratio=t.min_mode_perplexity_vs_kmeans)
+    values = {key: getattr(h, key) for key in METRIC_KEYS}
+    values.update(spread_cosine=geo["spread_cosine"], offset_vs_spread=geo["offset_vs_spread"],
+                  rank_share=geo["rank_share"])
+    if h.spread_vs_kmeans is None and x is not None:
+        evidence = tuple(e for e in evidence if e not in ("latents", "labels"))  # no reference: codes-level rules
+        evidence += ("usage",) * ("usage" not in evidence and h.utilization is not None)
+    h.judged = Judged(kk, d, evidence, values, refs, live_codes=geo["live_codes"], all_zero=all_zero)
+    h.warnings, h.verdict = judge(h.judged, t)
+    if x is not None and "latents" not in evidence:
+        h.verdict = _no_reference(h.verdict, kk, x.shape[0], reference)
     return h
+
+
+def _offset_vs_spread(cb: torch.Tensor, spread: float) -> float | None:
+    """Distance of the codes' mean from the origin over their mean pairwise distance (``None`` if spread is 0)."""
+    off = float(cb.double().mean(0).norm())
+    return off / spread if spread > 0 else None
+
+
+def _live_geometry(cb: torch.Tensor, live: torch.Tensor | None, h: CodebookHealth, *,
+                   max_points: int | None, seed: int) -> dict[str, Any]:
+    """Spread, rank and rank share of the live codes (all codes when usage is unknown or all are live).
+
+    Dead codes are judged by ``dead_codes``; left in, codes parked far away would read as an exploded
+    spread or a collapsed rank.
+    """
+    kk, d = cb.shape
+    n_live = kk if live is None else int(live.sum())
+    if n_live == kk:
+        return {"spread_euclidean": h.spread_euclidean, "effective_rank": h.effective_rank,
+                "spread_cosine": h.spread_cosine, "offset_vs_spread": h.offset_vs_spread,
+                "rank_share": h.effective_rank / min(kk - 1, d), "live_codes": kk}
+    if n_live < 2:
+        return {"spread_euclidean": None, "effective_rank": None, "spread_cosine": None, "offset_vs_spread": None,
+                "rank_share": None, "live_codes": n_live}
+    sub = cb[live]
+    spread = spread_euclidean(sub, max_points=max_points, seed=seed)
+    rank = _effective_rank_from(singular_spectrum(sub))
+    return {"spread_euclidean": spread, "effective_rank": rank, "spread_cosine": spread_cosine(sub),
+            "offset_vs_spread": _offset_vs_spread(sub, spread), "rank_share": rank / min(n_live - 1, d),
+            "live_codes": n_live}
+
+
+def _no_reference(v: Verdict, k: int, n: int, asked: bool) -> Verdict:
+    """Latents were given but no reference could be fitted: say so instead of judging against nothing."""
+    why = (f"the k-means reference needs at least K={k} latents, got {n}" if asked
+           else "the k-means reference was switched off (reference=False)")
+    how = "pass more latent rows (at least K; 16 x K is best)" if asked else "call codebook_health(reference=True)"
+    missing = tuple(m for m in v.missing if m["input"] != "latents") + (
+        {"input": "latents", "why": why, "how": how},)
+    summary = v.summary
+    if v.status == "cannot_tell":
+        summary = (f"Cannot tell (evidence: {', '.join(v.evidence)}): the codes show no sign of shrinkage on "
+                   f"their own, and {why}.")
+    return Verdict(v.status, v.evidence, summary, v.reasons, missing)

@@ -30,7 +30,11 @@ CONTRACT_KEYS = {
     "num_codes", "dim", "spread_cosine", "spread_euclidean", "spread_ratio", "effective_rank", "effective_dimension",
     "latent_effective_rank", "latent_effective_dimension", "utilization_perplexity", "utilization",
     "dead_code_ratio", "latent_coverage", "codebook_precision", "quantization_error",
+    # added with the verdicts (issue #10)
+    "codes_used", "offset_vs_spread", "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans",
+    "excess_distortion", "token_mode_entropy", "shrunk_mode_share",
 }
+NEEDS_LABELS = {"token_mode_entropy", "shrunk_mode_share"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,8 @@ def test_contract_keys_and_json(healthy, latents):
     d = h.to_dict()
     assert set(METRIC_KEYS) == CONTRACT_KEYS == set(d["metrics"]) == set(HIGHER_IS_BETTER)
     assert (d["name"], d["num_codes"], d["dim"]) == ("vq", 64, 6)
-    assert all(v is not None for v in d["metrics"].values())
+    assert all(v is not None for k, v in d["metrics"].items() if k not in NEEDS_LABELS)
+    assert d["verdict"]["status"] == "healthy" and d["verdict"]["evidence"] == ["codes", "latents"]
     json.dumps(d)  # plain numbers only
     assert {"shrinkage", "dimensional_collapse", "dead_codes", "low_utilization", "poor_coverage"} <= set(WARNING_CODES)
 
@@ -81,8 +86,9 @@ def test_absent_inputs_give_none(healthy):
     h = codebook_health(healthy)
     m = h.to_dict()["metrics"]
     needs_latents = {"spread_ratio", "latent_effective_rank", "latent_effective_dimension", "latent_coverage",
-                     "codebook_precision", "quantization_error"}
-    needs_counts = {"utilization_perplexity", "utilization", "dead_code_ratio"}
+                     "codebook_precision", "quantization_error", "spread_vs_kmeans", "rank_vs_kmeans",
+                     "coverage_vs_kmeans", "excess_distortion"} | NEEDS_LABELS
+    needs_counts = {"utilization_perplexity", "utilization", "dead_code_ratio", "codes_used"}
     assert all(m[k] is None for k in needs_latents | needs_counts)
     assert all(m[k] is not None for k in CONTRACT_KEYS - needs_latents - needs_counts)
     with_counts = codebook_health(healthy, counts=torch.ones(64))
@@ -100,8 +106,8 @@ def test_shrinkage_warning(latents):
     h = codebook_health(shrunk, latents=latents)
     assert h.spread_ratio == pytest.approx(0.1, rel=0.15)
     assert {"shrinkage", "poor_coverage"} <= codes_of(h)
-    # thresholds are configurable
-    relaxed = HealthThresholds(shrinkage_spread_ratio=0.05, poor_coverage=0.0)
+    # thresholds are configurable (renamed in #10: they say min/max; the rules compare with k-means of the same K)
+    relaxed = HealthThresholds(min_spread_vs_kmeans=0.05, min_coverage_vs_kmeans=0.0, max_excess_distortion=1e9)
     assert not {"shrinkage", "poor_coverage"} & codes_of(codebook_health(shrunk, latents=latents, thresholds=relaxed))
 
 
@@ -122,7 +128,7 @@ def test_usage_warnings(healthy):
     h = codebook_health(healthy, counts=counts)
     assert h.dead_code_ratio == pytest.approx(60 / 64)
     assert {"dead_codes", "low_utilization"} <= codes_of(h)
-    lenient = HealthThresholds(dead_code_ratio=0.95, low_utilization=0.01)
+    lenient = HealthThresholds(max_dead_code_ratio=0.95, min_utilization=0.01)
     assert not {"dead_codes", "low_utilization"} & codes_of(codebook_health(healthy, counts=counts,
                                                                               thresholds=lenient))
 
@@ -154,7 +160,9 @@ def test_coverage_subsample_and_half_precision(healthy, latents):
 def test_device(device, healthy, latents):
     h = codebook_health(healthy.to(device), latents=latents.to(device)).to_dict()
     ref = codebook_health(healthy, latents=latents).to_dict()
-    assert h["metrics"] == pytest.approx(ref["metrics"], rel=1e-6)
+    assert {k for k, v in h["metrics"].items() if v is None} == NEEDS_LABELS
+    assert {k: v for k, v in h["metrics"].items() if v is not None} == pytest.approx(
+        {k: v for k, v in ref["metrics"].items() if v is not None}, rel=1e-6)
 
 
 def test_bad_input(healthy, latents):
