@@ -15,16 +15,17 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .checkpoint import (
-    Checkpoint, CheckpointError, FoundCodebook, find_codebooks, from_state_dict, load_arrays,
-    load_checkpoint
-)
+from .checkpoint import Checkpoint, CheckpointError, from_state_dict, load_arrays, load_checkpoint
+from .discovery import FoundCodebook, find_codebooks
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
 from .metrics.verdict import verdict_line
 
 __all__ = ["analyze", "compare", "AnalysisResult", "ComparisonResult", "Entry", "status_of"]
 
 REFERENCE_FORMAT = "shrinkscope.reference.tokenizer/1"
+SAVED_LATENTS_KEY = "encoder_latents"
+"""Top-level checkpoint entry holding a bounded ``(N, D)`` sample of encoder latents (the reference
+checkpoints write one), used when no ``--latents`` are given."""
 EMA_DEAD_SHARE = 0.01
 """With EMA usage buffers a code counts as dead below this fraction of the uniform share 1/K: EMA counts
 of unused codes decay towards zero but never reach it (Moshi uses a similar relative threshold)."""
@@ -126,19 +127,20 @@ def _as_rows(x: torch.Tensor, d: int) -> torch.Tensor | None:
     return None
 
 
-def _reference_latents(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str | None]:
+def _saved_latents(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str | None]:
+    """Latents a checkpoint carries (``SAVED_LATENTS_KEY``: a bounded sample of encoder outputs, ``(N, D)``)."""
     raw = ckpt.raw if isinstance(ckpt.raw, Mapping) else {}
-    if raw.get("format") != REFERENCE_FORMAT:
-        return None, None
-    try:
-        from .reference import reference_latents
-    except ImportError:
-        return None, None
-    try:
-        z = reference_latents(dict(raw))
-    except Exception as exc:  # noqa: BLE001 - a reference-model problem must not stop the analysis
-        return None, f"could not rebuild the reference model's latents ({type(exc).__name__}: {exc})"
-    return z, "latents from the reference model on its bundled data"
+    z = raw.get(SAVED_LATENTS_KEY)
+    if isinstance(z, torch.Tensor):
+        return z, "latents saved with the checkpoint (encoder outputs on held-out data)"
+    if _is_reference(ckpt):
+        return None, ("this reference checkpoint predates saved latents: re-save it with "
+                      "shrinkscope.reference.train.save_checkpoint, or pass --latents FILE")
+    return None, None
+
+
+def _is_reference(ckpt: Checkpoint) -> bool:
+    return isinstance(ckpt.raw, Mapping) and ckpt.raw.get("format") == REFERENCE_FORMAT
 
 
 def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -297,8 +299,8 @@ def analyze(
     found = find_codebooks(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
     latents_note = None
     if latents is None:
-        z, latents_note = _reference_latents(ckpt)
-        latents_source = "reference model" if z is not None else None
+        z, latents_note = _saved_latents(ckpt)
+        latents_source = None if z is None else "reference model" if _is_reference(ckpt) else "checkpoint"
     elif isinstance(latents, (str, os.PathLike)):
         z, latents_source = load_arrays(latents), os.fspath(latents)
     else:

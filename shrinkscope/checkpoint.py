@@ -3,9 +3,8 @@
 ``load_checkpoint(path)`` opens ``.pt/.pth/.bin/.ckpt`` (torch zip or legacy pickle), ``.safetensors``,
 ``.npy`` and ``.npz`` files without running code from them, and flattens nested containers
 (``state_dict``, ``model``, ``ema``, ``best_state``, ...) into dotted keys whose tensors are read lazily.
-``find_codebooks(checkpoint)`` then finds every codebook by key name and shape, following the conventions
-of the VQ libraries in use (docs/cli.md lists them), and returns each as its *effective* ``(K, D)``
-codebook plus usage counts when the checkpoint stores them.
+``find_codebooks(checkpoint)`` (``shrinkscope.discovery``, re-exported here) then finds every codebook by
+the key conventions of the VQ families (``shrinkscope.families``).
 
 Loading policy (why): ``torch.load(weights_only=True, mmap=True)`` never executes pickled code and maps
 tensors instead of reading them, so memory stays far below the file size; safetensors files are read
@@ -70,31 +69,6 @@ class Checkpoint:
     kind: str  # "torch" | "safetensors" | "numpy" | "state_dict"
     tensors: dict[str, TensorRef]
     raw: Any = None
-
-
-@dataclass
-class FoundCodebook:
-    """One effective codebook found in a checkpoint.
-
-    Attributes:
-        name: display name (module path without wrappers; ``/headN`` for separate heads).
-        codebook: ``(K, D)`` float tensor, the space the lookup happens in.
-        counts: ``(K,)`` usage (shares or counts) from a buffer, or None.
-        family: convention recognised (``lucidrains``, ``taming``, ``llamagen``, ``dac``, ...).
-        key: state-dict key the codebook came from.
-        notes: plain-words remarks (normalisation applied, usage source, caveats).
-        usage_source: buffer the counts came from, or None.
-        ema_counts: True when counts are an EMA (dead codes decay towards zero without reaching it).
-    """
-
-    name: str
-    codebook: torch.Tensor
-    counts: torch.Tensor | None
-    family: str
-    key: str
-    notes: list[str] = field(default_factory=list)
-    usage_source: str | None = None
-    ema_counts: bool = False
 
 
 def _one_line(exc: BaseException) -> str:
@@ -315,244 +289,6 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
     return ckpt
 
 
-# ---------------------------------------------------------------------------------------------------
-# Discovery: key-name and shape conventions of the VQ libraries (research: ecosystem.md sections 1, 1.3).
-
-_WRAPPERS = {"module", "_orig_mod"}
-_CONTAINERS = {
-    "state_dict", "model", "ema", "best_state", "params_ema", "params", "net", "model_state_dict",
-    "state_dict_ema", "ema_state_dict", "model_ema", "first_stage_model"
-}
-_STATS = {
-    "cluster_size", "embed_avg", "initted", "inited", "_initialized", "initialized", "cluster_usage",
-    "codebook_used", "ema_vocab_hit_SV", "usage_ema", "usage", "counts", "active"
-}
-_INIT_FLAGS = ("initted", "inited", "_initialized", "initialized")
-_QUANTISH = re.compile(r"quant|vq|codebook", re.IGNORECASE)
-# Token/position tables of language models: never codebooks unless asked (--include-embeddings).
-_LM_TABLE = re.compile(r"^(tok_embeddings|wte|wpe|embed_tokens|word_embeddings|token_embedding|tok_emb|"
-                       r"token_emb|embed_positions|position_embedding|pos_emb|pos_embed|shared|lm_head)$")
-_NORMALISED = {"llamagen": "LlamaGen looks codes up l2-normalised (codebook_l2_norm)",
-               "dac": "DAC looks codes up l2-normalised"}
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
-
-
-def _module_of(key: str) -> str:
-    """Quantizer module path of a codebook key (``quantize.embedding.weight`` -> ``quantize``)."""
-    if "." not in key:
-        return key
-    seg = key.split(".")[:-1]
-    if key.endswith(".weight") and seg and seg[-1] in ("embedding", "embed", "codebook"):
-        seg = seg[:-1]
-    elif seg and seg[-1] in ("_codebook", "codebook"):
-        seg = seg[:-1]
-    return ".".join(seg)
-
-
-def _display(path: str, *, keep_containers: bool = False) -> str:
-    seg = [s for s in path.split(".") if s and s not in _WRAPPERS]
-    while not keep_containers and seg and seg[0] in _CONTAINERS:
-        seg = seg[1:]
-    if not keep_containers:
-        seg = [s for s in seg if s != "first_stage_model"]
-    return ".".join(seg) or "codebook"
-
-
-def _config_flag(obj: Any, name: str, depth: int = 0) -> bool | None:
-    if not isinstance(obj, Mapping) or depth > 4:
-        return None
-    if isinstance(obj.get(name), bool):
-        return obj[name]
-    for v in obj.values():
-        hit = _config_flag(v, name, depth + 1)
-        if hit is not None:
-            return hit
-    return None
-
-
-def _classify(key: str, ref: TensorRef, tensors: Mapping[str, TensorRef],
-              include_embeddings: bool) -> str | None:
-    seg = key.split(".")
-    leaf, par, nd = seg[-1], ".".join(seg[:-1]), len(ref.shape)
-    if not ref.floating or nd not in (2, 3) or leaf in _STATS:
-        return None
-    if leaf in ("embedding_sum", "embed_sum") and nd == 2 and _join(par, "cluster_usage") in tensors:
-        return "moshi"
-    if leaf == "frozen_codebook" and nd == 2:
-        return "simvq"
-    siblings = ("cluster_size", "embed_avg", *_INIT_FLAGS)
-    if leaf == "embed" and (seg[-2:-1] in (["_codebook"], ["codebook"])
-                            or any(_join(par, s) in tensors for s in siblings)):
-        if nd == 3:
-            return "lucidrains"
-        return "encodec" if seg[-2:-1] in (["_codebook"], ["codebook"]) else "ema"
-    if nd == 2 and leaf == "weight" and len(seg) >= 2 and seg[-2] in ("embedding", "embed") \
-            and any(_QUANTISH.search(s) for s in seg[:-2]):
-        gpar = ".".join(seg[:-2])
-        if _join(gpar, "codebook_used") in tensors:
-            return "llamagen"
-        if _join(gpar, "ema_vocab_hit_SV") in tensors:
-            return "var"
-        if _join(par, "cluster_size") in tensors:
-            return "taming-ema"
-        return "taming-gumbel" if seg[-2] == "embed" else "taming"
-    if nd == 2 and key.endswith("codebook.weight"):
-        return "dac"
-    if any(_LM_TABLE.match(s) for s in seg):
-        return "token-embedding" if include_embeddings and nd == 2 else None
-    if any("codebook" in s.lower() for s in seg) or (
-            any(s in ("embed", "embedding", "embeddings", "codes") for s in seg[-2:])
-            and any(_QUANTISH.search(s) for s in seg)):
-        return "generic"
-    if include_embeddings and nd == 2 and any("emb" in s.lower() for s in seg[-2:]):
-        return "token-embedding"
-    return None
-
-
-def _usage(family: str, key: str, k: int,
-           tensors: Mapping[str, TensorRef]) -> tuple[torch.Tensor | None, str | None]:
-    seg = key.split(".")
-    par, gpar = ".".join(seg[:-1]), ".".join(seg[:-2])
-    if family == "llamagen":
-        buf = tensors[_join(gpar, "codebook_used")].load().reshape(-1).long()
-        buf = buf[(buf >= 0) & (buf < k)]
-        return torch.bincount(buf, minlength=k).double(), "codebook_used"
-    if family == "var":
-        hits = tensors[_join(gpar, "ema_vocab_hit_SV")].load().double()
-        return (hits.sum(0) if hits.dim() == 2 else hits.reshape(-1)), "ema_vocab_hit_SV"
-    for name in ("cluster_usage", "cluster_size", "counts", "usage"):
-        if _join(par, name) in tensors:
-            return tensors[_join(par, name)].load().double(), name
-    return None, None
-
-
-def _candidate_keys(ckpt: Checkpoint, keys: list[str]) -> list[tuple[str, str]]:
-    out = []
-    for want in keys:
-        hits = [k for k in ckpt.tensors if want in (k, _display(k), k.removesuffix(".weight"))
-                or k.endswith(("." + want, "." + want + ".weight"))]
-        if not hits:
-            raise CheckpointError(f"{ckpt.source}: key '{want}' not found; run without --key to list the "
-                                  "codebooks shrinkscope finds")
-        ref = ckpt.tensors[hits[0]]
-        if not ref.floating or len(ref.shape) not in (2, 3):
-            raise CheckpointError(f"{ckpt.source}: key '{hits[0]}' has shape {list(ref.shape)}; a codebook "
-                                  "is a 2-D (K, D) or 3-D (heads, K, D) float tensor")
-        out.append((hits[0], "explicit"))
-    return out
-
-
-def _effective(family: str, key: str, ckpt: Checkpoint) -> tuple[torch.Tensor, list[str]]:
-    t, notes = ckpt.tensors, []
-    seg = key.split(".")
-    par = ".".join(seg[:-1])
-    cb = t[key].load().detach()
-    if family == "moshi":
-        usage = t[_join(par, "cluster_usage")].load().to(cb.dtype)
-        cb = cb / usage.clamp(min=1e-5)[:, None]
-        notes.append("codebook derived as embedding_sum / cluster_usage (Moshi/Mimi)")
-    elif family == "simvq":
-        w, b = t.get(_join(par, "code_transform.weight")), t.get(_join(par, "code_transform.bias"))
-        if w is not None and len(w.shape) == 2 and w.shape[1] == cb.shape[1]:
-            cb = cb.float() @ w.load().float().t() + (b.load().float() if b is not None else 0.0)
-            notes.append("SimVQ: effective codebook = code_transform(frozen_codebook)")
-        else:
-            notes.append("SimVQ code_transform is not a single Linear: measured the frozen basis")
-    vq_module = par.rsplit(".", 1)[0] if "." in par else ""
-    if family == "lucidrains" and _join(vq_module, "project_in.weight") in t:
-        notes.append("codes live in the projected codebook_dim space: latents must come after project_in")
-    return cb.to(torch.float64 if cb.dtype == torch.float64 else torch.float32), notes
-
-
-def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: bool,
-              l2_normalize: bool | None) -> list[FoundCodebook]:
-    tensors = ckpt.tensors
-    if keys:
-        picked = _candidate_keys(ckpt, keys)
-    else:
-        picked = [(k, f) for k, r in tensors.items() if (f := _classify(k, r, tensors, include_embeddings))]
-        if not picked and ckpt.kind == "numpy":
-            picked = [(k, "array") for k, r in tensors.items() if r.floating and len(r.shape) == 2]
-    raw = ckpt.raw if isinstance(ckpt.raw, Mapping) else {}
-    is_reference = str(raw.get("format", "")).startswith("shrinkscope.reference")
-    ref_l2 = _config_flag(raw.get("config"), "l2_normalize") if is_reference else None
-    found: list[FoundCodebook] = []
-    seen: set[tuple] = set()
-    for key, family in picked:
-        cb, notes = _effective(family, key, ckpt)
-        ident = (cb.untyped_storage().data_ptr(), cb.storage_offset(), tuple(cb.shape))
-        if ckpt.kind != "safetensors" and ident in seen:
-            continue  # the same tensor under two keys (ResidualVQ shared_codebook)
-        seen.add(ident)
-        heads = cb if cb.dim() == 3 else cb.unsqueeze(0)
-        k = heads.shape[1]
-        par = key.rsplit(".", 1)[0] if "." in key else ""
-        counts, source = _usage(family, key, k, tensors)
-        flag = next((tensors[_join(par, f)] for f in _INIT_FLAGS if _join(par, f) in tensors), None)
-        if flag is not None and not bool(flag.load().any()):
-            counts, source = None, None
-            notes.append("not initialised yet (k-means init pending): usage buffers ignored")
-        active = tensors.get(_join(par, "active"))
-        if active is not None and active.shape == () and not bool(active.load()):
-            notes.append("quantization not switched on yet (deferred phase)")
-        normalise = l2_normalize if l2_normalize is not None else (family in _NORMALISED or bool(ref_l2))
-        if normalise:
-            heads = torch.nn.functional.normalize(heads, dim=-1)
-            why = f" ({_NORMALISED[family]})" if family in _NORMALISED else ""
-            notes.append("measured the l2-normalised codebook" + why)
-        if counts is not None:
-            counts = counts.reshape(heads.shape[0], -1) if counts.numel() == heads.shape[0] * k else None
-        base = _module_of(key)
-        for h in range(heads.shape[0]):
-            c = counts[h] if counts is not None else None
-            ema = source in ("cluster_size", "cluster_usage", "ema_vocab_hit_SV")
-            extra = [f"usage from the {source} buffer" + (" (EMA)" if ema else "")] if c is not None else []
-            found.append(FoundCodebook(
-                name=base + (f"/head{h}" if heads.shape[0] > 1 else ""), codebook=heads[h].contiguous(),
-                counts=c, family=family, key=key, notes=notes + extra,
-                usage_source=source if c is not None else None, ema_counts=ema and c is not None))
-    names = [_display(f.name) for f in found]
-    for f, n in zip(found, names):
-        f.name = n if names.count(n) == 1 else _display(f.name, keep_containers=True)
-    return found
-
-
-def find_codebooks(ckpt: Checkpoint, *, keys: list[str] | None = None, include_embeddings: bool = False,
-                   l2_normalize: bool | None = None) -> list[FoundCodebook]:
-    """Find every codebook of a checkpoint by key name and shape (conventions: docs/cli.md).
-
-    Args:
-        ckpt: from ``load_checkpoint`` or ``from_state_dict``.
-        keys: explicit codebook keys (full, without wrappers, or a suffix); disables automatic discovery.
-        include_embeddings: also report token-embedding tables of language models.
-        l2_normalize: force (True) or forbid (False) l2-normalising codebooks; None follows the convention.
-
-    Returns:
-        One ``FoundCodebook`` per codebook (heads and residual layers separately), in key order.
-
-    Raises:
-        CheckpointError: no codebook found, a named key missing, NaN/Inf in a codebook.
-    """
-    found = _discover(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
-    if not found:
-        floats = sorted((r for r in ckpt.tensors.values() if r.floating and len(r.shape) == 2),
-                        key=lambda r: -int(np.prod(r.shape)))[:5]
-        hint = ", ".join(f"{r.key} {list(r.shape)}" for r in floats) or "none"
-        raise CheckpointError(f"{ckpt.source}: no codebook found among {len(ckpt.tensors)} tensors; name one "
-                              f"with --key KEY (largest 2-D float tensors: {hint})")
-    for fc in found:
-        bad = ~torch.isfinite(fc.codebook)
-        if bool(bad.any()):
-            n_nan = int(torch.isnan(fc.codebook).sum())
-            raise CheckpointError(f"{ckpt.source}: codebook {fc.key} contains {n_nan} NaN and "
-                                  f"{int(bad.sum()) - n_nan} Inf values; the training run diverged or the "
-                                  "file is damaged")
-    return found
-
-
 def load_arrays(path: str | os.PathLike, *, what: str = "latents") -> torch.Tensor | dict[str, torch.Tensor]:
     """Like ``load_array``, but a file with several float arrays (one per codebook, as
     ``Monitor.save_latents`` writes for residual/multi-head quantizers) comes back as ``{name: array}``.
@@ -589,3 +325,6 @@ def load_array(path: str | os.PathLike, *, what: str = "latents") -> torch.Tenso
     if not pick[0].floating:
         raise CheckpointError(f"{ckpt.source}: {what} array {pick[0].key} is not floating point")
     return pick[0].load()
+
+
+from .discovery import FoundCodebook, find_codebooks  # noqa: E402 - discovery builds on the loader above

@@ -10,7 +10,8 @@ Why "recent": k-means must see the mature encoder (Zhao et al. 2026; Zhao, Karag
 research/papers.md), so the reservoir is a ring buffer refreshed every ``check_every`` steps rather than a
 uniform sample of the whole run, which would mix in the latents of the untrained encoder.
 
-Per-family code (pass-through outputs, codebook writes) lives in ``defer_families.py``.
+Per-library code (pass-through outputs, codebook and EMA writes) lives in the library's family
+(``shrinkscope.families``).
 """
 from __future__ import annotations
 
@@ -23,52 +24,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .defer_families import (
-    EncodecCodebook,
-    EncodecVQ,
-    Family,
-    LlamaGenVQ,
-    LucidResidualVQ,
-    LucidVQ,
-    Reference,
-    TamingEMAVQ,
-    TamingLegacyVQ,
-    TamingVQ,
-)
+from .families import Family, deferral_family
 from .metrics.spectrum import effective_dimension, effective_rank, singular_spectrum
 
 logger = logging.getLogger("shrinkscope.defer")
 
 STATE_FORMAT = "shrinkscope.defer/1"
-
-
-# first match wins: the specific classes come before the attribute-based ones they resemble
-FAMILIES: tuple[Family, ...] = (Reference(), LucidVQ(), LucidResidualVQ(), TamingEMAVQ(), LlamaGenVQ(),
-                                TamingVQ(), TamingLegacyVQ(), EncodecVQ(), EncodecCodebook())
-
-
-def family_of(module: nn.Module) -> Family:
-    """The deferral family of ``module``.
-
-    Raises:
-        TypeError: no family recognises the module (the message lists the supported classes).
-    """
-    for fam in FAMILIES:
-        if fam.matches(module):
-            return fam
-    known = None
-    try:  # the monitor may know it even though deferral does not
-        from .adapters import get_adapter
-        known = get_adapter(module)
-    except (ImportError, ValueError, TypeError):
-        known = None
-    extra = f" (shrinkscope.adapters reads it as {known.family!r}, but cannot defer it)" if known else ""
-    raise TypeError(
-        f"defer: no deferral support for {type(module).__module__}.{type(module).__name__}{extra}. "
-        "Supported: vector-quantize-pytorch VectorQuantize / ResidualVQ, taming VectorQuantizer2 / "
-        "VectorQuantizer / EMAVectorQuantizer, diffusers VectorQuantizer, LlamaGen VectorQuantizer, EnCodec "
-        "EuclideanCodebook / VectorQuantization, shrinkscope.reference.EMAQuantizer. Wrap the quantizer "
-        "module itself, not the whole model.")
 
 
 def _dist_world(group: Any) -> int:
@@ -98,7 +59,7 @@ class DeferredQuantizer(nn.Module):
 
     Attributes:
         wrapped: the original quantizer (untouched before the switch except for reading its codebook).
-        family: the :class:`~shrinkscope.defer_families.Family` handling the wrapped class.
+        family: the :class:`~shrinkscope.families.Family` handling the wrapped class.
         switched: True once the codebook has been initialised and quantization is on.
         phase: ``"warmup"`` or ``"quantized"``.
         step: training forward calls seen so far (eval calls do not count).
@@ -116,7 +77,7 @@ class DeferredQuantizer(nn.Module):
             raise TypeError("defer: the quantizer is already deferred; wrap the original module once")
         if not isinstance(quantizer, nn.Module):
             raise TypeError(f"defer: expected a torch.nn.Module quantizer, got {type(quantizer).__name__}")
-        fam = family_of(quantizer)
+        fam = deferral_family(quantizer)
         fam.check(quantizer)
         steps_ok = isinstance(switch, int) and not isinstance(switch, bool) and switch >= 1
         if not (switch == "auto" or steps_ok):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Adapter, Capture, find_quantizers, get_adapter
+from .families import Capture, Family, find_quantizers, get_family
 from .metrics import (
     CodebookHealth,
     HealthThresholds,
@@ -48,7 +48,7 @@ _COLLECT = ("train", "eval", "all")
 class _Watched:
     name: str
     module: nn.Module
-    adapter: Adapter
+    adapter: Family
     streams: dict[str, CodebookStream]  # codebook name -> stream
     dims: dict[str, int | None]
     handles: list = dataclasses.field(default_factory=list)
@@ -67,7 +67,7 @@ class Monitor:
         events: event records logged with ``log_event``.
     """
 
-    def __init__(self, quantizers: list[tuple[str, nn.Module, Adapter]], *, every: int | None = 500,
+    def __init__(self, quantizers: list[tuple[str, nn.Module, Family]], *, every: int | None = 500,
                  sinks: list[Sink] | None = None, reservoir_size: int = 4096, collect: str = "train",
                  thresholds: HealthThresholds | None = None, seed: int = 0, process_group: Any = None,
                  health_kwargs: dict[str, Any] | None = None):
@@ -278,10 +278,10 @@ class Monitor:
         judge_health(hc, self.thresholds, all_zero=all_zero and not usage_only)
         return hc
 
-    def _record(self, step: int, now: float, scope: str, h: CodebookHealth, adapter: Adapter) -> dict[str, Any]:
+    def _record(self, step: int, now: float, scope: str, h: CodebookHealth, adapter: Family) -> dict[str, Any]:
         d = h.to_dict()
         rec = {"step": step, "time": now, "name": d["name"], "scope": scope, "num_codes": d["num_codes"],
-               "dim": d["dim"], "metrics": d["metrics"], "warnings": d["warnings"], "family": adapter.family}
+               "dim": d["dim"], "metrics": d["metrics"], "warnings": d["warnings"], "family": adapter.name}
         if adapter.usage_only:
             rec["usage_only"] = True
         return rec
@@ -380,7 +380,7 @@ class Monitor:
 
 
 def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | None = None, sinks: Any = (),
-          adapter: Adapter | str | None = None, reservoir_size: int = 4096, collect: str = "train",
+          adapter: Family | str | None = None, reservoir_size: int = 4096, collect: str = "train",
           thresholds: HealthThresholds | None = None, seed: int = 0, log_warnings: bool = True,
           process_group: Any = None, health_kwargs: dict[str, Any] | None = None) -> Monitor:
     """Attach codebook-health monitoring to every quantizer inside ``model``.
@@ -390,7 +390,7 @@ def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | Non
         every: report every this many steps (0/None: only on ``monitor.report()``).
         log_to: JSONL file for the records (input of ``shrinkscope report``).
         sinks: more sinks: ``Sink`` objects, ``SummaryWriter``s, ``.jsonl`` paths or callables.
-        adapter: read ``model`` itself with this adapter (an ``Adapter`` or a family name such as
+        adapter: read ``model`` itself with this family (a ``Family`` or a family name such as
             ``"generic"``) instead of searching for quantizers.
         reservoir_size: latents kept per codebook per window (memory: this x D floats).
         collect: which forwards to collect: ``"train"`` (training mode), ``"eval"`` or ``"all"``.
@@ -417,17 +417,17 @@ def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | Non
     if not isinstance(model, nn.Module):
         raise TypeError(f"watch: expected an nn.Module, got {type(model).__name__}")
     if adapter is not None:
-        a = get_adapter(adapter) if isinstance(adapter, str) else adapter
-        if not isinstance(a, Adapter):
-            raise TypeError(f"watch: adapter must be an Adapter or a family name, got {type(adapter).__name__}")
+        a = get_family(adapter) if isinstance(adapter, str) else adapter
+        if not isinstance(a, Family):
+            raise TypeError(f"watch: adapter must be a Family or a family name, got {type(adapter).__name__}")
         if not a.usage_only and not a.codebooks(model):
-            raise ValueError(f"watch: adapter {a.family!r} found no codebook in {type(model).__name__}")
+            raise ValueError(f"watch: adapter {a.name!r} found no codebook in {type(model).__name__}")
         quantizers = [("", model, a)]
     else:
         quantizers = find_quantizers(model)
         if not quantizers:
             raise ValueError(f"watch: no quantizer found inside {type(model).__name__}; point at the quantizer "
-                             "module with watch(module, adapter='generic') or write an Adapter (docs/hooks.md)")
+                             "module with watch(module, adapter='generic') or write a Family (docs/adding-a-library.md)")
     return Monitor(quantizers, every=every, sinks=make_sinks(log_to, sinks, log_warnings=log_warnings),
                    reservoir_size=reservoir_size, collect=collect, thresholds=thresholds, seed=seed,
                    process_group=process_group, health_kwargs=health_kwargs)

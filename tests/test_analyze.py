@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -90,18 +89,8 @@ def test_residual_layers_measured_on_residuals():
     assert any("residual" in n for n in e1.notes) and not any("residual" in n for n in e0.notes)
 
 
-def test_reference_checkpoint_brings_its_own_latents(monkeypatch):
-    z = _latents(n=500)
-    fake = types.ModuleType("shrinkscope.reference")
-    seen = {}
-
-    def reference_latents(ckpt, **kw):
-        seen["format"] = ckpt["format"]
-        return z
-
-    fake.reference_latents = reference_latents
-    monkeypatch.setitem(sys.modules, "shrinkscope.reference", fake)
-    ckpt = {
+def _reference_blob(z):
+    return {
         "format": "shrinkscope.reference.tokenizer/1",
         "config": {"quantizer": {"l2_normalize": False}},
         "model": {
@@ -111,10 +100,21 @@ def test_reference_checkpoint_brings_its_own_latents(monkeypatch):
         "data": {"dataset": "gaussians"},
         "step": 10,
     }
-    res = analyze(ckpt, progress=False)
-    assert seen["format"] == ckpt["format"] and res.latents_source == "reference model"
+
+
+def test_reference_checkpoint_brings_its_own_latents(monkeypatch):
+    z = _latents(n=500)
+    monkeypatch.setitem(sys.modules, "shrinkscope.reference", None)  # analyze must not need the demo package
+    res = analyze({**_reference_blob(z), "encoder_latents": z}, progress=False)
+    assert res.latents_source == "reference model"
     assert res.codebooks[0].latent_coverage is not None
     assert any("deferred phase" in n for n in res.entries[0].notes)
+
+
+def test_reference_checkpoint_without_saved_latents_says_how_to_get_them():
+    res = analyze(_reference_blob(_latents(n=500)), progress=False)
+    assert res.latents_source is None and res.codebooks[0].latent_coverage is None
+    assert any("re-save it" in n and "--latents" in n for n in res.entries[0].notes)
 
 
 def test_compare_pairs_by_name_and_deltas(pair):

@@ -50,7 +50,7 @@ def test_lucidrains_heads_and_residual(tmp_path):
     assert sorted(f) == ["rvq.layers.0", "rvq.layers.1", "rvq.layers.2", "vq/head0", "vq/head1"]
     embed = model["vq"]._codebook.embed
     assert torch.equal(f["vq/head1"].codebook, embed[1])
-    assert f["vq/head1"].family == "lucidrains" and f["rvq.layers.2"].codebook.shape == (24, 16)
+    assert f["vq/head1"].family == "lucidrains.vq" and f["rvq.layers.2"].codebook.shape == (24, 16)
     assert torch.equal(f["vq/head0"].counts, model["vq"]._codebook.cluster_size[0].double())
     assert f["vq/head0"].ema_counts
 
@@ -102,7 +102,7 @@ def test_taming_ema_usage_buffer(tmp_path):
     }
     torch.save(sd, tmp_path / "ema.pt")
     (fc,) = _found(tmp_path / "ema.pt").values()
-    assert fc.family == "taming-ema" and torch.equal(fc.counts, usage.double())
+    assert fc.family == "taming.ema" and torch.equal(fc.counts, usage.double())
 
 
 def test_llamagen_fifo_normalised_model_and_ema(tmp_path):
@@ -183,7 +183,7 @@ def test_dac_codebooks_are_l2_normalised(tmp_path):
     sd["quantizer.quantizers.0.in_proj.weight_v"] = torch.randn(8, 64, 1)
     torch.save({"state_dict": sd, "metadata": {"kwargs": {"n_codebooks": 3}}}, tmp_path / "weights.pth")
     f = _found(tmp_path / "weights.pth")
-    assert len(f) == 3 and f["quantizer.quantizers.2"].family == "dac"
+    assert len(f) == 3 and f["quantizer.quantizers.2"].family == "dac.vq"
     torch.testing.assert_close(f["quantizer.quantizers.1"].codebook.norm(dim=1), torch.ones(1024))
 
 

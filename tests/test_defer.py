@@ -20,8 +20,8 @@ from defer_testutil import TinyAE  # noqa: E402
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
-# the faithful stand-ins for libraries not installed here, shared with the adapter tests
-sys.path.insert(0, str(Path(__file__).resolve().parent / "adapters"))
+# the faithful stand-ins for libraries not installed here, shared with the family tests
+sys.path.insert(0, str(Path(__file__).resolve().parent / "families"))
 import fakes
 
 
@@ -154,15 +154,12 @@ def test_passthrough_ids_are_the_bare_modules_lookup(case):
         assert torch.equal(ids, IDS[case](bare.eval()(make_x(3))))
 
 
-def test_families_agree_with_the_monitor_adapters():
-    from shrinkscope.adapters import get_adapter
+def test_defer_and_the_monitor_use_one_family_object():
+    from shrinkscope.families import get_family
 
     for case, (make_q, _) in CASES.items():
         module = make_q()
-        ours = shrinkscope.defer(module, reservoir_size=64).family.codebooks(module)
-        theirs = get_adapter(module).codebooks(module)
-        assert ours.keys() == theirs.keys(), case
-        assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in ours), case
+        assert shrinkscope.defer(module, reservoir_size=64).family is get_family(module), case
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

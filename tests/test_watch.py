@@ -14,13 +14,14 @@ from torch import nn
 
 import shrinkscope
 from shrinkscope import watch
-from shrinkscope.adapters import Adapter, VectorQuantizeAdapter
+from shrinkscope.families import Family
+from shrinkscope.families.lucidrains import LucidVQ
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
 
 class TinyQuantizer(nn.Module):
-    """Nearest-code lookup with a fixed codebook (read by the generic adapter)."""
+    """Nearest-code lookup with a fixed codebook (read by the generic family)."""
 
     def __init__(self, k=8, d=3):
         super().__init__()
@@ -92,7 +93,7 @@ def test_cumulative_counts_equal_sum_of_windows():
     m.remove()
 
 
-class Exploding(VectorQuantizeAdapter):
+class Exploding(LucidVQ):
     def extract(self, module, args, kwargs, output):
         raise RuntimeError("boom")
 
@@ -296,8 +297,8 @@ def test_watch_argument_errors():
     with pytest.raises(TypeError):
         watch("model")
 
-    class Empty(Adapter):
-        family = "empty"
+    class Empty(Family):
+        name = "empty"
 
         def codebooks(self, module):
             return {}

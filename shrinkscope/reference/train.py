@@ -32,6 +32,7 @@ from .prior import PriorConfig, TokenPrior
 from .tokenizer import TokenizerConfig, VQTokenizer
 
 CHECKPOINT_FORMAT = "shrinkscope.reference.tokenizer/1"
+SAVED_ITEMS, SAVED_LATENTS = 2000, 20_000  # held-out items encoded / latent rows kept in a checkpoint
 
 
 @dataclass
@@ -266,7 +267,18 @@ def train_prior(tokens: torch.Tensor, config: PriorConfig, cfg: TrainConfig, *, 
 
 def save_checkpoint(path: str | Path, tokenizer: VQTokenizer, data: Dataset, cfg: TrainConfig, *,
                     prior: TokenPrior | None = None, extra: dict | None = None) -> None:
-    """Write a reference checkpoint (contract 5), loadable with ``torch.load(weights_only=True)``."""
+    """Write a reference checkpoint (contract 5), loadable with ``torch.load(weights_only=True)``.
+
+    It carries ``encoder_latents``: up to ``SAVED_LATENTS`` pre-quantization latents ``(N, D)`` of held-out
+    items as the quantizer sees them, so ``shrinkscope analyze`` measures coverage without ``--latents``.
+    """
+    was_training = tokenizer.training
+    device = next(tokenizer.parameters()).device
+    with torch.no_grad():
+        latents = tokenizer.eval().latents(data.test[:SAVED_ITEMS].to(device)).float().cpu()
+    tokenizer.train(was_training)
+    if latents.shape[0] > SAVED_LATENTS:  # seeded, so a checkpoint is a function of its model and data
+        latents = latents[torch.randperm(latents.shape[0], generator=torch.Generator().manual_seed(0))[:SAVED_LATENTS]]
     blob = {
         "format": CHECKPOINT_FORMAT,
         "config": tokenizer.config.to_dict(),
@@ -274,6 +286,7 @@ def save_checkpoint(path: str | Path, tokenizer: VQTokenizer, data: Dataset, cfg
         "data": dict(data.info),
         "step": cfg.steps,
         "train": asdict(cfg),
+        "encoder_latents": latents.contiguous(),
     }
     if prior is not None:
         blob["prior_config"] = prior.config.to_dict()

@@ -1,8 +1,8 @@
-"""``shrinkscope.defer``'s ``DeferredQuantizer``: read it through the adapter of the quantizer it wraps.
+"""``shrinkscope.defer``'s ``DeferredQuantizer``: read it through the family of the quantizer it wraps.
 
-Recognised by class name and its ``wrapped`` attribute (not by import: adapters sit below ``defer``).
+Recognised by class name and its ``wrapped`` attribute (not by import: families sit below ``defer``).
 Before the switch the wrapper returns the wrapped family's own output structure (latents passed through,
-ids from a no-grad nearest-code lookup), so the inner adapter's ``extract`` reads it unchanged; the
+ids from a no-grad nearest-code lookup), so the inner family's ``extract`` reads it unchanged; the
 monitor therefore follows the latents maturing during the warm-up, and the codebook from the switch on.
 The quantizer keeps its own name in reports (``quantizer``, not ``quantizer.wrapped``).
 """
@@ -13,26 +13,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Adapter, Capture
+from .base import Capture, Family
+
+__all__ = ["Deferred"]
 
 
-class DeferredAdapter(Adapter):
-    """Delegates to the adapter of ``module.wrapped``, chosen among ``inner`` adapters."""
+class Deferred(Family):
+    """Delegates to the family of ``module.wrapped``, chosen among ``inner`` families."""
 
-    family = "deferred"
+    name = "deferred"
 
-    def __init__(self, inner: tuple[Adapter, ...] = ()):
+    def __init__(self, inner: tuple[Family, ...] = ()):
         self.inner = inner
 
     def matches(self, module: nn.Module) -> bool:
         return type(module).__name__ == "DeferredQuantizer" and isinstance(getattr(module, "wrapped", None),
                                                                            nn.Module)
 
-    def _inner(self, module: nn.Module) -> Adapter:
-        for a in self.inner:
-            if a.matches(module.wrapped):
-                return a
-        raise ValueError(f"no adapter reads the quantizer wrapped by defer: {type(module.wrapped).__name__}")
+    def _inner(self, module: nn.Module) -> Family:
+        for f in self.inner:
+            if f.matches(module.wrapped):
+                return f
+        raise ValueError(f"no family reads the quantizer wrapped by defer: {type(module.wrapped).__name__}")
 
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return self._inner(module).codebooks(module.wrapped)

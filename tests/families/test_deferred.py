@@ -5,7 +5,8 @@ import torch
 from vector_quantize_pytorch import VectorQuantize
 
 import shrinkscope
-from shrinkscope.adapters import DeferredAdapter, find_quantizers
+from shrinkscope.families import find_quantizers
+from shrinkscope.families.deferred import Deferred
 
 
 class _Model(torch.nn.Module):
@@ -24,7 +25,7 @@ def test_watch_follows_a_deferred_quantizer_through_the_switch(tmp_path):
     model = _Model()
     model.quantizer = shrinkscope.defer(model.quantizer, switch=20, reservoir_size=256)
     (name, module, adapter), = find_quantizers(model)
-    assert name == "quantizer" and isinstance(adapter, DeferredAdapter)
+    assert name == "quantizer" and isinstance(adapter, Deferred)
     log = tmp_path / "run.jsonl"
     with shrinkscope.watch(model, every=10, log_to=log) as monitor:
         for _ in range(40):

@@ -1,23 +1,35 @@
-"""Fallback for quantizers no family adapter knows: a module whose class name mentions "quant" or
-"codebook", that holds a 2-D floating codebook (a direct parameter/buffer named ``embed``, ``embedding``,
-``codebook`` or ``codebooks``, or the ``weight`` of a child ``nn.Embedding`` with one of those names), and
-whose output carries an integer tensor of code ids.
+"""Fallbacks for quantizers no library family knows.
 
+Modules: a module whose class name mentions "quant" or "codebook", that holds a 2-D floating codebook (a
+direct parameter/buffer named ``embed``, ``embedding``, ``codebook`` or ``codebooks``, or the ``weight`` of
+a child ``nn.Embedding`` with one of those names), and whose output carries an integer tensor of code ids.
 Latents are the first input when its last axis (or its axis 1, channels-first) has the codebook's width;
-they are used as they come (no projection/normalisation is known), so give a dedicated adapter when the
-lookup happens in another space. Ids outside ``[0, K)`` are counted apart and disable the codebook at
-report time (the integer tensor found was not a tensor of code ids).
+they are used as they come (no projection/normalisation is known), so write a family when the lookup
+happens in another space. Ids outside ``[0, K)`` are counted apart and disable the codebook at report time
+(the integer tensor found was not a tensor of code ids).
+
+Checkpoints: an ``embed`` beside EMA statistics (``ema``), or any tensor whose key mentions a codebook, or
+an ``embed``/``embedding``/``codes`` table under a quantizer-like name (``generic``); language-model token
+tables are never generic codebooks.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import Adapter, Capture, as_index_tensor, class_name, first_arg
+from .base import Capture, Family, as_index_tensor, class_name, ema_embed_key, first_arg, own_codebook
+
+__all__ = ["EMACodebook", "Generic", "LM_TABLE"]
 
 _NAMES = ("embed", "embedding", "codebook", "codebooks")
+_QUANTISH = re.compile(r"quant|vq|codebook", re.IGNORECASE)
+LM_TABLE = re.compile(r"^(tok_embeddings|wte|wpe|embed_tokens|word_embeddings|token_embedding|tok_emb|"
+                      r"token_emb|embed_positions|position_embedding|pos_emb|pos_embed|shared|lm_head)$")
+"""Key segments of language models' token/position tables: never codebooks unless asked for."""
 
 
 def find_codebook_tensor(module: nn.Module) -> torch.Tensor | None:
@@ -53,10 +65,10 @@ def find_index_tensor(output: Any, depth: int = 0) -> torch.Tensor | None:
     return None
 
 
-class GenericAdapter(Adapter):
+class Generic(Family):
     """Any quantizer-like module with a 2-D codebook and integer ids in its output."""
 
-    family = "generic"
+    name = "generic"
 
     def __init__(self, *, strict_name: bool = True):
         # ``watch(module, adapter="generic")`` drops the class-name condition: the user pointed at it.
@@ -71,8 +83,8 @@ class GenericAdapter(Adapter):
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
         cb = find_codebook_tensor(module)
         if cb is None:
-            raise ValueError(f"generic adapter: {class_name(module)} holds no 2-D codebook named one of {_NAMES}")
-        return {"": cb.detach().float().clone()}
+            raise ValueError(f"generic family: {class_name(module)} holds no 2-D codebook named one of {_NAMES}")
+        return {"": own_codebook(cb)}
 
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
         cb = find_codebook_tensor(module)
@@ -88,3 +100,21 @@ class GenericAdapter(Adapter):
             elif x.shape[1] == d:
                 lat = x.detach().movedim(1, -1)
         return [Capture("", idx, lat)]
+
+    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
+        if any(LM_TABLE.match(s) for s in seg):
+            return False
+        return any("codebook" in s.lower() for s in seg) or (
+            any(s in ("embed", "embedding", "embeddings", "codes") for s in seg[-2:])
+            and any(_QUANTISH.search(s) for s in seg))
+
+
+class EMACodebook(Family):
+    """Checkpoints only: a 2-D ``embed`` stored beside its EMA statistics (``cluster_size``,
+    ``embed_avg``, an init flag) outside a ``_codebook`` container: the reference quantizer, an EnCodec
+    ``EuclideanCodebook`` saved on its own, and home-made EMA quantizers."""
+
+    name = "ema"
+
+    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
+        return len(shape) == 2 and seg[-2:-1] not in (["_codebook"], ["codebook"]) and ema_embed_key(seg, tensors)

@@ -1,4 +1,4 @@
-"""Every adapter in a real few-step training loop: detection, codebooks, counts, and bitwise-identical
+"""Every family in a real few-step training loop: detection, codebooks, counts, and bitwise-identical
 training with and without the monitor (outputs, losses, gradients, parameters, buffers; train and eval)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shrinkscope import watch
-from shrinkscope.adapters import find_quantizers, get_adapter
+from shrinkscope.families import find_quantizers, get_family
 from shrinkscope.reference.quantizer import EMAQuantizer
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
@@ -20,7 +20,7 @@ B, HW, N, C_IN = 2, 4, 12, 6
 
 
 class MyQuantizer(nn.Module):
-    """A home-made quantizer only the generic adapter can read: codebook param, dict output."""
+    """A home-made quantizer only the generic family can read: codebook param, dict output."""
 
     def __init__(self, k, d):
         super().__init__()
@@ -69,9 +69,9 @@ CASES = [
      [""], B * N),
     ("taming_vq2", lambda: fakes.VectorQuantizer2(16, 4, 0.25, sane_index_shape=True), "img",
      lambda o: (o[0], o[1]), "taming", [""], B * HW * HW),
-    ("taming_legacy", lambda: fakes.VectorQuantizer(16, 4, 0.25), "img", lambda o: (o[0], o[1]), "taming",
+    ("taming_legacy", lambda: fakes.VectorQuantizer(16, 4, 0.25), "img", lambda o: (o[0], o[1]), "taming.legacy",
      [""], B * HW * HW),
-    ("taming_ema", lambda: fakes.EMAVectorQuantizer(16, 4, 0.25), "img", lambda o: (o[0], o[1]), "taming",
+    ("taming_ema", lambda: fakes.EMAVectorQuantizer(16, 4, 0.25), "img", lambda o: (o[0], o[1]), "taming.ema",
      [""], B * HW * HW),
     ("taming_gumbel", lambda: fakes.GumbelQuantize(5, 4, 16), "img", lambda o: (o[0], o[1]), "taming.gumbel",
      [""], B * HW * HW),
@@ -166,7 +166,7 @@ def test_detect_and_codebooks(case):
     _, _, _, _, family, names, _ = case
     model = _make(case)
     found = find_quantizers(model)
-    assert [(n, a.family) for n, _, a in found] == [("quantizer", family)]
+    assert [(n, a.name) for n, _, a in found] == [("quantizer", family)]
     adapter = found[0][2]
     ks = adapter.num_codes(model.quantizer)
     assert sorted(ks) == sorted(names)
@@ -175,7 +175,7 @@ def test_detect_and_codebooks(case):
         assert sorted(cbs) == sorted(names)
         for cb in cbs.values():
             assert cb.ndim == 2 and cb.shape[0] == 16 and not cb.requires_grad
-    assert get_adapter(model.quantizer).family == family
+    assert get_family(model.quantizer).name == family
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -244,7 +244,7 @@ def test_lucidrains_mask_padding_not_counted_nor_sampled():
 
 def test_taming_remap_falls_back_to_assigned_counts():
     q = fakes.VectorQuantizer2(16, 4, 0.25)
-    q.remap = "used.npy"  # ids would live in a remapped space; the adapter must not trust them
+    q.remap = "used.npy"  # ids would live in a remapped space; the family must not trust them
     m = watch(q, every=0, log_warnings=False, reservoir_size=50)
     q(torch.randn(2, 4, 4, 4))
     h = m.report()[0]
@@ -252,13 +252,13 @@ def test_taming_remap_falls_back_to_assigned_counts():
     m.remove()
 
 
-def test_get_adapter_errors():
-    with pytest.raises(ValueError, match="no shrinkscope adapter"):
-        get_adapter(nn.Linear(2, 2))
+def test_get_family_errors():
+    with pytest.raises(ValueError, match="no shrinkscope family"):
+        get_family(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="unknown adapter family"):
-        get_adapter("nope")
+        get_family("nope")
     with pytest.raises(TypeError):
-        get_adapter(3)
+        get_family(3)
 
 
 def test_generic_by_name_accepts_any_class_name():
@@ -282,4 +282,4 @@ def test_outermost_only_and_multiple_quantizers():
     model = nn.Sequential(vqp.ResidualVQ(dim=4, codebook_size=8, num_quantizers=2),
                           nn.Linear(4, 4), vqp.VectorQuantize(dim=4, codebook_size=8))
     found = find_quantizers(model)
-    assert [(n, a.family) for n, _, a in found] == [("0", "lucidrains.rvq"), ("2", "lucidrains.vq")]
+    assert [(n, a.name) for n, _, a in found] == [("0", "lucidrains.rvq"), ("2", "lucidrains.vq")]

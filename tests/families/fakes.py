@@ -2,7 +2,7 @@
 
 Each class keeps the real class name, attribute names, forward signature and return structure of its
 original (read from the public sources named in each docstring) and does the same computation in a
-short, independent implementation, so the adapters are exercised on what real models hand to hooks.
+short, independent implementation, so the families are exercised on what real models hand to hooks.
 """
 from __future__ import annotations
 

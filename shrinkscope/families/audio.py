@@ -1,0 +1,212 @@
+"""Audio-codec residual quantizers: EnCodec-style ``EuclideanCodebook`` / ``VectorQuantization`` /
+``ResidualVectorQuantization`` (facebookresearch/encodec, audiocraft), DAC ``VectorQuantize`` /
+``ResidualVectorQuantize`` (descript-audio-codec) and Moshi/Mimi codebooks (checkpoints only).
+
+Facts used (research/ecosystem.md §1): EnCodec's ``VectorQuantization.forward(x (B, D, T))`` moves
+channels last, applies ``project_in`` and looks up ``_codebook.embed (K, D)``; it returns
+``(quantize, embed_ind (B, T), loss)``; the residual wrapper holds stages in ``layers``; the codebook keeps
+``embed_avg``, ``cluster_size`` and ``inited`` (k-means on the first training batch). DAC's
+``VectorQuantize.forward(z)`` returns ``(z_q, commitment_loss, codebook_loss, indices (B, T), z_e)`` where
+``z_e = in_proj(z)`` (``(B, d, T)``) is compared with ``codebook.weight`` after l2-normalising both; the
+residual wrapper holds stages in ``quantizers``. In DAC training every stage runs on every sample and
+dropout masks the sum, so per-stage usage includes samples whose stage was dropped. Moshi stores
+``embedding_sum`` and ``cluster_usage``; the codebook is their ratio.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import (Capture, Family, Fitted, Passed, as_index_tensor, channels_last, class_name, ema_embed_key,
+                   first_arg, join, l2norm, nearest, own_codebook, per_step, prefixed, write_ema, zero_loss)
+
+__all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "MoshiCodebook"]
+
+
+def _encodec_codebook(module: nn.Module) -> bool:
+    return all(isinstance(getattr(module, a, None), torch.Tensor) for a in ("embed", "embed_avg", "cluster_size"))
+
+
+class EncodecCodebook(Family):
+    """EnCodec ``EuclideanCodebook`` used on its own: ``forward(x (..., D)) -> (quantize, embed_ind (...))``."""
+
+    name = "encodec.codebook"
+
+    def matches(self, module: nn.Module) -> bool:
+        embed = getattr(module, "embed", None)
+        return class_name(module) == "EuclideanCodebook" and isinstance(embed, torch.Tensor) and embed.ndim == 2
+
+    def _book(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": own_codebook(self._book(module).embed)}
+
+    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
+        x = first_arg(args, kwargs, "x")
+        if not isinstance(x, torch.Tensor) or not isinstance(output, tuple) or len(output) < 2:
+            return []
+        return [Capture("", as_index_tensor(output[1]), x.detach())]
+
+    # deferral
+    def can_defer(self, module: nn.Module) -> bool:
+        book = self._book(module)
+        return _encodec_codebook(book) and isinstance(getattr(book, "inited", None), torch.Tensor)
+
+    def initted(self, module: nn.Module) -> bool:
+        return bool(self._book(module).inited.reshape(-1)[0])
+
+    def _ids(self, module: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        if not self.initted(module):
+            return torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
+        return nearest(self._book(module).embed, rows)
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
+        x = args[0] if args else kwargs["x"]
+        rows = x.detach().reshape(-1, x.shape[-1])
+        return (x, self._ids(module, rows).reshape(x.shape[:-1])), {"": rows}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        centers, counts = fitted[""]
+        book = self._book(module)
+        write_ema(book.embed, book.cluster_size, book.embed_avg, centers, per_step(counts, tokens_per_step))
+        book.inited.data.fill_(1)
+
+
+class EncodecVQ(EncodecCodebook):
+    """EnCodec ``VectorQuantization``: ``forward(x (B, D, N)) -> (quantize, embed_ind (B, N), loss (1,))``,
+    one codebook behind an optional ``project_in``."""
+
+    name = "encodec.vq"
+
+    def matches(self, module: nn.Module) -> bool:
+        embed = getattr(getattr(module, "_codebook", None), "embed", None)
+        return (class_name(module) == "VectorQuantization" and isinstance(embed, torch.Tensor) and embed.ndim == 2
+                and hasattr(module, "project_in"))
+
+    def _book(self, module: nn.Module) -> nn.Module:
+        return module._codebook
+
+    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
+        x = first_arg(args, kwargs, "x")
+        if not isinstance(x, torch.Tensor) or not isinstance(output, tuple) or len(output) < 2:
+            return []
+        return [Capture("", as_index_tensor(output[1]), channels_last(x, 1), None, module.project_in)]
+
+    # checkpoints: ``..._codebook.embed (K, D)``
+    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
+        return len(shape) == 2 and seg[-2:-1] in (["_codebook"], ["codebook"]) and ema_embed_key(seg, tensors)
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
+        x = args[0] if args else kwargs["x"]
+        with torch.no_grad():
+            rows = module.project_in(x.detach().transpose(1, 2))
+        b, n = rows.shape[0], rows.shape[1]
+        rows = rows.reshape(-1, rows.shape[-1])
+        ids = self._ids(module, rows).reshape(b, n)
+        loss = zero_loss(module, torch.zeros(1, device=x.device))
+        return (x, ids, loss), {"": rows}
+
+
+class DacVQ(Family):
+    """DAC ``VectorQuantize``: effective codebook = l2-normalised ``codebook.weight``; latents = ``z_e``."""
+
+    name = "dac.vq"
+    checkpoint_normalized = "DAC looks codes up l2-normalised"
+
+    def matches(self, module: nn.Module) -> bool:
+        w = getattr(getattr(module, "codebook", None), "weight", None)
+        return class_name(module) == "VectorQuantize" and isinstance(w, torch.Tensor) and w.ndim == 2 \
+            and hasattr(module, "in_proj")
+
+    def is_normalized(self, module: nn.Module) -> bool:
+        return True
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": own_codebook(module.codebook.weight, normalized=True)}
+
+    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
+        if not isinstance(output, tuple) or len(output) < 5 or not isinstance(output[4], torch.Tensor):
+            return []
+        return [Capture("", as_index_tensor(output[3]), channels_last(output[4], 1), None, l2norm)]
+
+    # checkpoints: ``quantizers.{i}.codebook.weight (K, d)``
+    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
+        return len(shape) == 2 and ".".join(seg).endswith("codebook.weight")
+
+
+class _Staged(Family):
+    """A residual wrapper whose stages (one codebook each) are hooked one by one."""
+
+    _stage: Family
+    _attr = "layers"
+    _names: tuple[str, ...] = ()
+
+    def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
+        return {f"{self._attr}.{i}": s for i, s in enumerate(getattr(module, self._attr))}
+
+    def matches(self, module: nn.Module) -> bool:
+        stages = getattr(module, self._attr, None)
+        return (class_name(module) in self._names and isinstance(stages, nn.ModuleList) and len(stages) > 0
+                and all(self._stage.matches(s) for s in stages))
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {p: self._stage.codebooks(s)[""] for p, s in self._stages(module).items()}
+
+    def taps(self, module: nn.Module) -> dict[str, nn.Module]:
+        return self._stages(module)
+
+    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
+        return []
+
+    def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
+                    output: Any) -> list[Capture]:
+        return prefixed(prefix, self._stage.extract(submodule, args, kwargs, output))
+
+
+class EncodecRVQ(_Staged):
+    """EnCodec ``ResidualVectorQuantization``: codebooks ``layers.{i}``."""
+
+    name = "encodec.rvq"
+    _stage = EncodecVQ()
+    _names = ("ResidualVectorQuantization",)
+
+
+class EncodecRVQWrapper(_Staged):
+    """EnCodec ``ResidualVectorQuantizer`` (the outer wrapper holding ``vq``): codebooks ``vq.layers.{i}``."""
+
+    name = "encodec.rvq"
+    _stage = EncodecVQ()
+
+    def matches(self, module: nn.Module) -> bool:
+        return class_name(module) == "ResidualVectorQuantizer" and EncodecRVQ().matches(
+            getattr(module, "vq", nn.Module()))
+
+    def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
+        return {f"vq.layers.{i}": s for i, s in enumerate(module.vq.layers)}
+
+
+class DacRVQ(_Staged):
+    """DAC ``ResidualVectorQuantize``: codebooks ``quantizers.{i}``."""
+
+    name = "dac.rvq"
+    _stage = DacVQ()
+    _attr = "quantizers"
+    _names = ("ResidualVectorQuantize",)
+
+
+class MoshiCodebook(Family):
+    """Moshi/Mimi ``EuclideanCodebook``: checkpoints only; codebook = ``embedding_sum / cluster_usage``."""
+
+    name = "moshi"
+
+    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
+        return seg[-1] in ("embedding_sum", "embed_sum") and len(shape) == 2 \
+            and join(".".join(seg[:-1]), "cluster_usage") in tensors
+
+    def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        usage = tensors[join(key.rsplit(".", 1)[0] if "." in key else "", "cluster_usage")].load().to(cb.dtype)
+        return cb / usage.clamp(min=1e-5)[:, None], ["codebook derived as embedding_sum / cluster_usage (Moshi/Mimi)"]
