@@ -9,14 +9,12 @@ Entry points (``import shrinkscope`` needs torch, never matplotlib or umap):
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
-# Functions whose module has the same name (shrinkscope.watch.watch, ...) are bound eagerly: a lazy binding
-# would be replaced by the submodule as soon as anything imported it. These imports pull in torch but not
-# matplotlib or umap, which only the plotting functions import.
+# Public names are bound eagerly: several share their module's name (shrinkscope.watch.watch, ...), and a
+# lazy binding would be replaced by the submodule as soon as anything imported it. These imports pull in
+# torch but not matplotlib or umap, which only the plotting functions import. (``shrinkscope.metrics`` is
+# bound by the import of its names below.)
 from .analyze import analyze, compare  # noqa: E402
 from .defer import DeferredQuantizer, defer, unwrap  # noqa: E402
 from .kmeans import kmeans  # noqa: E402
@@ -28,8 +26,3 @@ __all__ = [
     "HealthThresholds", "kmeans", "metrics", "Monitor", "unwrap", "watch",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "metrics":
-        return importlib.import_module("shrinkscope.metrics")
-    raise AttributeError(f"module 'shrinkscope' has no attribute {name!r}")

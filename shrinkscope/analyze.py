@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, CheckpointError, from_state_dict, load_arrays, load_checkpoint
-from .discovery import FoundCodebook, find_codebooks
+from .discovery import FoundCodebook, family_named, find_codebooks
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
 from .metrics.verdict import verdict_line
 
@@ -116,15 +116,23 @@ def _open(source: Any, trust: bool) -> Checkpoint:
     raise TypeError(f"analyze: expected a path, a state dict or an nn.Module, got {type(source).__name__}")
 
 
-def _as_rows(x: torch.Tensor, d: int) -> torch.Tensor | None:
-    """(N, D) rows from (N, D) or channel-first / channel-last maps; None when no axis has size D."""
+def _as_rows(x: torch.Tensor, d: int, layout: str | None = None) -> torch.Tensor | None:
+    """(N, D) rows from (N, D) or channel-first / channel-last maps (only the family's ``latent_layout``
+    when it declares one); None when no such axis has size D."""
     if x.dim() == 2:
         return x if x.shape[1] == d else None
-    if x.dim() > 2 and x.shape[1] == d:
+    if x.dim() > 2 and x.shape[1] == d and layout != "channels_last":
         return x.movedim(1, -1).reshape(-1, d)
-    if x.dim() > 2 and x.shape[-1] == d:
+    if x.dim() > 2 and x.shape[-1] == d and layout != "channels_first":
         return x.reshape(-1, d)
     return None
+
+
+def _rows_for(fc: FoundCodebook, x: torch.Tensor, tensors: Mapping[str, Any]) -> torch.Tensor | None:
+    """Latents for one found codebook, in the layout and space its family looks codes up in."""
+    fam = family_named(fc.family)
+    rows = _as_rows(x, fc.codebook.shape[1], fam.latent_layout)
+    return None if rows is None else fam.checkpoint_latents(rows, fc.key, tensors)
 
 
 def _saved_latents(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str | None]:
@@ -155,7 +163,8 @@ def _norm_name(name: str) -> str:
 
 
 def _named_latents(
-    found: list[FoundCodebook], z: dict[str, torch.Tensor], max_latents: int | None, seed: int
+    found: list[FoundCodebook], z: dict[str, torch.Tensor], max_latents: int | None, seed: int,
+    tensors: Mapping[str, Any]
 ) -> list[tuple[torch.Tensor | None, list[str]]]:
     """Per-codebook latents from a file of named arrays: a codebook takes the array whose name ends like its own
     (``rvq/layers.0`` from ``Monitor.save_latents`` serves the codebook ``rvq.layers.0`` or ``model.rvq.layers.0``)."""
@@ -169,7 +178,7 @@ def _named_latents(
         match = [k for k in z if like(k)]
         if not match:  # a quantizer watched on its own is named by its class: match the codebook part
             match = [k for k in z if "/" in k and like(k.split("/", 1)[1])]
-        rows = _as_rows(z[match[0]], fc.codebook.shape[1]) if len(match) == 1 else None
+        rows = _rows_for(fc, z[match[0]], tensors) if len(match) == 1 else None
         if rows is None:
             why = "no array named like it" if not match else (
                 f"several arrays match ({', '.join(match)})" if len(match) > 1 else f"{match[0]} has no axis of "
@@ -182,14 +191,14 @@ def _named_latents(
 
 def _latents_per_codebook(
     found: list[FoundCodebook], z: torch.Tensor | dict[str, torch.Tensor] | None, max_latents: int | None,
-    seed: int
+    seed: int, tensors: Mapping[str, Any]
 ) -> list[tuple[torch.Tensor | None, list[str]]]:
     """Latents for each codebook; residual stages (``layers.1``, ...) get the residual of earlier stages."""
     out: list[tuple[torch.Tensor | None, list[str]]] = [(None, []) for _ in found]
     if z is None:
         return out
     if isinstance(z, dict):
-        return _named_latents(found, z, max_latents, seed)
+        return _named_latents(found, z, max_latents, seed, tensors)
     residual: dict[str, tuple[int, torch.Tensor]] = {}
     for i, fc in enumerate(found):
         d = fc.codebook.shape[1]
@@ -207,7 +216,7 @@ def _latents_per_codebook(
                 f"latents: residual left by stages 0..{stage - 1} of {group.rstrip('.') or 'the quantizer'}"
             ]
         else:
-            rows = _as_rows(z, d)
+            rows = _rows_for(fc, z, tensors)
             if rows is None:
                 out[i] = (
                     None, [f"latents of shape {list(z.shape)} have no axis of size D={d}: not used here"]
@@ -318,7 +327,7 @@ def analyze(
                                   f"{z.dtype} of shape {list(z.shape)}")
         if not bool(torch.isfinite(z).all()):
             raise CheckpointError(f"latents: contain {int((~torch.isfinite(z)).sum())} NaN/Inf values")
-        if all(_as_rows(z, fc.codebook.shape[1]) is None for fc in found):
+        if all(_rows_for(fc, z, ckpt.tensors) is None for fc in found):
             dims = sorted({fc.codebook.shape[1] for fc in found})
             raise CheckpointError(
                 f"latents of shape {list(z.shape)} match no codebook dimension (D = {dims}); "
@@ -330,7 +339,7 @@ def analyze(
     if lab is not None and isinstance(z, dict):
         raise CheckpointError("labels: a latents file of several named arrays has no single row order; "
                               "pass one (N, D) array with --labels")
-    per_cb = _latents_per_codebook(found, z, max_latents, seed)
+    per_cb = _latents_per_codebook(found, z, max_latents, seed, ckpt.tensors)
     t = thresholds or HealthThresholds()
     entries = []
     for fc, (x, notes) in tqdm(

@@ -21,6 +21,8 @@ import json
 import sys
 from typing import Any, Sequence
 
+__all__ = ["build_parser", "main"]
+
 EPILOG_ANALYZE = """examples:
   shrinkscope analyze vqgan.ckpt
   shrinkscope analyze tokenizer.pt --latents z.npy --out report/

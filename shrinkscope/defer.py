@@ -27,6 +27,8 @@ from torch import nn
 from .families import Family, deferral_family
 from .metrics.spectrum import effective_dimension, effective_rank, singular_spectrum
 
+__all__ = ["DeferredQuantizer", "STATE_FORMAT", "defer", "strip_deferred", "unwrap", "water_filling_dimension"]
+
 logger = logging.getLogger("shrinkscope.defer")
 
 STATE_FORMAT = "shrinkscope.defer/1"

@@ -20,7 +20,7 @@ from .families import FAMILIES, Family
 from .families.base import INIT_FLAGS, join
 from .families.generic import LM_TABLE
 
-__all__ = ["FoundCodebook", "find_codebooks"]
+__all__ = ["FoundCodebook", "family_named", "find_codebooks"]
 
 _WRAPPERS = {"module", "_orig_mod"}
 _CONTAINERS = {
@@ -34,6 +34,12 @@ _STATS = {
 _EMA_SOURCES = ("cluster_size", "cluster_usage", "ema_vocab_hit_SV")
 _BY_NAME = {f.name: f for f in reversed(FAMILIES)}  # first family of a name wins
 _PLAIN = Family()  # keys named explicitly, numpy arrays, token tables: no convention applies
+
+
+def family_named(name: str) -> Family:
+    """The family behind a ``FoundCodebook.family`` name (a plain ``Family`` for ``explicit``, ``array``,
+    ``token-embedding``: no library convention applies)."""
+    return _BY_NAME.get(name, _PLAIN)
 
 
 @dataclass
@@ -143,7 +149,7 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
     found: list[FoundCodebook] = []
     seen: set[tuple] = set()
     for key, name in picked:
-        fam = _BY_NAME.get(name, _PLAIN)
+        fam = family_named(name)
         cb, notes = fam.effective(tensors[key].load().detach(), key, tensors)
         cb = cb.to(torch.float64 if cb.dtype == torch.float64 else torch.float32)
         ident = (cb.untyped_storage().data_ptr(), cb.storage_offset(), tuple(cb.shape))

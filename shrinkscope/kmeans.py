@@ -12,6 +12,8 @@ import torch
 from .metrics._validate import as_float
 from .metrics.usage import assign
 
+__all__ = ["kmeans", "kmeans_plusplus"]
+
 
 @torch.no_grad()
 def kmeans_plusplus(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+__all__ = ["CallableSink", "JSONLSink", "LoggingSink", "Sink", "TensorBoardSink", "make_sinks"]
+
 logger = logging.getLogger("shrinkscope")
 
 

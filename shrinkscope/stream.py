@@ -20,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+__all__ = ["CodebookStream", "merge_reservoirs", "reduce_streams"]
+
 
 class CodebookStream:
     """Usage counts (window and cumulative) and a latent reservoir for one codebook.

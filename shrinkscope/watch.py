@@ -39,6 +39,8 @@ from .metrics import (
 from .sinks import Sink, make_sinks
 from .stream import CodebookStream, reduce_streams
 
+__all__ = ["Monitor", "watch"]
+
 logger = logging.getLogger("shrinkscope")
 
 _COLLECT = ("train", "eval", "all")

@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 from shrinkscope.checkpoint import (
     CheckpointError, find_codebooks, from_state_dict, load_array, load_checkpoint
 )
-
-vqp = pytest.importorskip("vector_quantize_pytorch")
+from optional import vqp
 
 
 def _found(path, **kw):

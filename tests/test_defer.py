@@ -18,11 +18,11 @@ from shrinkscope.reference.quantizer import EMAQuantizer, QuantizerOutput
 
 from defer_testutil import TinyAE  # noqa: E402
 
-vqp = pytest.importorskip("vector_quantize_pytorch")
 
 # the faithful stand-ins for libraries not installed here, shared with the family tests
 sys.path.insert(0, str(Path(__file__).resolve().parent / "families"))
 import fakes
+from optional import vqp
 
 
 def _roundtrip(obj):

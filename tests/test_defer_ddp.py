@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from defer_testutil import TinyAE  # noqa: E402
+from optional import vqp
 
-vqp = pytest.importorskip("vector_quantize_pytorch")
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
 

@@ -16,8 +16,8 @@ import shrinkscope
 from shrinkscope import watch
 from shrinkscope.families import Family
 from shrinkscope.families.lucidrains import LucidVQ
+from optional import vqp
 
-vqp = pytest.importorskip("vector_quantize_pytorch")
 
 
 class TinyQuantizer(nn.Module):

@@ -63,12 +63,16 @@ class Family:
         usage_written: False when the library keeps a usage buffer it never updates (its counts say
             nothing); discovery then ignores the buffer.
         checkpoint_normalized: why the stored codebook is looked up l2-normalised (empty: it is not).
+        latent_layout: where the code axis of the encoder output this family quantizes lies:
+            ``"channels_first"`` (``(B, D, ...)``), ``"channels_last"`` (``(..., D)``) or None (either:
+            ``analyze`` accepts whichever axis has size D).
     """
 
     name: str = "base"
     usage_only: bool = False
     usage_written: bool = True
     checkpoint_normalized: str = ""
+    latent_layout: str | None = None
 
     # -- reading a live module -------------------------------------------------------------------------
 
@@ -126,6 +130,11 @@ class Family:
             if join(par, buf) in tensors:
                 return tensors[join(par, buf)].load().double(), buf
         return None, None
+
+    def checkpoint_latents(self, rows: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> torch.Tensor:
+        """User-supplied latents ``(N, D)`` mapped into the space the codebook at ``key`` is looked up in
+        (the library's projection/normalisation); identity by default."""
+        return rows
 
     # -- deferral (optional) ----------------------------------------------------------------------------
 

@@ -2,18 +2,18 @@
 import json
 
 import torch
-from vector_quantize_pytorch import VectorQuantize
 
 import shrinkscope
 from shrinkscope.families import find_quantizers
 from shrinkscope.families.deferred import Deferred
+from optional import vqp
 
 
 class _Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.enc = torch.nn.Linear(6, 8)
-        self.quantizer = VectorQuantize(dim=8, codebook_size=32, kmeans_init=True)
+        self.quantizer = vqp.VectorQuantize(dim=8, codebook_size=32, kmeans_init=True)
 
     def forward(self, x):
         q, idx, loss = self.quantizer(self.enc(x))

@@ -13,8 +13,8 @@ from torch import nn
 from shrinkscope import watch
 from shrinkscope.families import find_quantizers, get_family
 from shrinkscope.reference.quantizer import EMAQuantizer
+from optional import vqp
 
-vqp = pytest.importorskip("vector_quantize_pytorch")
 
 B, HW, N, C_IN = 2, 4, 12, 6
 

@@ -81,7 +81,6 @@ def test_l2_tokenizer_latents_unit_norm_in_both_phases():
 
 
 def test_auto_switch_via_shrinkscope_defer():
-    pytest.importorskip("shrinkscope.defer")
     data = stacked_digits(n_train=300, n_test=50)
     tc, cfg = _small(data, 0, steps=30)
     tok, hist = train_tokenizer(tc, data, cfg, progress=False,

@@ -49,10 +49,8 @@ def test_bad_logs(tmp_path, content, fragment):
 
 def test_report_from_a_real_watch_log(tmp_path, capsys):
     vqp = pytest.importorskip("vector_quantize_pytorch")
-    try:
-        from shrinkscope import watch
-    except ImportError:
-        pytest.skip("shrinkscope.watch not importable")
+    from shrinkscope import watch
+
     torch.manual_seed(0)
     model = torch.nn.ModuleDict(
         {"enc": torch.nn.Linear(8, 8), "vq": vqp.VectorQuantize(dim=8, codebook_size=16)}
