@@ -9,8 +9,9 @@ statistics buffers that are never codebooks, init flags, language-model token ta
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

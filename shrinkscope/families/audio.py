@@ -20,8 +20,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import (Capture, Family, Fitted, Passed, as_index_tensor, channels_last, class_name, ema_embed_key,
-                   first_arg, join, l2norm, nearest, own_codebook, per_step, prefixed, write_ema, zero_loss)
+from .base import (
+    Capture,
+    Family,
+    Fitted,
+    Passed,
+    Staged,
+    as_index_tensor,
+    channels_last,
+    class_name,
+    ema_embed_key,
+    first_arg,
+    join,
+    l2norm,
+    nearest,
+    own_codebook,
+    per_step,
+    write_ema,
+    zero_loss,
+)
 
 __all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "MoshiCodebook"]
 
@@ -138,8 +155,8 @@ class DacVQ(Family):
         return len(shape) == 2 and ".".join(seg).endswith("codebook.weight")
 
 
-class _Staged(Family):
-    """A residual wrapper whose stages (one codebook each) are hooked one by one."""
+class _Staged(Staged):
+    """A residual wrapper holding one-codebook stages of one family in ``module.<_attr>``."""
 
     _stage: Family
     _attr = "layers"
@@ -148,23 +165,13 @@ class _Staged(Family):
     def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
         return {f"{self._attr}.{i}": s for i, s in enumerate(getattr(module, self._attr))}
 
+    def _stage_family(self, stage: nn.Module) -> Family:
+        return self._stage
+
     def matches(self, module: nn.Module) -> bool:
         stages = getattr(module, self._attr, None)
         return (class_name(module) in self._names and isinstance(stages, nn.ModuleList) and len(stages) > 0
                 and all(self._stage.matches(s) for s in stages))
-
-    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        return {p: self._stage.codebooks(s)[""] for p, s in self._stages(module).items()}
-
-    def taps(self, module: nn.Module) -> dict[str, nn.Module]:
-        return self._stages(module)
-
-    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
-        return []
-
-    def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
-                    output: Any) -> list[Capture]:
-        return prefixed(prefix, self._stage.extract(submodule, args, kwargs, output))
 
 
 class EncodecRVQ(_Staged):

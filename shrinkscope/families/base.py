@@ -26,7 +26,7 @@ from torch import nn
 from ..kmeans import kmeans
 from ..metrics.usage import assign
 
-__all__ = ["Capture", "Family", "Fitted", "Passed"]
+__all__ = ["Capture", "Family", "Fitted", "Passed", "Staged"]
 
 Fitted = dict[str, tuple[torch.Tensor, torch.Tensor]]  # codebook name -> (centroids (K, D), counts (K,))
 Passed = tuple[Any, dict[str, torch.Tensor]]  # (the output, {reservoir stream: (N, D) latents})
@@ -178,6 +178,32 @@ class Family:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Staged(Family):
+    """A residual wrapper read stage by stage: each stage's input (the residual) is the latent its codebook
+    sees and is not visible from the outer call. Codebooks are named ``{stage prefix}[/{head}]``."""
+
+    def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def _stage_family(self, stage: nn.Module) -> Family:
+        raise NotImplementedError
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {(f"{prefix}/{name}" if name else prefix): cb
+                for prefix, stage in self._stages(module).items()
+                for name, cb in self._stage_family(stage).codebooks(stage).items()}
+
+    def taps(self, module: nn.Module) -> dict[str, nn.Module]:
+        return self._stages(module)
+
+    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
+        return []  # everything comes from the stage taps
+
+    def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
+                    output: Any) -> list[Capture]:
+        return prefixed(prefix, self._stage_family(submodule).extract(submodule, args, kwargs, output))
 
 
 # Helpers shared by the family modules ---------------------------------------------------------------

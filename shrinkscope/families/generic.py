@@ -23,7 +23,7 @@ from torch import nn
 
 from .base import Capture, Family, as_index_tensor, class_name, ema_embed_key, first_arg, own_codebook
 
-__all__ = ["EMACodebook", "Generic", "LM_TABLE"]
+__all__ = ["LM_TABLE", "EMACodebook", "Generic"]
 
 _NAMES = ("embed", "embedding", "codebook", "codebooks")
 _QUANTISH = re.compile(r"quant|vq|codebook", re.IGNORECASE)

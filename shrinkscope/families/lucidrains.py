@@ -19,8 +19,25 @@ from torch import nn
 
 from ..kmeans import kmeans
 from ..metrics.usage import assign
-from .base import (Capture, Family, Fitted, Passed, as_index_tensor, channels_last, class_name, ema_embed_key,
-                   first_arg, join, l2norm, nearest, own_codebook, per_step, prefixed, write_ema, zero_loss)
+from .base import (
+    Capture,
+    Family,
+    Fitted,
+    Passed,
+    Staged,
+    as_index_tensor,
+    channels_last,
+    class_name,
+    ema_embed_key,
+    first_arg,
+    join,
+    l2norm,
+    nearest,
+    own_codebook,
+    per_step,
+    write_ema,
+    zero_loss,
+)
 
 __all__ = ["LucidFSQ", "LucidGroupedRVQ", "LucidLFQ", "LucidResidualVQ", "LucidSimVQ", "LucidVQ"]
 
@@ -242,7 +259,7 @@ class LucidSimVQ(Family):
         return cb, ["SimVQ code_transform is not a single Linear: measured the frozen basis"]
 
 
-class LucidResidualVQ(Family):
+class LucidResidualVQ(Staged):
     """``ResidualVQ``: one codebook per stage, named ``layers.{q}``; stages are hooked one by one.
 
     Deferred as a whole and initialised stage by stage: the reservoir keeps the stage-0 input
@@ -261,25 +278,8 @@ class LucidResidualVQ(Family):
     def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
         return {f"layers.{q}": layer for q, layer in enumerate(module.layers)}
 
-    def _family_of(self, stage: nn.Module) -> Family:
+    def _stage_family(self, stage: nn.Module) -> Family:
         return self._vq if _is_lucid_vq(stage) else self._simvq
-
-    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        out = {}
-        for prefix, stage in self._stages(module).items():
-            for name, cb in self._family_of(stage).codebooks(stage).items():
-                out[prefix if not name else f"{prefix}/{name}"] = cb
-        return out
-
-    def taps(self, module: nn.Module) -> dict[str, nn.Module]:
-        return self._stages(module)
-
-    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
-        return []  # everything comes from the stage taps
-
-    def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
-                    output: Any) -> list[Capture]:
-        return prefixed(prefix, self._family_of(submodule).extract(submodule, args, kwargs, output))
 
     # deferral
     def can_defer(self, module: nn.Module) -> bool:

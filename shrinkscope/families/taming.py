@@ -21,8 +21,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import (Capture, Family, Fitted, Passed, as_index_tensor, channels_last, class_name, copy_into,
-                   first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema, zero_loss)
+from .base import (
+    Capture,
+    Family,
+    Fitted,
+    Passed,
+    as_index_tensor,
+    channels_last,
+    class_name,
+    copy_into,
+    first_arg,
+    join,
+    l2norm,
+    nearest,
+    own_codebook,
+    per_step,
+    write_ema,
+    zero_loss,
+)
 
 __all__ = ["DiffusersVQ", "LlamaGenVQ", "TamingEMAVQ", "TamingGumbel", "TamingLegacyVQ", "TamingVQ", "VarVQ"]
 
@@ -48,6 +64,13 @@ def _info_indices(output: Any) -> torch.Tensor | None:
 def _grid_rows(z: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B*H*W, C)``."""
     return z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def _one_hot_perplexity(idx: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(one-hot encodings (N, K), perplexity)`` as taming's legacy and EMA quantizers return them."""
+    one_hot = F.one_hot(idx, k).to(dtype)
+    p = one_hot.mean(0)
+    return one_hot, torch.exp(-(p * torch.log(p + 1e-10)).sum())
 
 
 def _key_kind(seg: list[str], tensors: Mapping[str, Any]) -> str | None:
@@ -137,11 +160,8 @@ class TamingLegacyVQ(TamingVQ):
     def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
         rows, idx = self._rows(module, z)
-        idx = idx[:, None]
-        one_hot = torch.zeros(idx.shape[0], module.n_e, device=z.device, dtype=z.dtype).scatter_(1, idx, 1)
-        p = one_hot.mean(0)
-        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
-        return (z, zero_loss(module, z.new_zeros(())), (perplexity, one_hot, idx)), {"": rows}
+        one_hot, perplexity = _one_hot_perplexity(idx, module.n_e, z.dtype)
+        return (z, zero_loss(module, z.new_zeros(())), (perplexity, one_hot, idx[:, None])), {"": rows}
 
 
 class TamingEMAVQ(TamingVQ):
@@ -161,11 +181,8 @@ class TamingEMAVQ(TamingVQ):
     def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
         rows, idx = self._rows(module, z)
-        encodings = F.one_hot(idx, module.embedding.weight.shape[0]).to(z.dtype)
-        avg = encodings.mean(0)
-        perplexity = torch.exp(-torch.sum(avg * torch.log(avg + 1e-10)))
-        loss = zero_loss(module, z.new_zeros(()))
-        return (z, loss, (perplexity, encodings, idx)), {"": rows}
+        encodings, perplexity = _one_hot_perplexity(idx, module.embedding.weight.shape[0], z.dtype)
+        return (z, zero_loss(module, z.new_zeros(())), (perplexity, encodings, idx)), {"": rows}
 
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
         centers, counts = fitted[""]

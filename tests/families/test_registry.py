@@ -5,12 +5,12 @@ from __future__ import annotations
 import fakes
 import pytest
 import torch
+from optional import vqp
 
 import shrinkscope
 from shrinkscope.checkpoint import from_state_dict
 from shrinkscope.discovery import find_codebooks
 from shrinkscope.families import FAMILIES, Family, deferral_family, find_quantizers, get_family
-from optional import vqp
 
 # module factory, the family of the module whose state dict is saved (residual: the stage family)
 SAVED = {
