@@ -112,9 +112,7 @@ def deferral_family(module: nn.Module) -> Family:
                 return f
             read_as = read_as or f
     extra = f" (shrinkscope reads it as {read_as.name!r}, but cannot defer it)" if read_as else ""
-    raise TypeError(
-        f"defer: no deferral support for {type(module).__module__}.{type(module).__name__}{extra}. "
-        "Supported: vector-quantize-pytorch VectorQuantize / ResidualVQ, taming VectorQuantizer2 / "
-        "VectorQuantizer / EMAVectorQuantizer, diffusers VectorQuantizer, LlamaGen VectorQuantizer, EnCodec "
-        "EuclideanCodebook / VectorQuantization, shrinkscope.reference.EMAQuantizer. Wrap the quantizer "
-        "module itself, not the whole model.")
+    supported = sorted({f.name for f in FAMILIES if type(f).passthrough is not Family.passthrough})
+    raise TypeError(f"defer: no deferral support for {type(module).__module__}.{type(module).__name__}{extra}. "
+                    f"Families that defer: {', '.join(supported)} (docs/defer.md). Wrap the quantizer module "
+                    "itself, not the whole model.")

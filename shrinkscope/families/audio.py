@@ -20,25 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import (
-    Capture,
-    Family,
-    Fitted,
-    Passed,
-    Staged,
-    as_index_tensor,
-    channels_last,
-    class_name,
-    ema_embed_key,
-    first_arg,
-    join,
-    l2norm,
-    nearest,
-    own_codebook,
-    per_step,
-    write_ema,
-    zero_loss,
-)
+from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name,
+                   ema_embed_key, first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema,
+                   zero_loss)
 
 __all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "MoshiCodebook"]
 

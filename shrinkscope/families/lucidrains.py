@@ -19,25 +19,9 @@ from torch import nn
 
 from ..kmeans import kmeans
 from ..metrics.usage import assign
-from .base import (
-    Capture,
-    Family,
-    Fitted,
-    Passed,
-    Staged,
-    as_index_tensor,
-    channels_last,
-    class_name,
-    ema_embed_key,
-    first_arg,
-    join,
-    l2norm,
-    nearest,
-    own_codebook,
-    per_step,
-    write_ema,
-    zero_loss,
-)
+from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name,
+                   ema_embed_key, first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema,
+                   zero_loss)
 
 __all__ = ["LucidFSQ", "LucidGroupedRVQ", "LucidLFQ", "LucidResidualVQ", "LucidSimVQ", "LucidVQ"]
 
@@ -370,8 +354,7 @@ class LucidGroupedRVQ(LucidResidualVQ):
         return {f"rvqs.{g}.layers.{q}": layer for g, rvq in enumerate(module.rvqs)
                 for q, layer in enumerate(rvq.layers)}
 
-    def can_defer(self, module: nn.Module) -> bool:
-        return False
+    passthrough = Family.passthrough  # not deferrable: only whole ResidualVQs are
 
 
 class _ImplicitCodebook(Family):

@@ -16,19 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import (
-    Capture,
-    Family,
-    Fitted,
-    Passed,
-    as_index_tensor,
-    channels_last,
-    first_arg,
-    l2norm,
-    nearest,
-    write_ema,
-    zero_loss,
-)
+from .base import (Capture, Family, Fitted, Passed, as_index_tensor, channels_last, first_arg, l2norm,
+                   nearest, write_ema, zero_loss)
 
 __all__ = ["Reference"]
 

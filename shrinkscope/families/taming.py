@@ -21,24 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import (
-    Capture,
-    Family,
-    Fitted,
-    Passed,
-    as_index_tensor,
-    channels_last,
-    class_name,
-    copy_into,
-    first_arg,
-    join,
-    l2norm,
-    nearest,
-    own_codebook,
-    per_step,
-    write_ema,
-    zero_loss,
-)
+from .base import (Capture, Family, Fitted, Passed, as_index_tensor, channels_last, class_name, copy_into,
+                   first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema, zero_loss)
 
 __all__ = ["DiffusersVQ", "LlamaGenVQ", "TamingEMAVQ", "TamingGumbel", "TamingLegacyVQ", "TamingVQ", "VarVQ"]
 
@@ -117,6 +101,7 @@ class TamingVQ(Family):
         return [Capture("", idx, channels_last(z, 1), None, l2norm if self.is_normalized(module) else None)]
 
     def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
+        # legacy/diffusers keys look like taming's: _key_kind never names them, discovery says "taming"
         return len(shape) == 2 and _key_kind(seg, tensors) == self.name
 
     # deferral
@@ -153,9 +138,6 @@ class TamingLegacyVQ(TamingVQ):
         return (class_name(module) == "VectorQuantizer" and _embedding_weight(module) is not None
                 and all(hasattr(module, a) for a in ("n_e", "e_dim", "beta"))
                 and not any(hasattr(module, a) for a in ("legacy", "l2_norm", "vq_embed_dim")))
-
-    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
-        return False  # its keys are taming's: discovery reports them as "taming"
 
     def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         z = args[0] if args else kwargs["z"]
@@ -234,18 +216,13 @@ class DiffusersVQ(TamingVQ):
         return class_name(module) == "VectorQuantizer" and hasattr(module, "vq_embed_dim") \
             and _embedding_weight(module) is not None
 
-    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
-        return False  # its keys are taming's: discovery reports them as "taming"
-
 
 class VarVQ(Family):
     """VAR (FoundationVision) multi-scale ``VectorQuantizer2``: checkpoints only (``ema_vocab_hit_SV``
     holds per-scale EMA hit counts; their sum over scales is the usage)."""
 
     name = "var"
-
-    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
-        return len(shape) == 2 and _key_kind(seg, tensors) == self.name
+    claims = TamingVQ.claims
 
     def stored_usage(self, key: str, k: int, tensors: Mapping[str, Any]) -> tuple[torch.Tensor | None, str | None]:
         hits = tensors[join(key.rsplit(".", 2)[0], "ema_vocab_hit_SV")].load().double()
@@ -274,8 +251,7 @@ class TamingGumbel(Family):
             idx = None
         return [Capture("", idx, None)] if idx is not None else []
 
-    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
-        return len(shape) == 2 and _key_kind(seg, tensors) == self.name
+    claims = TamingVQ.claims
 
 
 _LLAMAGEN, _DIFFUSERS, _LEGACY, _EMA = LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ()
