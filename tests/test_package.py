@@ -30,3 +30,25 @@ def test_readme_python_example_runs():
     exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
     assert "health" in namespace
     assert namespace["health"].spread_ratio < 0.2
+
+
+def test_analyze_never_imports_the_demo_package():
+    code = ("import sys, torch, shrinkscope; "
+            "r = shrinkscope.analyze({'format': 'shrinkscope.reference.tokenizer/1', "
+            "'model': {'quantizer.embed': torch.randn(16, 4), 'quantizer.cluster_size': torch.ones(16)}, "
+            "'encoder_latents': torch.randn(200, 4)}, progress=False); "
+            "print(r.latents_source, 'shrinkscope.reference' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["reference", "model", "False"]
+
+
+def test_each_module_exports_one_public_list():
+    import importlib
+
+    for name in ("analyze", "checkpoint", "cli", "defer", "discovery", "families", "kmeans", "sinks", "stream",
+                 "watch"):
+        module = importlib.import_module(f"shrinkscope.{name}")
+        assert all(hasattr(module, n) for n in module.__all__), name
+    import shrinkscope.defer
+
+    assert not {"FAMILIES", "family_of"} & set(shrinkscope.defer.__all__)

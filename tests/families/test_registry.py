@@ -47,20 +47,6 @@ def test_every_discovery_key_is_claimed_by_at_most_one_library_family():
         assert len(claims) <= 1, (key, claims)
 
 
-@pytest.mark.parametrize("l2", [False, True])
-def test_taming_l2_normalize_is_honoured_by_reading_and_deferral(l2):
-    """Open-MAGVIT2's taming fork looks up l2-normalised codes: the family reads and defers that space."""
-    q = fakes.VectorQuantizer2(16, 4, 0.25)
-    q.l2_normalize = l2
-    cb = get_family(q).codebooks(q)[""]
-    assert torch.allclose(cb.norm(dim=1), torch.ones(16)) == l2
-    z = torch.randn(2, 4, 3, 3)
-    _, _, (_, _, idx) = shrinkscope.defer(q, reservoir_size=16)(z)
-    rows = z.permute(0, 2, 3, 1).reshape(-1, 4)
-    rows = torch.nn.functional.normalize(rows, dim=-1) if l2 else rows
-    assert torch.equal(idx, torch.cdist(rows, cb).argmin(1))
-
-
 def test_a_new_library_is_one_family_class():
     """What docs/adding-a-library.md promises: a Family subclass is found, read and watched."""
 
