@@ -1,10 +1,6 @@
-"""Families: everything shrinkscope knows about each VQ library, one module per library.
-
-A :class:`Family` recognises one kind of quantizer module, reads its effective codebooks, pulls code ids
-and latents out of its forward I/O (``watch``), names the state-dict keys its codebooks are saved under
-(``analyze``, through ``shrinkscope.discovery``) and, where supported, defers it (``defer``). Every
-consumer asks the one registry ``FAMILIES``; adding a library is one new module here plus its tests
-(docs/adding-a-library.md).
+"""Families: everything shrinkscope knows about each VQ library, one module per library (the contract:
+``base.Family``). ``watch``, ``defer``, ``analyze`` and the reports all ask the one registry ``FAMILIES``;
+adding a library is one new module here plus its tests (docs/adding-a-library.md).
 
 ``find_quantizers(model)`` walks a model and returns the outermost quantizers with their family (a
 ``ResidualVQ`` is one quantizer with several codebooks); ``get_family`` picks one for a module or by name;

@@ -27,10 +27,6 @@ from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, cha
 __all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "MoshiCodebook"]
 
 
-def _encodec_codebook(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, a, None), torch.Tensor) for a in ("embed", "embed_avg", "cluster_size"))
-
-
 class EncodecCodebook(Family):
     """EnCodec ``EuclideanCodebook`` used on its own: ``forward(x (..., D)) -> (quantize, embed_ind (...))``."""
 
@@ -55,7 +51,7 @@ class EncodecCodebook(Family):
     # deferral
     def can_defer(self, module: nn.Module) -> bool:
         book = self._book(module)
-        return _encodec_codebook(book) and isinstance(getattr(book, "inited", None), torch.Tensor)
+        return all(isinstance(getattr(book, a, None), torch.Tensor) for a in ("embed_avg", "cluster_size", "inited"))
 
     def initted(self, module: nn.Module) -> bool:
         return bool(self._book(module).inited.reshape(-1)[0])

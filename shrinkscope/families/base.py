@@ -162,15 +162,9 @@ class Family:
     @torch.no_grad()
     def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
         """k-means on each stream's reservoir (normalised centres for normalised lookups)."""
-        out: Fitted = {}
         sizes = self.num_codes(module)
-        for name, rows in reservoirs.items():
-            centers = kmeans(rows, sizes[name], iters=iters, seed=seed)
-            if self.is_normalized(module):
-                centers = l2norm(centers)
-            idx, _ = assign(centers, rows)
-            out[name] = (centers, torch.bincount(idx, minlength=sizes[name]).to(centers.dtype))
-        return out
+        return {name: fit_codes(rows, sizes[name], self.is_normalized(module), iters=iters, seed=seed)[:2]
+                for name, rows in reservoirs.items()}
 
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
         """Write the fitted centroids (and the EMA state the library keeps) into ``module``."""
@@ -265,6 +259,16 @@ def nearest(codebook: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return torch.empty(0, dtype=torch.long, device=rows.device)
     idx, _ = assign(codebook.detach(), rows.detach())
     return idx.to(rows.device)
+
+
+def fit_codes(rows: torch.Tensor, k: int, normalized: bool, *, iters: int, seed: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k-means centroids ``(K, D)`` of ``rows`` (unit rows for a normalised lookup), each code's count
+    ``(K,)`` and each row's code ``(N,)``."""
+    centers = kmeans(rows, k, iters=iters, seed=seed)
+    centers = l2norm(centers) if normalized else centers
+    idx, _ = assign(centers, rows)
+    return centers, torch.bincount(idx, minlength=k).to(centers.dtype), idx
 
 
 def zero_loss(module: nn.Module, like: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..kmeans import kmeans
-from ..metrics.usage import assign
-from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name,
+from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name, fit_codes,
                    ema_embed_key, first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema,
                    zero_loss)
 
@@ -55,10 +53,6 @@ class LucidVQ(Family):
         if self._separate(module) and embed.shape[0] > 1:
             return {f"head{h}": embed[h] for h in range(embed.shape[0])}
         return {"": embed[0]}
-
-    def num_codes(self, module: nn.Module) -> dict[str, int]:
-        k = int(module._codebook.embed.shape[1])
-        return {name: k for name in self.codebooks(module)}
 
     def _mask(self, module: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
         """The ``(B, N)`` validity mask from ``mask=`` or ``lens=`` (sequences only)."""
@@ -221,9 +215,6 @@ class LucidSimVQ(Family):
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return {"": own_codebook(module.code_transform(module.frozen_codebook))}
 
-    def num_codes(self, module: nn.Module) -> dict[str, int]:
-        return {"": int(module.frozen_codebook.shape[0])}
-
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
         x = first_arg(args, kwargs, "x")
         if not isinstance(x, torch.Tensor) or not isinstance(output, tuple) or len(output) < 2:
@@ -322,15 +313,11 @@ class LucidResidualVQ(Staged):
 
     @torch.no_grad()
     def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
-        res = reservoirs[""]
-        out: Fitted = {}
+        res, out = reservoirs[""], {}
         for q, layer in enumerate(module.layers):
             look = l2norm(res) if self.is_normalized(module) else res
-            centers = kmeans(look, int(layer.codebook_size), iters=iters, seed=seed + q)
-            if self.is_normalized(module):
-                centers = l2norm(centers)
-            idx, _ = assign(centers, look)
-            counts = torch.bincount(idx, minlength=int(layer.codebook_size)).to(centers.dtype)
+            centers, counts, idx = fit_codes(look, int(layer.codebook_size), self.is_normalized(module),
+                                             iters=iters, seed=seed + q)
             out[f"layers.{q}"] = (centers, counts)
             res = res - centers[idx.to(centers.device)].to(res)
         return out
