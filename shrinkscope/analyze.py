@@ -135,20 +135,15 @@ def _rows_for(fc: FoundCodebook, x: torch.Tensor, tensors: Mapping[str, Any]) ->
     return None if rows is None else fam.checkpoint_latents(rows, fc.key, tensors)
 
 
-def _saved_latents(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str | None]:
-    """Latents a checkpoint carries (``SAVED_LATENTS_KEY``: a bounded sample of encoder outputs, ``(N, D)``)."""
+def _saved_latents(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str | None, str | None]:
+    """``(latents, source, note)`` from what a checkpoint carries (``SAVED_LATENTS_KEY``, ``(N, D)``)."""
     raw = ckpt.raw if isinstance(ckpt.raw, Mapping) else {}
-    z = raw.get(SAVED_LATENTS_KEY)
+    z, reference = raw.get(SAVED_LATENTS_KEY), raw.get("format") == REFERENCE_FORMAT
     if isinstance(z, torch.Tensor):
-        return z, "latents saved with the checkpoint (encoder outputs on held-out data)"
-    if _is_reference(ckpt):
-        return None, ("this reference checkpoint predates saved latents: re-save it with "
-                      "shrinkscope.reference.train.save_checkpoint, or pass --latents FILE")
-    return None, None
-
-
-def _is_reference(ckpt: Checkpoint) -> bool:
-    return isinstance(ckpt.raw, Mapping) and ckpt.raw.get("format") == REFERENCE_FORMAT
+        return z, ("reference model" if reference else "checkpoint"), \
+            "latents saved with the checkpoint (encoder outputs on held-out data)"
+    return None, None, ("this reference checkpoint predates saved latents: re-save it with "
+                        "shrinkscope.reference.train.save_checkpoint, or pass --latents FILE") if reference else None
 
 
 def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -308,8 +303,7 @@ def analyze(
     found = find_codebooks(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
     latents_note = None
     if latents is None:
-        z, latents_note = _saved_latents(ckpt)
-        latents_source = None if z is None else "reference model" if _is_reference(ckpt) else "checkpoint"
+        z, latents_source, latents_note = _saved_latents(ckpt)
     elif isinstance(latents, (str, os.PathLike)):
         z, latents_source = load_arrays(latents), os.fspath(latents)
     else:

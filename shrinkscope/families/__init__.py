@@ -32,10 +32,6 @@ FAMILIES: tuple[Family, ...] = (Deferred(_LIBRARIES), *_LIBRARIES, Generic())
 """Every built-in family, most specific first; the generic fallback last (for modules and for keys)."""
 
 
-def _reads_modules(f: Family) -> bool:
-    return type(f).matches is not Family.matches
-
-
 def get_family(module_or_name: nn.Module | str) -> Family:
     """The family of a module (first built-in family that matches) or of a family name.
 
@@ -56,7 +52,7 @@ def get_family(module_or_name: nn.Module | str) -> Family:
             return Generic(strict_name=False)
         by_name: dict[str, Family] = {}
         for f in FAMILIES:
-            if _reads_modules(f):
+            if type(f).matches is not Family.matches:  # checkpoint-only families read no module
                 by_name.setdefault(f.name, f)
         if module_or_name not in by_name:
             raise ValueError(f"unknown adapter family {module_or_name!r}; known: {sorted(by_name)}")

@@ -93,11 +93,8 @@ class Family:
         return {name: int(cb.shape[0]) for name, cb in self.codebooks(module).items()}
 
     def taps(self, module: nn.Module) -> dict[str, nn.Module]:
-        """Sub-modules to hook instead of ``module`` itself: ``{prefix: submodule}``.
-
-        Residual quantizers return their stages here, because each stage's input (the residual) is the
-        latent its codebook sees and is not visible from the outer call. Empty: hook ``module``.
-        """
+        """Sub-modules to hook instead of ``module`` itself: ``{prefix: submodule}`` (``Staged``: the
+        stages of a residual quantizer). Empty: hook ``module``."""
         return {}
 
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
@@ -112,11 +109,8 @@ class Family:
     # -- checkpoint discovery (state-dict key conventions) ---------------------------------------------
 
     def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
-        """True when the floating 2-D/3-D tensor at key ``".".join(seg)`` is a codebook of this family.
-
-        ``tensors`` maps every key of the checkpoint (to lazy references); usage/statistics buffers are
-        excluded before any family is asked.
-        """
+        """True when the floating 2-D/3-D tensor at key ``".".join(seg)`` is a codebook of this family
+        (``tensors``: every key of the checkpoint -> lazy reference; statistics buffers never reach here)."""
         return False
 
     def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:

@@ -1,16 +1,11 @@
 """Fallbacks for quantizers no library family knows.
 
-Modules: a module whose class name mentions "quant" or "codebook", that holds a 2-D floating codebook (a
-direct parameter/buffer named ``embed``, ``embedding``, ``codebook`` or ``codebooks``, or the ``weight`` of
-a child ``nn.Embedding`` with one of those names), and whose output carries an integer tensor of code ids.
-Latents are the first input when its last axis (or its axis 1, channels-first) has the codebook's width;
-they are used as they come (no projection/normalisation is known), so write a family when the lookup
-happens in another space. Ids outside ``[0, K)`` are counted apart and disable the codebook at report time
-(the integer tensor found was not a tensor of code ids).
-
-Checkpoints: an ``embed`` beside EMA statistics (``ema``), or any tensor whose key mentions a codebook, or
-an ``embed``/``embedding``/``codes`` table under a quantizer-like name (``generic``); language-model token
-tables are never generic codebooks.
+Modules: a class named like "quant"/"codebook" holding a 2-D float codebook (parameter/buffer ``embed``,
+``embedding``, ``codebook`` or ``codebooks``, or such a child ``nn.Embedding``) whose output carries integer
+code ids. Latents are the first input when its last axis (or axis 1) has the codebook's width, used as they
+come (write a family when the lookup happens in another space); ids outside ``[0, K)`` disable the codebook
+at report time. Checkpoints: an ``embed`` beside EMA statistics (``ema``), or a key naming a codebook, or an
+``embed``/``embedding``/``codes`` table under a quantizer-like name (``generic``); never token tables.
 """
 from __future__ import annotations
 

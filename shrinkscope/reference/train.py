@@ -272,13 +272,12 @@ def save_checkpoint(path: str | Path, tokenizer: VQTokenizer, data: Dataset, cfg
     It carries ``encoder_latents``: up to ``SAVED_LATENTS`` pre-quantization latents ``(N, D)`` of held-out
     items as the quantizer sees them, so ``shrinkscope analyze`` measures coverage without ``--latents``.
     """
-    was_training = tokenizer.training
-    device = next(tokenizer.parameters()).device
+    was_training, device = tokenizer.training, next(tokenizer.parameters()).device
     with torch.no_grad():
         latents = tokenizer.eval().latents(data.test[:SAVED_ITEMS].to(device)).float().cpu()
     tokenizer.train(was_training)
-    if latents.shape[0] > SAVED_LATENTS:  # seeded, so a checkpoint is a function of its model and data
-        latents = latents[torch.randperm(latents.shape[0], generator=torch.Generator().manual_seed(0))[:SAVED_LATENTS]]
+    keep = torch.randperm(len(latents), generator=torch.Generator().manual_seed(0))[:SAVED_LATENTS]  # seeded
+    latents = latents[keep.sort().values] if len(latents) > SAVED_LATENTS else latents
     blob = {
         "format": CHECKPOINT_FORMAT,
         "config": tokenizer.config.to_dict(),
