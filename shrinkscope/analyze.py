@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, from_state_dict, load_arrays, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, from_state_dict, load_arrays, load_checkpoint, take_rows
 from .discovery import FoundCodebook, family_named, find_codebooks
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
 from .metrics.verdict import verdict_line
@@ -135,12 +135,14 @@ def _rows_for(fc: FoundCodebook, x: torch.Tensor, tensors: Mapping[str, Any]) ->
     return None if rows is None else fam.checkpoint_latents(rows, fc.key, tensors)
 
 
-def _saved_latents(ckpt: Checkpoint) -> tuple[torch.Tensor | None, str | None, str | None]:
-    """``(latents, source, note)`` from what a checkpoint carries (``SAVED_LATENTS_KEY``, ``(N, D)``)."""
+def _saved_latents(ckpt: Checkpoint, max_latents: int | None, seed: int
+                   ) -> tuple[torch.Tensor | None, str | None, str | None]:
+    """``(latents, source, note)`` from what a checkpoint carries (``SAVED_LATENTS_KEY``, ``(N, D)``),
+    read through its bounded reference (a stride-0 view there is refused like any other tensor)."""
     raw = ckpt.raw if isinstance(ckpt.raw, Mapping) else {}
-    z, reference = raw.get(SAVED_LATENTS_KEY), raw.get("format") == REFERENCE_FORMAT
-    if isinstance(z, torch.Tensor):
-        return z, ("reference model" if reference else "checkpoint"), \
+    ref, reference = ckpt.tensors.get(SAVED_LATENTS_KEY), raw.get("format") == REFERENCE_FORMAT
+    if ref is not None and isinstance(raw.get(SAVED_LATENTS_KEY), torch.Tensor):
+        return take_rows(ref, max_latents, seed), ("reference model" if reference else "checkpoint"), \
             "latents saved with the checkpoint (encoder outputs on held-out data)"
     return None, None, ("this reference checkpoint predates saved latents: re-save it with "
                         "shrinkscope.reference.train.save_checkpoint, or pass --latents FILE") if reference else None
@@ -263,7 +265,7 @@ def analyze(
     source: Any, *, latents: Any = None, labels: Any = None, keys: list[str] | None = None, trust_checkpoint: bool = False,
     include_embeddings: bool = False, l2_normalize: bool | None = None,
     thresholds: HealthThresholds | None = None, max_latents: int | None = 20_000,
-    max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0
+    max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0,
 ) -> AnalysisResult:
     """Find every codebook in a checkpoint and measure its health.
 
@@ -299,13 +301,17 @@ def analyze(
     """
     from tqdm.auto import tqdm
 
+    _check_options(max_latents=max_latents, max_points=max_points, seed=seed)
     ckpt = _open(source, trust_checkpoint)
     found = find_codebooks(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
     latents_note = None
     if latents is None:
-        z, latents_source, latents_note = _saved_latents(ckpt)
+        z, latents_source, latents_note = _saved_latents(ckpt, max_latents, seed)
     elif isinstance(latents, (str, os.PathLike)):
-        z, latents_source = load_arrays(latents), os.fspath(latents)
+        # read only a bounded subset: memory follows max_latents, not the file (the same rows per codebook);
+        # with labels every row is read, since labels are aligned with the file's rows
+        cap = max_latents if labels is None else None
+        z, latents_source = load_arrays(latents, max_rows=cap, seed=seed), os.fspath(latents)
     else:
         z = torch.as_tensor(np.asarray(latents)) if not isinstance(latents, torch.Tensor) else latents
         latents_source = "<tensor>"
@@ -348,15 +354,56 @@ def analyze(
             if fc.ema_counts:
                 tt = replace(t, max_dead_usage=max(t.max_dead_usage, EMA_DEAD_SHARE / counts.numel()))
         is_residual = any("residual" in n for n in notes)  # residual stages: rows are not the labelled ones'
+        scale = _scale_of(fc.codebook, x)
         h = codebook_health(
-            fc.codebook, latents=x, counts=counts, name=fc.name, thresholds=tt, seed=seed,
-            max_points=max_points, labels=None if is_residual else _labels_for(lab, z, x, max_latents, seed)
+            fc.codebook * scale, latents=None if x is None else x * scale, counts=counts, name=fc.name,
+            thresholds=tt, seed=seed, max_points=max_points,
+            labels=None if is_residual else _labels_for(lab, z, x, max_latents, seed)
         )
+        if scale != 1.0:
+            _unscale(h, scale)
+            fc.notes.append(f"measured after scaling by 2^{int(math.log2(scale))} (exact) so that squared "
+                            "distances stay inside float range; lengths are reported unscaled")
         extra = [latents_note] if latents_note else []
         if x is not None and counts is None:
             extra.append("usage from assigning the latents to their nearest code")
         entries.append(Entry(h, fc, x, fc.notes + notes + extra))
     return AnalysisResult(ckpt.source, entries, latents_source)
+
+
+def _check_options(*, max_latents: Any, max_points: Any, seed: Any) -> None:
+    for name, v, low in (("max_latents", max_latents, 1), ("max_points", max_points, 2)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+            raise ValueError(f"analyze: {name} must be None or an integer >= {low}, got {v!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"analyze: seed must be an integer >= 0, got {seed!r}")
+
+
+_FAR = 2.0 ** 40  # magnitudes beyond which float32 squared distances overflow or underflow in sums
+
+
+def _scale_of(codebook: torch.Tensor, x: torch.Tensor | None) -> float:
+    """A power of two that brings the largest magnitude near 1 when it is extreme (1.0 otherwise).
+
+    Why: values near 1e19 square to ~1e38 and overflow float32; values near 1e-25 square to 0. Every
+    metric except lengths is scale-invariant, and a power of two scales exactly, so verdicts cannot flip.
+    """
+    peak = float(codebook.abs().max()) if codebook.numel() else 0.0
+    if x is not None and x.numel():
+        peak = max(peak, float(x.abs().max()))
+    if peak == 0.0 or 1.0 / _FAR <= peak <= _FAR:
+        return 1.0
+    return 2.0 ** -math.floor(math.log2(peak))
+
+
+def _unscale(h: CodebookHealth, scale: float) -> None:
+    """Lengths back in the caller's units (ratios, ranks, shares and usage do not depend on scale)."""
+    if h.spread_euclidean is not None:
+        h.spread_euclidean = h.spread_euclidean / scale
+    for attr in ("singular_values", "latent_singular_values"):
+        v = getattr(h, attr, None)
+        if isinstance(v, torch.Tensor):
+            setattr(h, attr, v / scale)
 
 
 def _delta(before: CodebookHealth, after: CodebookHealth) -> dict[str, Any]:

@@ -15,18 +15,22 @@ is never retried unsafely on our own: the error names the globals it needs and `
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-import json
 import os
-import pickletools
 import re
-import struct
 from typing import Any, Callable, Mapping
 import zipfile
 
 import numpy as np
 import torch
+
+from .formats import (
+    ST_FLOAT, FormatError, InflationBudget, NpyMember, check_materialise, items_for_rows, npz_members, read_safetensors_header,
+    regular_file, sample_tensor, to_tensor
+)
+from .unpickle import (
+    SAFE_GLOBALS, UnsafeGlobals, allowed_global_names, bounded_tree, pickle_globals, torch_load
+)
 
 __all__ = [
     "CheckpointError", "TensorRef", "Checkpoint", "FoundCodebook", "load_checkpoint", "find_codebooks",
@@ -38,9 +42,9 @@ SKIP_CONTAINERS = {
     "optimizer", "optimizer_states", "optimizer_disc", "lr_schedulers", "lr_scheduler", "scheduler", "scaler",
     "callbacks", "loops", "opt", "optim"
 }
-# Known-benign globals allowed through the safe loader (LlamaGen stores its argparse.Namespace under "args").
-SAFE_EXTRA_GLOBALS = [argparse.Namespace]
-_SAFETENSORS_FLOAT = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
+# Known-benign globals allowed through the safe loader: argparse.Namespace (LlamaGen's "args") and numpy's
+# array reconstruction (unpickle.py says why each is safe).
+SAFE_EXTRA_GLOBALS = SAFE_GLOBALS
 
 
 class CheckpointError(ValueError):
@@ -55,10 +59,25 @@ class TensorRef:
     shape: tuple[int, ...]
     floating: bool
     _get: Callable[[], torch.Tensor] = field(repr=False)
+    _sample: Callable[[int, int], torch.Tensor] | None = field(default=None, repr=False)
 
     def load(self) -> torch.Tensor:
-        """Materialise the tensor (for safetensors: read just this tensor's bytes)."""
+        """Materialise the tensor (for safetensors: read just this tensor's bytes).
+
+        Raises:
+            CheckpointError: the tensor would take far more memory than the file stores for it.
+        """
         return self._get()
+
+    def sample(self, n: int, *, seed: int = 0) -> torch.Tensor:
+        """At most ``n`` items along axis 0 (uniform without replacement, in file order), read without
+        materialising the rest where the format allows (memory-mapped .npy/.pt, chunked safetensors,
+        streamed .npz members)."""
+        if self.shape and self.shape[0] <= n:
+            return self.load()
+        if self._sample is not None:
+            return self._sample(n, seed)
+        return sample_tensor(self.load(), n, seed)
 
 
 @dataclass
@@ -76,55 +95,71 @@ def _one_line(exc: BaseException) -> str:
     return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
 
 
-def _ref(key: str, t: torch.Tensor) -> TensorRef:
-    return TensorRef(key, tuple(t.shape), t.is_floating_point(), lambda t=t: t)
+def _tensor_getter(key: str, t: torch.Tensor, budget: InflationBudget) -> Callable[[], torch.Tensor]:
+    """A getter that refuses views asking for far more memory than their storage holds (stride 0)."""
+    need = t.numel() * t.element_size()
+    stored = t.untyped_storage().nbytes()
+
+    def get() -> torch.Tensor:
+        try:
+            check_materialise(f"tensor {key}", need, stored, budget)
+        except FormatError as exc:
+            raise CheckpointError(str(exc)) from None
+        return t
+
+    return get
 
 
-def _flatten(obj: Any, prefix: str, out: dict[str, TensorRef], depth: int = 0) -> None:
+def _ref(key: str, t: torch.Tensor, budget: InflationBudget) -> TensorRef | None:
+    """A reference to a plain dense CPU tensor; None for meta, sparse, nested and quantized tensors,
+    which hold no readable codebook (or could only be read by materialising unbounded data)."""
+    if t.layout != torch.strided or t.is_nested or t.device.type != "cpu" or t.is_quantized \
+            or t.is_complex():
+        return None
+    return TensorRef(key, tuple(t.shape), t.is_floating_point(), _tensor_getter(key, t, budget))
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, TensorRef], depth: int = 0,
+             budget: InflationBudget | None = None) -> None:
+    """Dotted keys of the tensors in ``obj``; ``obj`` comes from ``bounded_tree`` (acyclic, bounded). All
+    tensors of one file share one inflation ``budget``."""
+    budget = budget or InflationBudget()
     if depth > 12:
         return
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, torch.Tensor):
-        out[prefix] = _ref(prefix, obj)
-    elif isinstance(obj, np.ndarray) and obj.dtype.kind in "fiub":
-        out[prefix] = _ref(prefix, torch.from_numpy(obj))
+        ref = _ref(prefix, obj, budget)
+        if ref is not None:
+            out[prefix] = ref
+    elif isinstance(obj, np.ndarray):
+        try:
+            t = to_tensor(obj, prefix)
+        except FormatError:
+            t = None
+        if t is not None:
+            out[prefix] = _ref(prefix, t, budget)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or (depth == 0 and str(k) in SKIP_CONTAINERS):
                 continue
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget)
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(v, (torch.Tensor, Mapping)) for v in obj):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
 
 
 def from_state_dict(obj: Any, *, source: str = "<state_dict>") -> Checkpoint:
     """Wrap an in-memory state dict (possibly nested), checkpoint dict or ``nn.Module``."""
     tensors: dict[str, TensorRef] = {}
-    _flatten(obj, "", tensors)
+    try:
+        tree = bounded_tree(obj, source=source)
+    except FormatError as exc:
+        raise CheckpointError(str(exc)) from None
+    _flatten(tree, "", tensors)
     if not tensors:
         raise CheckpointError(f"{source}: holds no tensors (got {type(obj).__name__}); pass a state dict")
-    return Checkpoint(source, "state_dict", tensors, obj if isinstance(obj, Mapping) else None)
-
-
-def _pickle_globals(path: str, limit: int = 1 << 26) -> list[str]:
-    """Globals a pickle stream references, found by reading opcodes (nothing is executed)."""
-    names: list[str] = []
-    strings: list[str] = []
-    with open(path, "rb") as f:
-        data = f.read(limit)
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif op.name == "GLOBAL":
-                names.append(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                names.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # noqa: BLE001 - a damaged stream still yields the names met so far
-        pass
-    return sorted(set(names))
+    return Checkpoint(source, "state_dict", tensors, tree if isinstance(tree, Mapping) else None)
 
 
 def _refuse_unsafe(path: str, globals_met: list[str]) -> CheckpointError:
@@ -137,23 +172,14 @@ def _refuse_unsafe(path: str, globals_met: list[str]) -> CheckpointError:
 
 
 def _torch_load(path: str, *, trust: bool, zipped: bool) -> Any:
-    kwargs = {"map_location": "cpu", "weights_only": not trust, "mmap": zipped}
     try:
-        with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
-            return torch.load(path, **kwargs)
+        return torch_load(path, trust=trust, zipped=zipped)
+    except UnsafeGlobals as exc:
+        raise _refuse_unsafe(path, exc.names) from None
+    except FormatError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes one user-facing line
         text = str(exc)
-        if "GLOBAL" in text or "Unsupported global" in text:
-            found = []
-            if zipped:
-                try:
-                    found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                except Exception:  # noqa: BLE001
-                    found = []
-            found = found or sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
-            allowed = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_EXTRA_GLOBALS}
-            found = [g for g in found if g not in allowed]
-            raise _refuse_unsafe(path, found) from None
         if "Unsupported operand" in text or isinstance(exc, (EOFError, KeyError)):
             raise CheckpointError(f"{path}: not a torch checkpoint (the pickle stream is not one torch.save "
                                   "writes); expected .pt/.pth/.ckpt/.safetensors/.npy/.npz") from None
@@ -162,7 +188,8 @@ def _torch_load(path: str, *, trust: bool, zipped: bool) -> Any:
 
 def _load_plain_pickle(path: str, trust: bool) -> Any:
     if not trust:
-        globals_met = _pickle_globals(path)
+        with open(path, "rb") as f:
+            globals_met = [g for g in pickle_globals(f.read(1 << 26)) if g not in allowed_global_names()]
         if globals_met:
             raise _refuse_unsafe(path, globals_met)
     try:
@@ -179,52 +206,94 @@ def _load_plain_pickle(path: str, trust: bool) -> Any:
 def _safetensors(path: str, size: int) -> Checkpoint:
     from safetensors import safe_open
 
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(
-                f"{path}: safetensors header is not valid JSON ({_one_line(exc)})"
-            ) from None
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path}: is truncated: its safetensors header describes {8 + n + end} bytes "
-                              f"but the file has {size}")
+    try:
+        header, _ = read_safetensors_header(path, size)
+    except FormatError as exc:
+        raise CheckpointError(str(exc)) from None
     tensors: dict[str, TensorRef] = {}
 
     def getter(key: str) -> Callable[[], torch.Tensor]:
         def get() -> torch.Tensor:
-            with safe_open(path, framework="pt", device="cpu") as sf:
-                return sf.get_tensor(key)
+            try:
+                with safe_open(path, framework="pt", device="cpu") as sf:
+                    return sf.get_tensor(key)
+            except Exception as exc:  # noqa: BLE001 - the library's own checks, as one line
+                raise CheckpointError(f"{path}: safetensors tensor {key[:60]!r} unreadable "
+                                      f"({_one_line(exc)})") from None
 
         return get
 
+    def sampler(key: str, rows: int) -> Callable[[int, int], torch.Tensor]:
+        def sample(n: int, seed: int) -> torch.Tensor:
+            if rows <= n:
+                return getter(key)()
+            idx = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
+            parts, step = [], 4096
+            with safe_open(path, framework="pt", device="cpu") as sf:
+                sl = sf.get_slice(key)
+                for start in range(0, rows, step):  # chunks: never the whole tensor in memory
+                    lo, hi = np.searchsorted(idx, [start, start + step])
+                    if hi > lo:
+                        chunk = sl[start:min(rows, start + step)]
+                        parts.append(chunk[torch.from_numpy(idx[lo:hi] - start)])
+            return torch.cat(parts)
+
+        return sample
+
     for key, info in header.items():
-        if key == "__metadata__" or not isinstance(info, dict):
+        if key == "__metadata__":
             continue
-        tensors[key] = TensorRef(
-            key, tuple(int(s) for s in info.get("shape", ())), info.get("dtype") in _SAFETENSORS_FLOAT,
-            getter(key)
-        )
+        shape = tuple(info["shape"])
+        tensors[key] = TensorRef(key, shape, info["dtype"] in ST_FLOAT, getter(key),
+                                 sampler(key, shape[0]) if shape else None)
     return Checkpoint(path, "safetensors", tensors, {"__metadata__": header.get("__metadata__", {})})
+
+
+def _numpy_ref(m: NpyMember, key: str) -> TensorRef | None:
+    if m.target is None:
+        return None
+
+    def get() -> torch.Tensor:
+        try:
+            return m.load()
+        except FormatError as exc:
+            raise CheckpointError(str(exc)) from None
+
+    def sample(n: int, seed: int) -> torch.Tensor:
+        try:
+            return m.sample(n, seed)
+        except FormatError as exc:
+            raise CheckpointError(str(exc)) from None
+
+    return TensorRef(key, m.shape, m.target.kind == "f", get, sample)
 
 
 def _numpy(path: str, zipped: bool) -> Checkpoint:
     try:
-        data = np.load(path, allow_pickle=False)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        arrays = {k: data[k] for k in data.files} if zipped else {stem: data}
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: numpy file refused ({_one_line(exc)}); object arrays need pickle, "
-                              "which shrinkscope does not load") from None
+        if zipped:
+            members = [(m.member[:-4], m) for m in npz_members(path, path)]
+        else:
+            members = [(os.path.splitext(os.path.basename(path))[0], NpyMember(path, None, path))]
+    except FormatError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: is truncated or not a valid numpy file ({_one_line(exc)})") from None
     tensors = {}
-    for k, a in arrays.items():
-        if a.dtype.kind in "fiub":
-            tensors[k] = _ref(k, torch.from_numpy(np.ascontiguousarray(a)))
+    for k, m in members:
+        ref = _numpy_ref(m, k)
+        if ref is not None:
+            tensors[k] = ref
     return Checkpoint(path, "numpy", tensors, None)
+
+
+def _regular_file(p: str) -> int:
+    try:
+        size = regular_file(p, hint=f"pass a checkpoint file (e.g. {os.path.join(p, 'model.pt')})")
+    except FormatError as exc:
+        raise CheckpointError(str(exc)) from None
+    if size == 0:
+        raise CheckpointError(f"{p}: is empty (0 bytes)")
+    return size
 
 
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoint:
@@ -237,27 +306,24 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
 
     Returns:
         A ``Checkpoint`` whose ``tensors`` map dotted keys (``state_dict.quantize.embedding.weight``) to
-        lazy ``TensorRef`` objects.
+        lazy ``TensorRef`` objects; ``raw`` is an acyclic, bounded copy of the file's containers.
 
     Raises:
-        CheckpointError: missing path, directory, empty/truncated file, unknown format, unsafe pickle.
+        CheckpointError: missing path, directory, FIFO/device, empty/truncated file, unknown format,
+            unsafe pickle, malformed header, a tensor or archive member that would inflate past its bound.
     """
     p = os.fspath(path)
-    if not os.path.exists(p):
-        raise CheckpointError(f"{p}: no such file")
-    if os.path.isdir(p):
-        raise CheckpointError(f"{p}: is a directory; pass a checkpoint file "
-                              f"(e.g. {os.path.join(p, 'model.pt')})")
-    size = os.path.getsize(p)
-    if size == 0:
-        raise CheckpointError(f"{p}: is empty (0 bytes)")
-    with open(p, "rb") as f:
-        head = f.read(16)
+    size = _regular_file(p)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"{p}: cannot be read ({exc.strerror or exc})") from None
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(p) as z:
                 names = z.namelist()
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, OSError, ValueError):
             raise CheckpointError(f"{p}: is truncated or corrupt (zip archive without a central "
                                   "directory)") from None
         if any(n.endswith("data.pkl") for n in names):
@@ -272,24 +338,33 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
     elif head.startswith(b"\x93NUMPY"):
         return _numpy(p, zipped=False)
     elif len(head) >= 9 and head[8:9] == b"{":
-        if struct.unpack("<Q", head[:8])[0] + 8 > size:
-            raise CheckpointError(f"{p}: is truncated: its safetensors header is longer than the file "
-                                  f"({size} bytes)")
         return _safetensors(p, size)
     elif head[:1] == b"\x80":
         ckpt = Checkpoint(p, "torch", {}, _load_plain_pickle(p, trust))
     else:
         raise CheckpointError(f"{p}: not a checkpoint (unrecognised bytes); expected a torch file "
                               "(.pt/.pth/.ckpt), .safetensors, .npy or .npz")
+    top = type(ckpt.raw).__name__
+    try:
+        ckpt.raw = bounded_tree(ckpt.raw, source=p)
+    except FormatError as exc:
+        raise CheckpointError(str(exc)) from None
     # A bare tensor saved with torch.save(codebook, path) is taken as a codebook.
     _flatten(ckpt.raw, "codebook" if isinstance(ckpt.raw, torch.Tensor) else "", ckpt.tensors)
     if not ckpt.tensors:
-        raise CheckpointError(f"{p}: holds no tensors (top-level {type(ckpt.raw).__name__}); not a model "
-                              "checkpoint")
+        raise CheckpointError(f"{p}: holds no dense tensors (top-level {top}); not a model checkpoint")
     return ckpt
 
 
-def load_arrays(path: str | os.PathLike, *, what: str = "latents") -> torch.Tensor | dict[str, torch.Tensor]:
+def take_rows(ref: TensorRef, max_rows: int | None, seed: int = 0) -> torch.Tensor:
+    """The whole array, or with ``max_rows`` just enough items along axis 0 for that many latent rows."""
+    if max_rows is None:
+        return ref.load()
+    return ref.sample(items_for_rows(ref.shape, max_rows), seed=seed)
+
+
+def load_arrays(path: str | os.PathLike, *, what: str = "latents", max_rows: int | None = None,
+                seed: int = 0) -> torch.Tensor | dict[str, torch.Tensor]:
     """Like ``load_array``, but a file with several float arrays (one per codebook, as
     ``Monitor.save_latents`` writes for residual/multi-head quantizers) comes back as ``{name: array}``.
 
@@ -297,19 +372,28 @@ def load_arrays(path: str | os.PathLike, *, what: str = "latents") -> torch.Tens
         CheckpointError: unreadable file, no floating array of >= 2 dims.
     """
     try:
-        return load_array(path, what=what)
+        return load_array(path, what=what, max_rows=max_rows, seed=seed)
     except CheckpointError:
         ckpt = load_checkpoint(path)
         refs = [r for r in ckpt.tensors.values() if len(r.shape) >= 2 and r.floating]
         if len(refs) < 2:
             raise
-        return {r.key: r.load() for r in refs}
+        return {r.key: take_rows(r, max_rows, seed) for r in refs}
 
 
-def load_array(path: str | os.PathLike, *, what: str = "latents") -> torch.Tensor:
+def load_array(path: str | os.PathLike, *, what: str = "latents", max_rows: int | None = None,
+               seed: int = 0) -> torch.Tensor:
     """Load one float array (latents) from ``.npy``, ``.npz``, ``.pt`` or ``.safetensors`` safely.
 
     A file with several arrays must hold one named ``latents`` (or exactly one float array of >= 2 dims).
+
+    Args:
+        path: the file.
+        what: the array's role, for messages and as a preferred name.
+        max_rows: keep a uniform random subset of items along axis 0 that gives at least this many latent
+            rows (all of a 2-D array's rows up to it), read without loading the rest where the format
+            allows, so memory follows ``max_rows`` rather than the file size. None: everything.
+        seed: seed of that subset.
 
     Raises:
         CheckpointError: unreadable file, no suitable array, non-floating data.
@@ -324,7 +408,7 @@ def load_array(path: str | os.PathLike, *, what: str = "latents") -> torch.Tenso
                               f"maps (or one named '{what}'); found arrays with >= 2 dims: {names}")
     if not pick[0].floating:
         raise CheckpointError(f"{ckpt.source}: {what} array {pick[0].key} is not floating point")
-    return pick[0].load()
+    return take_rows(pick[0], max_rows, seed)
 
 
 from .discovery import FoundCodebook, find_codebooks  # noqa: E402 - discovery builds on the loader above

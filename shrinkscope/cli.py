@@ -1,7 +1,8 @@
 """``shrinkscope`` command line: analyze, compare, report, demo.
 
 A thin layer over ``shrinkscope.analyze`` / ``compare`` and ``shrinkscope.report``. Bad input of any kind
-exits with status 2 and one line on stderr (no traceback); success exits 0.
+exits with status 2 and one line on stderr (no traceback); success exits 0; Ctrl-C exits 130 with one line
+and leaves no half-written report (``shrinkscope.output``).
 
 Examples::
 
@@ -18,8 +19,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any, Sequence
+
+from .output import OutputError, check_out, printable, write_atomically
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +32,32 @@ EPILOG_ANALYZE = """examples:
   shrinkscope analyze tokenizer.pt --latents z.npy --out report/
   shrinkscope analyze model.safetensors --key quantizer.codebook --json
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2), like every other input error of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"shrinkscope: error: {printable(message)} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+def _at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace a report already in --out")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -63,15 +93,16 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="force / forbid l2-normalising codebooks (default: follow the library convention)"
     )
     p.add_argument(
-        "--max-latents", type=int, default=20_000, metavar="N",
+        "--max-latents", type=_at_least(1), default=20_000, metavar="N",
         help="random subset of latents used per codebook (default: 20000)"
     )
     p.add_argument(
-        "--max-points", type=int, default=4096, metavar="N",
+        "--max-points", type=_at_least(2), default=4096, metavar="N",
         help="pairwise spreads exact up to N rows, estimated from N random rows above (default: 4096)"
     )
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP plots (the slowest part of --out)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every subsample (default: 0)")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of every subsample (default: 0)")
+    _force(p)
 
 
 def _kwargs(args: argparse.Namespace) -> dict:
@@ -90,12 +121,13 @@ def _kwargs(args: argparse.Namespace) -> dict:
 def _emit(result: Any, args: argparse.Namespace, text: Any, write_report: Any) -> int:
     """Print a result as JSON or as text, then write its report folder when ``--out`` is given."""
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict()))  # ensure_ascii: control characters in names arrive escaped
     else:
-        print(text(result))
+        print(printable(text(result)))
     if args.out:
-        path = write_report(result, args.out, umap=False if args.no_umap else None)
-        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+        path = write_atomically(lambda tmp: write_report(result, tmp, umap=False if args.no_umap else None),
+                                args.out, force=args.force)
+        print(f"report: {printable(path)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -116,11 +148,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .formats import regular_file
     from .report import read_timeline, timeline_text, write_timeline_report
 
+    check_out(args.out, force=args.force)
+    regular_file(args.run, hint="pass the JSONL file written by shrinkscope.watch(log_to=...)")
     tl = read_timeline(args.run)
-    print(timeline_text(tl))
-    print(f"report: {write_timeline_report(tl, args.out)}")
+    print(printable(timeline_text(tl)))
+    path = write_atomically(lambda tmp: write_timeline_report(tl, tmp), args.out, force=args.force)
+    print(f"report: {printable(path)}")
     return 0
 
 
@@ -146,13 +182,13 @@ def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
     """The argparse parser; ``demo`` is the loaded shrinkscope.reference.demo module, if any."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shrinkscope", description="Diagnose codebook shrinkage in VQ tokenizers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="run 'shrinkscope COMMAND --help' for the options of a command"
     )
     parser.add_argument("--version", action="version", version=f"shrinkscope {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
         "analyze",
@@ -186,6 +222,7 @@ def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
         "--out", metavar="DIR", default="shrinkscope-report",
         help="output folder for timeline.png and report.html (default: shrinkscope-report)"
     )
+    _force(p)
     p.set_defaults(func=_cmd_report)
 
     _add_demo(sub, demo)
@@ -202,17 +239,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"shrinkscope: error: {error}", file=sys.stderr)
             return 2
     parser = build_parser(demo)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, OSError) as exc:
-        # CheckpointError / TimelineError / metric input errors: bad input, one line, no traceback.
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"shrinkscope: error: {text}", file=sys.stderr)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a one-line usage error (status 2)
+            return exc.code if isinstance(exc.code, int) else 2
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        if getattr(args, "out", None) and args.func is not getattr(demo, "main", None):
+            check_out(args.out, force=getattr(args, "force", False))  # before any work, not after it
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers, not at interpreter exit
+        return status
+    except KeyboardInterrupt:
+        _quiet_stdout()
+        print("shrinkscope: interrupted (nothing half-written was left behind)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        print("shrinkscope: error: the output pipe was closed before everything was written",
+              file=sys.stderr)
         return 2
+    except (ValueError, OSError, OutputError) as exc:
+        # CheckpointError / TimelineError / metric input errors: bad input, one line, no traceback.
+        _error(" ".join(str(exc).split()) or type(exc).__name__)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line; the traceback on request
+        if os.environ.get("SHRINKSCOPE_DEBUG"):
+            raise
+        _error(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); rerun with "
+               "SHRINKSCOPE_DEBUG=1 for the traceback and please report it")
+        return 1
+
+
+def _error(text: str) -> None:
+    try:
+        print(f"shrinkscope: error: {printable(text)}", file=sys.stderr)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,6 +49,33 @@ def _src(group: Any) -> int:
     return dist.get_global_rank(group, 0) if group is not None else 0
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_options(*, switch: Any, reservoir_size: Any, check_every: Any, min_steps: Any, max_steps: Any,
+                   tol: Any, window: Any, kmeans_iters: Any, seed: Any) -> None:
+    """Every option checked when the wrapper is built: a bad value must fail here, not hours into training."""
+    if not (switch == "auto" or (_is_int(switch) and switch >= 1)):
+        raise ValueError("defer: switch must be 'auto' or a number of warm-up training steps >= 1, "
+                         f"got {switch!r}")
+    for name, value in (("check_every", check_every), ("window", window), ("kmeans_iters", kmeans_iters)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"defer: {name} must be a positive int, got {value!r}")
+    if not _is_int(min_steps) or not _is_int(max_steps) or not 0 <= min_steps <= max_steps:
+        raise ValueError(f"defer: expected integers 0 <= min_steps <= max_steps, got {min_steps!r}, "
+                         f"{max_steps!r}")
+    if max_steps < 1:
+        raise ValueError(f"defer: max_steps must be >= 1 (the warm-up needs latents before k-means), got "
+                         f"{max_steps}")
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"defer: tol must be a finite number >= 0, got {tol!r}")
+    if reservoir_size is not None and (not _is_int(reservoir_size) or reservoir_size < 1):
+        raise ValueError(f"defer: reservoir_size must be a positive int or None, got {reservoir_size!r}")
+    if not _is_int(seed):
+        raise ValueError(f"defer: seed must be an int, got {seed!r}")
+
+
 def _growth(now: float, before: float) -> float:
     """Relative increase ``(now - before) / before``; a drop counts as no growth."""
     return (now - before) / max(abs(before), 1e-12)
@@ -81,17 +108,9 @@ class DeferredQuantizer(nn.Module):
             raise TypeError(f"defer: expected a torch.nn.Module quantizer, got {type(quantizer).__name__}")
         fam = deferral_family(quantizer)
         fam.check(quantizer)
-        steps_ok = isinstance(switch, int) and not isinstance(switch, bool) and switch >= 1
-        if not (switch == "auto" or steps_ok):
-            raise ValueError("defer: switch must be 'auto' or a number of warm-up training steps >= 1, "
-                             f"got {switch!r}")
-        for name, value in (("check_every", check_every), ("window", window), ("kmeans_iters", kmeans_iters)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"defer: {name} must be a positive int, got {value!r}")
-        if not 0 <= min_steps <= max_steps:
-            raise ValueError(f"defer: expected 0 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
-        if tol < 0:
-            raise ValueError(f"defer: tol must be >= 0, got {tol}")
+        _check_options(switch=switch, reservoir_size=reservoir_size, check_every=check_every,
+                       min_steps=min_steps, max_steps=max_steps, tol=tol, window=window,
+                       kmeans_iters=kmeans_iters, seed=seed)
         sizes = {n: int(cb.shape[0]) for n, cb in fam.codebooks(quantizer).items()}
         k_max = max(sizes.values())
         if reservoir_size is None:
@@ -146,7 +165,7 @@ class DeferredQuantizer(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.switched:
             return self.wrapped(*args, **kwargs)
-        if self.training and self._due():
+        if self.training and self._due() and self._enough_rows():
             self.switch_now(reason="max_steps" if self.switch == "auto" and not self._decided else None)
             return self.wrapped(*args, **kwargs)
         out, latents = self.family.passthrough(self.wrapped, args, kwargs)
@@ -156,6 +175,27 @@ class DeferredQuantizer(nn.Module):
             if self.switch == "auto" and self.step % self.check_every == 0:
                 self._check()
         return out
+
+    def _enough_rows(self) -> bool:
+        """True when every stream holds K finite-looking rows; otherwise the switch waits (warned once).
+
+        Rows are counted per rank; under DDP the decision is rank 0's, shared with the others, so all
+        ranks switch at the same step.
+        """
+        k_max = max(self._num_codes.values())
+        ok = all(self._fill[n] >= self._num_codes.get(n, k_max) for n in self._dims)
+        group = self.process_group
+        if _dist_world(group) > 1:
+            flag = [ok]
+            dist.broadcast_object_list(flag, src=_src(group), group=group)
+            ok = bool(flag[0])
+        if not ok:
+            self.switch_info["postponed"] = self.switch_info.get("postponed", 0) + 1
+            if self.switch_info["postponed"] == 1:
+                logger.warning("defer: switch postponed at step %d: the reservoir holds %s latents, fewer than "
+                               "the codebook size %s; warming up until it does (use larger batches or a later "
+                               "switch to avoid this)", self.step, dict(self._fill), self._num_codes)
+        return ok
 
     def _due(self) -> bool:
         if self.switch == "auto":
@@ -290,6 +330,14 @@ class DeferredQuantizer(nn.Module):
         if reason is None:
             reason = "plateau" if self._decided else ("fixed_step" if self.switch != "auto" else "manual")
         pool = self._gathered()
+        dropped = {}
+        for name, rows in pool.items():
+            finite = torch.isfinite(rows).all(1)
+            if not bool(finite.all()):  # one Inf latent would turn every centroid it touches into NaN
+                dropped[name] = int((~finite).sum())
+                pool[name] = rows[finite]
+        if dropped:
+            self.switch_info["nonfinite_rows_dropped"] = dropped
         k_max = max(self._num_codes.values())
         short = {n: r.shape[0] for n, r in pool.items() if r.shape[0] < self._num_codes.get(n, k_max)}
         if short:

@@ -189,6 +189,25 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
     return found
 
 
+MAX_CODEBOOKS = 4096
+"""Codebooks (heads and residual stages counted separately) one checkpoint may hold: a 2 MB file can
+otherwise declare 100,000 heads, and measuring each takes time."""
+
+
+def _check_count(ckpt: Checkpoint, keys: list[str] | None, include_embeddings: bool) -> None:
+    """Refuse, before discovery builds them, more codebooks than ``MAX_CODEBOOKS`` (from shapes only)."""
+    total = 0
+    for k, r in ckpt.tensors.items():
+        if not r.floating or len(r.shape) not in (2, 3):
+            continue
+        wanted = any(k == w or k.endswith(("." + w, "." + w + ".weight", w)) for w in keys) if keys \
+            else _classify(k, r.shape, r.floating, ckpt.tensors, include_embeddings) is not None
+        total += (r.shape[0] if len(r.shape) == 3 else 1) if wanted else 0
+    if total > MAX_CODEBOOKS:
+        raise CheckpointError(f"{ckpt.source}: holds {total:,} codebooks (heads and stages counted), more than "
+                              f"{MAX_CODEBOOKS:,}; name the ones to measure with --key KEY")
+
+
 def find_codebooks(ckpt: Checkpoint, *, keys: list[str] | None = None, include_embeddings: bool = False,
                    l2_normalize: bool | None = None) -> list[FoundCodebook]:
     """Find every codebook of a checkpoint by key name and shape (conventions: docs/cli.md).
@@ -205,6 +224,7 @@ def find_codebooks(ckpt: Checkpoint, *, keys: list[str] | None = None, include_e
     Raises:
         CheckpointError: no codebook found, a named key missing, NaN/Inf in a codebook.
     """
+    _check_count(ckpt, keys, include_embeddings)
     found = _discover(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
     if not found:
         floats = sorted((r for r in ckpt.tensors.values() if r.floating and len(r.shape) == 2),
@@ -213,6 +233,9 @@ def find_codebooks(ckpt: Checkpoint, *, keys: list[str] | None = None, include_e
         raise CheckpointError(f"{ckpt.source}: no codebook found among {len(ckpt.tensors)} tensors; name one "
                               f"with --key KEY (largest 2-D float tensors: {hint})")
     for fc in found:
+        if fc.codebook.dim() != 2 or fc.codebook.shape[0] < 1 or fc.codebook.shape[1] < 1:
+            raise CheckpointError(f"{ckpt.source}: codebook {fc.key} has shape {list(fc.codebook.shape)}; a "
+                                  "codebook needs at least one code of at least one dimension (K, D >= 1)")
         bad = ~torch.isfinite(fc.codebook)
         if bool(bad.any()):
             n_nan = int(torch.isnan(fc.codebook).sum())

@@ -71,6 +71,10 @@ class JSONLSink(Sink):
             self._fh.close()
             self._fh = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles carry the path, not the open file; they reopen it (append) on their first record
+        return {**self.__dict__, "_fh": None}
+
 
 class TensorBoardSink(Sink):
     """Scalars ``shrinkscope/{name}/{scope}/{metric}`` and events as text, on a ``SummaryWriter``.

@@ -11,6 +11,18 @@ latents into ``CodebookStream``s, never change outputs, never print, never touch
 make the host wait for the GPU, and never raise into the training loop (an error disables that
 codebook and logs one warning). Host work happens only in reports.
 
+Hooks survive what training code does to models (why each rule exists):
+
+- forwards under ``torch.inference_mode()`` are collected with inference mode switched off inside the
+  hook, so the streaming state never becomes inference tensors (which later in-place updates would
+  reject, failing every report after);
+- ``copy.deepcopy(model)`` (an EMA copy) and ``torch.save(model)`` get inert hooks in place of the
+  monitor's: a copy's forwards are never counted by the original monitor, and nothing of the monitor (an
+  open JSONL file) is copied or pickled; every hook also checks that it was called by the module it was
+  put on;
+- a non-finite latent is dropped from the report in which it was sampled (and counted), not allowed to
+  disable its codebook; a report that fails for one codebook skips that codebook in that report only.
+
 Step rule: one step = one training-mode forward of the first watched quantizer (``monitor.step`` may
 also be set by hand). A report runs when the step reaches a multiple of ``every`` (right after the first
 quantizer's call of that step, so quantizers called later in the same step land in the next window)
@@ -22,7 +34,8 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+import weakref
 
 import torch
 from torch import nn
@@ -44,6 +57,40 @@ __all__ = ["Monitor", "watch"]
 logger = logging.getLogger("shrinkscope")
 
 _COLLECT = ("train", "eval", "all")
+
+
+class _Inert:
+    """What a copied or unpickled model gets in place of a monitor's hook: does nothing."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _Hook:
+    """A monitor's forward hook: runs only for the module it was put on, with inference mode off.
+
+    ``copy.deepcopy`` and pickling turn it into ``_Inert`` so a model copy neither feeds the monitor nor
+    drags the monitor (and its open files) along.
+    """
+
+    def __init__(self, fn: Callable[..., None], module: nn.Module):
+        self.fn = fn
+        self.owner = weakref.ref(module)
+
+    def __call__(self, mod: nn.Module, *args: Any) -> None:
+        if self.owner() is not mod:
+            return  # a shallow copy of the module shares our hook dict: not ours to count
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False), torch.no_grad():
+                self.fn(mod, *args)
+        else:
+            self.fn(mod, *args)
+
+    def __deepcopy__(self, memo: dict) -> _Inert:
+        return _Inert()
+
+    def __reduce__(self) -> tuple:
+        return (_Inert, ())
 
 
 @dataclasses.dataclass
@@ -88,6 +135,8 @@ class Monitor:
         self.last_report: dict[str, list[CodebookHealth]] = {"window": [], "cumulative": []}
         self.events: list[dict[str, Any]] = []
         self._disabled: set[str] = set()
+        self.skipped: dict[str, int] = {}  # report-time failures per codebook
+        self.nonfinite: dict[str, int] = {}  # sampled latent rows dropped for NaN/Inf, per codebook
         self._last_latents: dict[str, torch.Tensor] = {}
         self._removed = False
         self.watched: list[_Watched] = []
@@ -116,14 +165,14 @@ class Monitor:
                 def tap_hook(mod, args, kwargs, output, prefix=prefix):
                     if self._wanted(mod):
                         self._collect(w, lambda: w.adapter.extract_tap(prefix, mod, args, kwargs, output))
-                w.handles.append(sub.register_forward_hook(tap_hook, with_kwargs=True))
+                w.handles.append(sub.register_forward_hook(_Hook(tap_hook, sub), with_kwargs=True))
         else:
             def hook(mod, args, kwargs, output):
                 if self._wanted(mod):
                     self._collect(w, lambda: w.adapter.extract(mod, args, kwargs, output))
-            w.handles.append(w.module.register_forward_hook(hook, with_kwargs=True))
+            w.handles.append(w.module.register_forward_hook(_Hook(hook, w.module), with_kwargs=True))
         if first:
-            w.handles.append(w.module.register_forward_hook(self._step_hook))
+            w.handles.append(w.module.register_forward_hook(_Hook(self._step_hook, w.module)))
 
     def _step_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._removed or not module.training:
@@ -156,6 +205,13 @@ class Monitor:
             except Exception as e:  # noqa: BLE001 - must never raise into training
                 self._disable(key, e)
 
+    def _skip(self, key: str, error: BaseException) -> None:
+        """A report-time failure: this codebook is left out of this report only (first one logged)."""
+        self.skipped[key] = self.skipped.get(key, 0) + 1
+        if self.skipped[key] == 1:
+            logger.warning("shrinkscope: %r left out of a report after an error (monitoring goes on; further "
+                           "failures are counted in monitor.skipped): %r", key, error)
+
     def _disable(self, key: str, error: BaseException) -> None:
         if key not in self._disabled:
             self._disabled.add(key)
@@ -181,7 +237,6 @@ class Monitor:
             return t.device
         return torch.device("cpu")
 
-    @torch.no_grad()
     def report(self, step: int | None = None) -> list[CodebookHealth]:
         """Measure every watched codebook now, hand the records to the sinks, start a new window.
 
@@ -192,8 +247,17 @@ class Monitor:
             step: step label of the records (default ``monitor.step``).
 
         Returns:
-            Window-scope ``CodebookHealth`` per codebook (cumulative ones: ``monitor.last_report``).
+            Window-scope ``CodebookHealth`` per codebook (cumulative ones: ``monitor.last_report``); an
+            empty list when the report failed as a whole (logged, never raised).
         """
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                return self._report(step)
+        except Exception as e:  # noqa: BLE001 - a report must never raise into training
+            logger.warning("shrinkscope: report at step %s failed and was skipped: %r", self.step, e)
+            return []
+
+    def _report(self, step: int | None) -> list[CodebookHealth]:
         step = self.step if step is None else int(step)
         distributed, rank = self._distributed()
         if distributed:
@@ -224,7 +288,7 @@ class Monitor:
                                 for scope, h in (("window", hw), ("cumulative", hc)):
                                     records.append(self._record(step, now, scope, h, w.adapter))
                     except Exception as e:  # noqa: BLE001 - must never raise into training
-                        self._disable(key, e)
+                        self._skip(key, e)
                     stream.close_window(wc)
         self.last_report = {"window": window, "cumulative": cumulative}
         if rank == 0:
@@ -238,6 +302,10 @@ class Monitor:
             raise ValueError(f"{stream.overflow()} ids >= K={stream.num_codes}: the captured integers are not code ids")
         lat = stream.reservoir()
         if lat is not None:
+            finite = torch.isfinite(lat).all(1)
+            if not bool(finite.all()):  # one Inf latent must not cost the codebook its report
+                self.nonfinite[key] = self.nonfinite.get(key, 0) + int((~finite).sum())
+                lat = lat[finite]
             self._last_latents[key] = lat.cpu()
         has_counts = bool(wc.sum() > 0)
         if not has_counts and (lat is None or lat.shape[0] < 2):

@@ -347,8 +347,10 @@ def test_bad_use_gives_clear_errors():
     q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=1, reservoir_size=32,
                           check_every=100)
     q.train()(torch.randn(1, 2, 4))  # one step gives 2 latents, fewer than K=8
+    q(torch.randn(1, 2, 4))  # the switch is due but waits (with one warning): never raises mid-run
+    assert q.phase == "warmup" and q.switch_info["postponed"] == 1
     with pytest.raises(RuntimeError, match="fewer than the codebook size"):
-        q(torch.randn(1, 2, 4))
+        q.switch_now()  # asked for explicitly: a clear error
 
 
 def test_water_filling_dimension():

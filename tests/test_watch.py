@@ -2,6 +2,7 @@
 no host syncs on the step path, no retained graphs, flat memory, save_latents, events."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -206,13 +207,15 @@ class _NoSync:
             setattr(torch.Tensor, n, orig)
 
 
+@pytest.mark.parametrize("inference", [False, True])
 @pytest.mark.parametrize("heads", [1, 2])
-def test_step_path_makes_no_host_sync_calls(heads):
+def test_step_path_makes_no_host_sync_calls(heads, inference):
     vq = vqp.VectorQuantize(dim=4, codebook_size=16, heads=heads, separate_codebook_per_head=heads > 1,
                             codebook_dim=3 if heads > 1 else None)
     m = watch(vq, every=3, reservoir_size=32, log_warnings=False)
     kwargs = {"mask": torch.ones(2, 6, dtype=torch.bool)} if heads == 1 else {}
-    with _NoSync():
+    mode = torch.inference_mode() if inference else contextlib.nullcontext()
+    with _NoSync(), mode:
         vq(torch.randn(2, 6, 4))
         vq(torch.randn(2, 6, 4), **kwargs)
     assert m.step == 2 and not m.disabled
@@ -305,3 +308,33 @@ def test_watch_argument_errors():
 
     with pytest.raises(ValueError, match="found no codebook"):
         watch(nn.Linear(2, 2), adapter=Empty())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("inference", [False, True])
+def test_cuda_registered_hooks_make_no_sync(inference):
+    """The hooks exactly as registered (``_Hook``: owner check, inference mode switched off inside) run
+    under ``set_sync_debug_mode('error')`` on an ordinary step, inside and outside ``inference_mode``."""
+    dev = torch.device("cuda")
+    vq = vqp.VectorQuantize(dim=32, codebook_size=1024, accept_image_fmap=True).to(dev)
+    m = watch(vq, every=4, reservoir_size=256, log_warnings=False)
+    x = torch.randn(8, 32, 8, 8, device=dev)
+    with torch.no_grad():
+        out = vq(x)  # warm-up (step 1): lazy buffers and generators
+    torch.cuda.synchronize()
+    hooks = [(h, bool(vq._forward_hooks_with_kwargs.get(i))) for i, h in vq._forward_hooks.items()]
+    mode = torch.inference_mode() if inference else contextlib.nullcontext()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with mode:
+            for hook, with_kwargs in hooks:  # step 2: not a report step
+                hook(vq, (x,), {}, out) if with_kwargs else hook(vq, (x,), out)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert m.step == 2 and not m.disabled
+    with mode:
+        for _ in range(2):
+            vq(x)  # step 4 reports
+    assert len(m.last_report["window"]) == 1 and not m.skipped
+    m.remove()

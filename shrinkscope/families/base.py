@@ -251,7 +251,9 @@ def nearest(codebook: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``(N,)`` int64 nearest-code ids on ``rows``' device (chunked, no grad)."""
     if rows.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=rows.device)
-    idx, _ = assign(codebook.detach(), rows.detach())
+    # a NaN/Inf latent (a diverging step) must not raise out of the pass-through: it gets some code id
+    rows = torch.nan_to_num(rows.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    idx, _ = assign(codebook.detach(), rows)
     return idx.to(rows.device)
 
 

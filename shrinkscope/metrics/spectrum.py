@@ -42,10 +42,19 @@ def singular_spectrum(x: Any) -> torch.Tensor:
         # small inputs: an SVD of the centred rows resolves tiny singular values that the Gram's
         # squaring would bury under round-off (about sqrt(eps) * s_max)
         return torch.linalg.svdvals(t.double() - mean).cpu()
-    gram = torch.zeros(d, d, dtype=torch.float64, device=t.device)
-    for s in range(0, n, step):
-        b = t[s:s + step].double() - mean
-        gram += b.t() @ b
+    if d > n:
+        # wide input (few rows, huge D): the N x N Gram has the same nonzero eigenvalues and stays the size
+        # of the input, where D x D could ask for terabytes (2 rows of 10^6 dims: 8 TB)
+        gram = torch.zeros(n, n, dtype=torch.float64, device=t.device)
+        cstep = row_chunk(n, budget=1 << 22)
+        for s in range(0, d, cstep):
+            b = t[:, s:s + cstep].double() - mean[s:s + cstep]
+            gram += b @ b.t()
+    else:
+        gram = torch.zeros(d, d, dtype=torch.float64, device=t.device)
+        for s in range(0, n, step):
+            b = t[s:s + step].double() - mean
+            gram += b.t() @ b
     if gram.device.type == "cpu":
         # LAPACK through numpy: on a busy machine torch's threaded eigvalsh on a small D x D matrix was
         # measured at 2.7-6.3 s (thread oversubscription) against 0.02 s single-threaded

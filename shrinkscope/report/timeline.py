@@ -44,6 +44,40 @@ class Timeline:
         return xs, ys
 
 
+def _number(v: object) -> float | int | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return v if math.isfinite(f) and abs(f) < 1e300 else None
+
+
+def _clean_row(row: object) -> dict:
+    """A record with the types the report relies on (the file may come from anywhere): an integer step
+    within float precision, string name/scope/event, numbers or None as metrics, warnings as
+    ``{"code": str, "message": str}``.
+
+    Raises:
+        ValueError: not an object with an integer ``step``.
+    """
+    if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int) \
+            or abs(row["step"]) >= 2**53:
+        raise ValueError("not an object with an integer 'step'")
+    if "event" in row:
+        row["event"] = str(row["event"])[:200]
+        return row
+    if isinstance(row.get("metrics"), dict):
+        row["metrics"] = {str(k): _number(v) for k, v in row["metrics"].items()}
+        row["name"] = str(row.get("name", ""))[:200]
+        row["scope"] = str(row.get("scope", "window"))[:40]
+        warns = row.get("warnings")
+        row["warnings"] = [{"code": str(w.get("code", "?")), "message": str(w.get("message", ""))}
+                           for w in (warns if isinstance(warns, list) else []) if isinstance(w, dict)]
+    return row
+
+
 def read_timeline(path: str) -> Timeline:
     """Parse a JSONL run log; a damaged *last* line is skipped (the run may still be writing).
 
@@ -63,10 +97,8 @@ def read_timeline(path: str) -> Timeline:
     tl = Timeline(path)
     for i, line in enumerate(lines, 1):
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError("not an object with an integer 'step'")
-        except ValueError as exc:
+            row = _clean_row(json.loads(line))
+        except (ValueError, RecursionError) as exc:
             if i == len(lines):
                 tl.skipped_last_line = True
                 break

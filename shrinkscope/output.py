@@ -1,0 +1,125 @@
+"""Writing a report folder without losing anything: checked first, built aside, moved into place.
+
+Why: ``--out DIR`` used to write straight into DIR, so a second run silently replaced an earlier report and
+Ctrl-C left half a folder. Now the folder is checked before any work starts (an existing report is refused
+unless ``force``), the report is built in a hidden temporary folder next to DIR (same file system, so the
+final move is a rename), and moved into place with Ctrl-C held back until the move is done; any failure
+removes the temporary folder and leaves DIR as it was.
+
+``printable(text)`` is the other half of output hygiene: names in a checkpoint are chosen by whoever wrote
+it, so control characters (terminal escape sequences) are shown escaped, never sent to the terminal.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+from typing import Any, Callable, Iterator
+
+REPORT_FILES = ("report.html", "health.json", "timeline.png")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be used; one line for the user."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control and bidi-override characters escaped (newlines and tabs kept)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0x100 else
+                        f"\\u{ord(m.group()):04x}", text)
+
+
+def check_out(out: str, *, force: bool) -> str:
+    """Validate ``--out`` before any work: returns its absolute path.
+
+    Raises:
+        OutputError: the path is a file, names too long, sits under a file, or holds a report and
+            ``force`` is False.
+    """
+    target = os.path.abspath(out)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:  # ENAMETOOLONG, ENOTDIR, EACCES, ...
+        raise OutputError(f"--out {out}: {exc.strerror or exc}") from None
+    name_max = _name_max(os.path.dirname(target))
+    if any(len(os.fsencode(part)) > name_max for part in target.split(os.sep)):
+        raise OutputError(f"--out {out}: a folder name is longer than {name_max} bytes")
+    if st is not None:
+        if not os.path.isdir(target):
+            raise OutputError(f"--out {out}: exists and is not a folder; choose a folder path")
+        old = [f for f in REPORT_FILES if os.path.lexists(os.path.join(target, f))]
+        if old and not force:
+            raise OutputError(f"--out {out}: already holds a report ({', '.join(old)}); pass --force to "
+                              "replace it or choose another folder")
+    return target
+
+
+def _name_max(folder: str) -> int:
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder or os.sep, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+@contextlib.contextmanager
+def _hold_sigint() -> Iterator[None]:
+    """Delay Ctrl-C until the block ends, so a move into place is never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def write_atomically(write: Callable[[str], str], out: str, *, force: bool) -> str:
+    """Run ``write(tmp_dir) -> path inside it`` in a temporary folder beside ``out``, then move into place.
+
+    A new ``out`` is one rename. An existing folder keeps its other files; the report's files replace
+    their old versions one ``os.replace`` each, with Ctrl-C held back until all are moved.
+
+    Returns:
+        The path ``write`` returned, as it is after the move.
+
+    Raises:
+        OutputError: see ``check_out`` (checked again right before the move).
+    """
+    target = check_out(out, force=force)
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".shrinkscope-", dir=parent)
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        produced = write(tmp)
+        rel = os.path.relpath(produced, tmp)
+        with _hold_sigint():
+            check_out(out, force=force)  # another process may have written meanwhile
+            if not os.path.exists(target):
+                os.rename(tmp, target)
+            else:
+                for name in sorted(os.listdir(tmp)):
+                    dst = os.path.join(target, name)
+                    if os.path.isdir(dst) and not os.path.islink(dst):
+                        shutil.rmtree(dst)
+                    os.replace(os.path.join(tmp, name), dst)
+                os.rmdir(tmp)
+        return os.path.join(target, rel)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
