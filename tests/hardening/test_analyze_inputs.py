@@ -29,12 +29,11 @@ def _reference_blob(**data):
             "data": {"dataset": "gaussians", "n_train": 200, "n_test": 100, "dim": 8, **data}}
 
 
-@pytest.fixture
-def nothing_built(monkeypatch):
-    """Fails the test if analyze reads a dataset or builds a reference model (what a file must not cause)."""
+def _spy_on_builds(monkeypatch) -> list:
+    """Record any dataset read or reference model built from now on (what a file must not cause)."""
     from shrinkscope.reference import data, tokenizer
 
-    calls = []
+    calls: list = []
     monkeypatch.setattr(data, "load_dataset", lambda *a, **k: calls.append(("data", a, k)))
     monkeypatch.setattr(tokenizer.VQTokenizer, "__init__", lambda *a, **k: calls.append(("model", a, k)))
     return calls
@@ -42,12 +41,13 @@ def nothing_built(monkeypatch):
 
 @pytest.mark.parametrize("data", [{"dataset": "path", "path": "/etc/passwd"}, {"n_train": 10**8},
                                   {"dim": 10**6}])
-def test_a_checkpoint_never_chooses_what_is_read_or_built(tmp_path, nothing_built, data):
+def test_a_checkpoint_never_chooses_what_is_read_or_built(tmp_path, monkeypatch, data):
     """Data named inside a reference checkpoint (a local path, 10^8 items) is never followed: analyze reads
     only latents saved in the file or given with --latents."""
     torch.save(_reference_blob(**data), tmp_path / "ref.pt")
+    calls = _spy_on_builds(monkeypatch)
     res = analyze(tmp_path / "ref.pt", progress=False)
-    assert nothing_built == [] and res.latents_source is None
+    assert calls == [] and res.latents_source is None
     assert any("--latents" in n for e in res.entries for n in e.notes)
 
 
