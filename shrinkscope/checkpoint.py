@@ -288,7 +288,7 @@ def _numpy(path: str, zipped: bool) -> Checkpoint:
 
 def _regular_file(p: str) -> int:
     try:
-        size = regular_file(p, hint=f"pass a checkpoint file (e.g. {os.path.join(p, 'model.pt')})")
+        size = regular_file(p, hint="pass a checkpoint file (.pt/.pth/.ckpt/.bin/.safetensors/.npy/.npz)")
     except FormatError as exc:
         raise CheckpointError(str(exc)) from None
     if size == 0:
