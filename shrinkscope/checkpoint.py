@@ -34,7 +34,7 @@ from .unpickle import (
 
 __all__ = [
     "CheckpointError", "TensorRef", "Checkpoint", "FoundCodebook", "load_checkpoint", "find_codebooks",
-    "from_state_dict", "load_array"
+    "from_state_dict", "load_array", "load_arrays", "take_rows"
 ]
 
 # Containers walked when flattening; optimizer/scheduler state is skipped (never a codebook, often huge).

@@ -24,6 +24,12 @@ import zipfile
 import numpy as np
 import torch
 
+__all__ = [
+    "FormatError", "InflationBudget", "NpyMember", "check_materialise", "items_for_rows", "materialise_limit",
+    "native_dtype", "npz_members", "parse_safetensors_header", "read_safetensors_header", "regular_file",
+    "sample_tensor", "to_tensor",
+]
+
 INFLATE_FLOOR = 256 << 20
 """Bytes any tensor may materialise to regardless of what the file stores for it (256 MiB)."""
 SAFETENSORS_MAX_HEADER = 100_000_000

@@ -20,6 +20,8 @@ import tempfile
 import threading
 from typing import Any, Callable, Iterator
 
+__all__ = ["OutputError", "check_out", "printable", "write_atomically"]
+
 REPORT_FILES = ("report.html", "health.json", "timeline.png")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 

@@ -45,8 +45,8 @@ def test_analyze_never_imports_the_demo_package():
 def test_each_module_exports_one_public_list():
     import importlib
 
-    for name in ("analyze", "checkpoint", "cli", "defer", "discovery", "families", "kmeans", "sinks", "stream",
-                 "watch"):
+    for name in ("analyze", "checkpoint", "cli", "defer", "discovery", "families", "formats", "kmeans", "output",
+                 "sinks", "stream", "unpickle", "watch"):
         module = importlib.import_module(f"shrinkscope.{name}")
         assert all(hasattr(module, n) for n in module.__all__), name
     assert not {"FAMILIES", "family_of"} & set(importlib.import_module("shrinkscope.defer").__all__)
