@@ -285,7 +285,8 @@ def analyze(
         max_latents: random subset of latents used per codebook (None: all).
         max_points: pairwise spreads are exact up to this many rows and averaged over a random subset of
             this many rows above (an unbiased estimate; None: always exact, O(K^2 D) time).
-        progress: tqdm progress bar on stderr (None: only when stderr is a terminal).
+        progress: tqdm progress bar on stderr (None: only when stderr is a terminal); it appears once the
+            work has taken a second.
         seed: seed of every subsample.
 
     Returns:
@@ -344,7 +345,7 @@ def analyze(
     entries = []
     for fc, (x, notes) in tqdm(
         list(zip(found, per_cb)), desc="codebooks", unit="cb",
-        disable=(None if progress is None else not progress), leave=False
+        disable=(None if progress is None else not progress), leave=False, delay=1.0
     ):
         counts, tt = fc.counts, t
         if counts is not None and float(counts.sum()) <= 0:

@@ -100,7 +100,17 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--max-points", type=_at_least(2), default=4096, metavar="N",
         help="pairwise spreads exact up to N rows, estimated from N random rows above (default: 4096)"
     )
-    p.add_argument("--no-umap", action="store_true", help="skip the UMAP plots (the slowest part of --out)")
+    p.add_argument(
+        "--umap", action="store_true",
+        help="also draw UMAP projections in --out (seconds per codebook; numba compiles on first use)"
+    )
+    p.add_argument(
+        "--no-umap", action="store_true", help="no effect: UMAP is off unless --umap (kept for old scripts)"
+    )
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bars on stderr (default: on a terminal, once the work takes over a second)"
+    )
     p.add_argument("--seed", type=_at_least(0), default=0, help="seed of every subsample (default: 0)")
     _force(p)
 
@@ -114,7 +124,7 @@ def _kwargs(args: argparse.Namespace) -> dict:
     return dict(
         latents=args.latents, labels=args.labels, keys=args.key, trust_checkpoint=args.trust_checkpoint,
         include_embeddings=args.include_embeddings, l2_normalize=args.l2_normalize,
-        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed
+        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed, progress=args.progress
     )
 
 
@@ -125,8 +135,10 @@ def _emit(result: Any, args: argparse.Namespace, text: Any, write_report: Any) -
     else:
         print(printable(text(result)))
     if args.out:
-        path = write_atomically(lambda tmp: write_report(result, tmp, umap=False if args.no_umap else None),
-                                args.out, force=args.force)
+        path = write_atomically(
+            lambda tmp: write_report(result, tmp, umap=args.umap, progress=args.progress, seed=args.seed),
+            args.out, force=args.force
+        )
         print(f"report: {printable(path)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -1,27 +1,28 @@
-"""Self-contained HTML reports: PNGs embedded as base64, so ``report.html`` opens offline anywhere."""
+"""The three report folders: ``analyze``, ``compare`` and the training timeline, in one layout.
+
+Each writer takes a result and a target folder, writes ``report.html`` (self-contained: PNGs embedded as
+data URIs, no script, opens offline), the PNGs it embeds and, for analyze/compare, ``health.json`` (the
+``--json`` object). The page is assembled from ``layout`` blocks and the plots from the Display classes, so
+the pages read alike: header, verdicts, then per codebook its plots and full metric table.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ..metrics import METRIC_KEYS
+from .figures import png_bytes
+from .layout import change_table, figure_html, metric_table, page, section
+from .verdict import status_word, verdict_card, verdict_dict
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1250px;
-color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;display:block;overflow-x:auto}
-th,td{border:1px solid #ddd;padding:.3em .55em;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
-.verdict{background:#f7f7f2;border-left:4px solid #888;padding:.6em 1em;white-space:pre-wrap}
-.healthy{color:#1a7f37}.shrunk{color:#b42318}.underused{color:#9a6700}.uninitialised{color:#555}
-img{max-width:100%;border:1px solid #eee}.notes{color:#555;font-size:.9em}code{font-size:.95em}
-"""
+if TYPE_CHECKING:
+    from ..analyze import AnalysisResult, ComparisonResult, Entry
+    from .timeline import Timeline
+
+__all__ = ["safe_name", "write_analysis_report", "write_comparison_report", "write_timeline_report"]
 
 
 def safe_name(name: str) -> str:
@@ -29,140 +30,189 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "codebook"
 
 
-def embed_png(path: str, alt: str) -> str:
-    with open(path, "rb") as f:
-        data = base64.b64encode(f.read()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def _progress(items: Sequence[Any], desc: str, progress: bool | None) -> Iterable[Any]:
+    """A tqdm bar on stderr that appears only after a second of work, and by default only on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="plot", delay=1.0, leave=False,
+                disable=None if progress is None else not progress)
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "&ndash;"
-    return str(v) if isinstance(v, int) else f"{v:.4g}"
+def _save(fig: Any, out_dir: str, filename: str) -> bytes:
+    data = png_bytes(fig)
+    with open(os.path.join(out_dir, filename), "wb") as f:
+        f.write(data)
+    return data
 
 
-def metrics_table(healths: Sequence[Any], statuses: Sequence[str]) -> str:
-    """HTML table: one row per codebook, one column per metric key, plus status and warning codes."""
-    head = "".join(f"<th>{k}</th>" for k in METRIC_KEYS)
-    rows = []
-    for h, st in zip(healths, statuses):
-        cells = "".join(f"<td>{_fmt(v)}</td>" for v in h.metrics.values())
-        warn = ", ".join(w["code"] for w in h.warnings) or "none"
-        rows.append(
-            f'<tr><td>{html.escape(h.name)}</td><td class="{st}">{st}</td>{cells}'
-            f"<td>{html.escape(warn)}</td></tr>"
-        )
-    return f"<table><tr><th>codebook</th><th>status</th>{head}<th>warnings</th></tr>{''.join(rows)}</table>"
+def _write_page(out_dir: str, text: str) -> str:
+    path = os.path.join(out_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
 
 
-def _warnings_list(h: Any) -> str:
-    if not h.warnings:
-        return ""
-    items = "".join(
-        f"<li><b>{html.escape(w['code'])}</b>: {html.escape(w['message'])}</li>" for w in h.warnings
-    )
-    return f"<ul>{items}</ul>"
+def _write_json(out_dir: str, obj: dict[str, Any]) -> None:
+    with open(os.path.join(out_dir, "health.json"), "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
 
 
-def page(title: str, body: str) -> str:
-    """A complete HTML document (inline CSS, no external resources)."""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}"
-            "<p class='notes'>Made by shrinkscope. Metric definitions: docs/metrics.md.</p></body></html>")
+def _status(e: Entry) -> str:
+    v = verdict_dict(e.health)
+    return str(v["status"]) if v and v.get("status") else e.status
 
 
-def _umap_wanted(umap: bool | None) -> bool:
-    if umap is False:
-        return False
-    try:
-        import umap as _  # noqa: F401
-    except ImportError:
-        if umap:
-            raise ModuleNotFoundError("UMAP plots need umap-learn: pip install umap-learn") from None
-        return False
-    return True
+def _tally(statuses: Sequence[str]) -> str:
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return ", ".join(f"{n} {status_word(s).lower()}" for s, n in counts.items())
 
 
-def write_analysis_report(result: Any, out_dir: str, *, umap: bool | None = None, max_umap: int = 4) -> str:
-    """Write ``health.json``, one PNG per codebook (+ UMAP PNGs) and a self-contained ``report.html``.
+def _umap_figure(codebooks: dict[str, Any], latents: Any, seed: int) -> bytes:
+    from .projection import ProjectionDisplay
+
+    d = ProjectionDisplay.from_codebooks(codebooks, latents, method="umap", seed=seed).plot()
+    return png_bytes(d.figure_)
+
+
+def _entry_meta(e: Entry) -> str:
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in e.notes)
+    return (f"<p class='meta'>key <code>{html.escape(e.found.key)}</code> &middot; family "
+            f"{html.escape(e.found.family)} &middot; K={e.health.num_codes}, D={e.health.dim}</p>"
+            + (f"<ul class='meta'>{notes}</ul>" if notes else ""))
+
+
+def write_analysis_report(result: AnalysisResult, out_dir: str, *, umap: bool | None = None, max_umap: int = 4,
+                          progress: bool | None = None, seed: int = 0) -> str:
+    """Write ``health.json``, ``NN_name.png`` per codebook (+ ``NN_name_umap.png``) and ``report.html``.
 
     Args:
-        result: an ``AnalysisResult``.
-        out_dir: created if missing.
-        umap: draw UMAP projections (None: when umap-learn is importable).
-        max_umap: UMAP for at most this many codebooks (it is the slowest plot).
+        result: what ``shrinkscope.analyze`` returned.
+        out_dir: target folder (created if missing; the files in it are overwritten).
+        umap: also draw a UMAP projection (seconds per codebook, and a numba compile on first use; None
+            and False: no UMAP).
+        max_umap: UMAP for at most this many codebooks.
+        progress: progress bar on stderr (None: on a terminal, once the work takes over a second).
+        seed: seed of the subsamples drawn.
 
     Returns:
         The path of ``report.html``.
     """
-    from .plots import CODE_COLORS, codebook_figure, umap_figure
+    from .codebook import CodebookDisplay
 
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "health.json"), "w") as f:
-        json.dump(result.to_dict(), f, indent=2)
-    do_umap = _umap_wanted(umap)
-    sections = []
-    for i, e in enumerate(result.entries):
-        stem = f"{i:02d}_{safe_name(e.health.name)}"
-        png = codebook_figure(e, os.path.join(out_dir, stem + ".png"))
-        imgs = embed_png(png, f"plots of {e.health.name}")
-        if do_umap and i < max_umap:
-            up = umap_figure(
-                [("codes", e.found.codebook, CODE_COLORS[0])], e.latents,
-                os.path.join(out_dir, stem + "_umap.png")
-            )
-            imgs += embed_png(up, f"UMAP of {e.health.name}") if up else ""
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in e.notes)
-        sections.append(f"<h2>{html.escape(e.health.name)} <span class='{e.status}'>({e.status})</span></h2>"
-                        f"<p class='notes'>key <code>{html.escape(e.found.key)}</code>, family "
-                        f"{html.escape(e.found.family)}</p>{_warnings_list(e.health)}"
-                        f"<ul class='notes'>{notes}</ul>{imgs}")
-    body = (
-        f"<p>Checkpoint <code>{html.escape(str(result.source))}</code>; latents: "
-        f"{html.escape(str(result.latents_source or 'none'))}.</p>"
-        f"<h2>Verdict</h2><div class='verdict'>{html.escape(result.verdict())}</div>"
-        f"<h2>Metrics</h2>{metrics_table(result.codebooks, [e.status for e in result.entries])}"
-        + "".join(sections)
-    )
-    path = os.path.join(out_dir, "report.html")
-    with open(path, "w") as f:
-        f.write(page("shrinkscope: codebook health", body))
-    return path
+    _write_json(out_dir, result.to_dict())
+    entries = result.entries
+    cards, details = [], []
+    for i, e in enumerate(_progress(entries, "plots", progress)):
+        anchor, stem = f"cb-{i:02d}", f"{i:02d}_{safe_name(e.health.name)}"
+        cards.append(verdict_card(e.health.name, e.health, status=e.status, warnings=e.health.warnings,
+                                  href=f"#{anchor}"))
+        fig = CodebookDisplay.from_entry(e, seed=seed).plot().figure_
+        body = [_entry_meta(e), figure_html(_save(fig, out_dir, stem + ".png"), f"plots of {e.health.name}",
+                                            caption="Spectrum of codes vs latents, code usage, PCA projection "
+                                            "of codes over latents, distance distributions.")]
+        if umap and i < max_umap:
+            png = _umap_figure({"codes": e.found.codebook}, e.latents, seed)
+            with open(os.path.join(out_dir, stem + "_umap.png"), "wb") as f:
+                f.write(png)
+            body.append(figure_html(png, f"UMAP of {e.health.name}"))
+        body.append(f"<h3>All metrics</h3>{metric_table(e.health.metrics)}")
+        details.append(section(e.health.name, "".join(body), anchor=anchor))
+    tally = _tally([_status(e) for e in entries])
+    latents = html.escape(str(result.latents_source or "none (pass --latents FILE)"))
+    meta = [f"Checkpoint <code>{html.escape(str(result.source))}</code>",
+            f"{len(entries)} codebook(s): {html.escape(tally)} &middot; latents: {latents}"]
+    verdicts = section("Verdict", f"<div class='cards'>{''.join(cards)}</div>", anchor="verdict")
+    return _write_page(out_dir, page("shrinkscope: codebook health", [verdicts, *details], meta=meta))
 
 
-def write_comparison_report(result: Any, out_dir: str, *, umap: bool | None = None, max_umap: int = 4) -> str:
-    """``health.json`` (the compare JSON), one overlay PNG per codebook pair and ``report.html``."""
-    from .plots import CODE_COLORS, comparison_figure, umap_figure
+def _trend(b: Entry, a: Entry) -> str:
+    rank = {"healthy": 0, "cannot_tell": 1, "underused": 1, "uninitialized": 2, "uninitialised": 2, "shrunk": 3}
+    sb, sa = _status(b), _status(a)
+    if sb not in rank or sa not in rank or rank[sa] == rank[sb]:
+        return f"{status_word(sb)} &rarr; {status_word(sa)}"
+    cls = "better" if rank[sa] < rank[sb] else "worse"
+    return f"{status_word(sb)} &rarr; {status_word(sa)} <span class='{cls}'>({cls})</span>"
+
+
+def write_comparison_report(result: ComparisonResult, out_dir: str, *, umap: bool | None = None,
+                            max_umap: int = 4, progress: bool | None = None, seed: int = 0) -> str:
+    """Write ``health.json`` (the compare JSON), an overlay PNG per codebook pair and ``report.html``.
+
+    The page has the analyze page's layout with two columns: verdict cards side by side (before | after),
+    overlay plots, and one table per pair whose change column is coloured by each metric's good direction.
+    Arguments as ``write_analysis_report``.
+    """
+    from .codebook import CodebookDisplay, own_latents
 
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "health.json"), "w") as f:
-        json.dump(result.to_dict(), f, indent=2)
-    do_umap = _umap_wanted(umap)
-    sections = []
-    for i, (b, a) in enumerate(result.pairs):
-        stem = f"{i:02d}_{safe_name(a.health.name)}_compare"
-        imgs = embed_png(
-            comparison_figure(b, a, os.path.join(out_dir, stem + ".png")), f"{a.health.name} overlay"
-        )
-        if do_umap and i < max_umap:
-            z = a.latents if a.latents is not None else b.latents
-            up = umap_figure(
-                [("before", b.found.codebook, CODE_COLORS[0]), ("after", a.found.codebook, CODE_COLORS[1])],
-                z, os.path.join(out_dir, stem + "_umap.png")
-            )
-            imgs += embed_png(up, f"UMAP of {a.health.name}") if up else ""
-        sections.append(
-            f"<h2>{html.escape(a.health.name)}: <span class='{b.status}'>{b.status}</span> &rarr; "
-            f"<span class='{a.status}'>{a.status}</span></h2>{imgs}"
-        )
-    bh = [b.health for b, _ in result.pairs]
-    ah = [a.health for _, a in result.pairs]
-    body = (f"<p>Before <code>{html.escape(str(result.before.source))}</code>, after "
-            f"<code>{html.escape(str(result.after.source))}</code>.</p>"
-            f"<h2>Verdict</h2><div class='verdict'>{html.escape(result.verdict())}</div>"
-            f"<h2>Before</h2>{metrics_table(bh, [b.status for b, _ in result.pairs])}"
-            f"<h2>After</h2>{metrics_table(ah, [a.status for _, a in result.pairs])}" + "".join(sections))
-    path = os.path.join(out_dir, "report.html")
-    with open(path, "w") as f:
-        f.write(page("shrinkscope: before vs after", body))
-    return path
+    _write_json(out_dir, result.to_dict())
+    rows, details = [], []
+    for i, (b, a) in enumerate(_progress(result.pairs, "plots", progress)):
+        anchor, stem = f"cb-{i:02d}", f"{i:02d}_{safe_name(a.health.name)}_compare"
+        name = a.health.name if a.health.name == b.health.name else f"{b.health.name} / {a.health.name}"
+        cards = (verdict_card(b.health.name, b.health, status=b.status, warnings=b.health.warnings,
+                              href=f"#{anchor}", caption="before")
+                 + verdict_card(a.health.name, a.health, status=a.status, warnings=a.health.warnings,
+                                href=f"#{anchor}", caption="after"))
+        rows.append(f"<h3>{html.escape(name)}: {_trend(b, a)}</h3><div class='pair'>{cards}</div>")
+        fig = CodebookDisplay.from_comparison(b, a, seed=seed).plot().figure_
+        body = [figure_html(_save(fig, out_dir, stem + ".png"), f"{name}: before vs after",
+                            caption="Before in vermillion, after in blue.")]
+        if umap and i < max_umap:
+            own = own_latents(b, a)
+            z = {"before": b.latents, "after": a.latents} if own else (
+                a.latents if a.latents is not None else b.latents)
+            png = _umap_figure({"before": b.found.codebook, "after": a.found.codebook}, z, seed)
+            with open(os.path.join(out_dir, stem + "_umap.png"), "wb") as f:
+                f.write(png)
+            body.append(figure_html(png, f"UMAP of {name}"))
+        body.append(f"<h3>All metrics</h3>{change_table(b.health.metrics, a.health.metrics)}")
+        details.append(section(name, "".join(body), anchor=anchor))
+    unpaired = len(result.after.entries) - len(result.pairs)
+    note = (f"<p class='muted'>{unpaired} codebook(s) of AFTER have no counterpart of the same name in "
+            "BEFORE and are not shown.</p>" if unpaired else "")
+    if not result.pairs:
+        note = "<p class='muted'>No codebooks could be paired by name or position.</p>"
+    meta = [f"Before <code>{html.escape(str(result.before.source))}</code>",
+            f"After <code>{html.escape(str(result.after.source))}</code>",
+            f"{len(result.pairs)} pair(s) &middot; latents: "
+            f"{html.escape(str(result.after.latents_source or result.before.latents_source or 'none'))}"]
+    verdicts = section("Verdict", "".join(rows) + note, anchor="verdict")
+    return _write_page(out_dir, page("shrinkscope: before vs after", [verdicts, *details], meta=meta))
+
+
+def write_timeline_report(tl: Timeline, out_dir: str) -> str:
+    """Write ``timeline.png`` and ``report.html`` for a JSONL run log; returns the HTML path.
+
+    Verdicts are those of the last logged step of each codebook and scope (records without a verdict show
+    their warnings); the table gives each metric at the first and last logged step.
+    """
+    from .timeline import TimelineDisplay
+
+    os.makedirs(out_dir, exist_ok=True)
+    cards, tables = [], []
+    for (name, scope), rows in tl.series.items():
+        first, last = rows[0], rows[-1]
+        label = f"{name} ({scope})"
+        cards.append(verdict_card(label, last.get("verdict"), status="no_verdict",
+                                  warnings=last.get("warnings") or [], caption=f"step {last['step']}"))
+        tables.append(f"<h3>{html.escape(label)}</h3>" + change_table(
+            first.get("metrics") or {}, last.get("metrics") or {},
+            labels=(f"step {first['step']}", f"step {last['step']}")))
+    fig = TimelineDisplay.from_timeline(tl).plot().figure_
+    plot = figure_html(_save(fig, out_dir, "timeline.png"), "timeline",
+                       caption="Solid: window scope; dashed: cumulative; dotted vertical lines: events.")
+    events = ", ".join(f"{e['event']} at step {e['step']}" for e in tl.events[:10])
+    meta = [f"Run log <code>{html.escape(tl.source)}</code>",
+            f"{sum(map(len, tl.series.values()))} metric lines, {len(tl.events)} events"
+            + (f": {html.escape(events)}" if events else "")]
+    if tl.skipped_last_line:
+        meta.append("The last line was incomplete and was skipped (run still writing?).")
+    sections = [section("Verdict at the last logged step", f"<div class='cards'>{''.join(cards)}</div>",
+                        anchor="verdict"),
+                section("Timeline", plot, anchor="timeline"),
+                section("First and last logged values", "".join(tables), anchor="metrics")]
+    return _write_page(out_dir, page("shrinkscope: codebook health over training", sections, meta=meta))

@@ -1,5 +1,8 @@
 """``shrinkscope report RUN.jsonl``: metric-vs-step timelines from the JSONL log the training hooks write.
 
+``read_timeline`` parses the log into a ``Timeline``; ``TimelineDisplay`` plots it; the page is written by
+``shrinkscope.report.html.write_timeline_report``.
+
 Line schema (written by ``shrinkscope.watch``'s JSONL sink): metric lines
 ``{"step", "time", "name", "scope": "window"|"cumulative", "num_codes", "dim", "metrics": {KEY: ...},
 "warnings": [...]}`` and event lines ``{"step", "time", "event", ...}`` (drawn as vertical lines).
@@ -13,7 +16,10 @@ import math
 import os
 from typing import Any
 
+import numpy as np
+
 from ..metrics import METRIC_KEYS
+from .figures import Series, new_figure
 from .text import format_rows
 
 # Metrics drawn when present (num_codes/dim are constant and stay out).
@@ -139,57 +145,84 @@ def timeline_text(tl: Timeline) -> str:
     )
 
 
-def timeline_figure(tl: Timeline, path: str) -> str:
-    """One panel per metric with data; one line per (codebook, scope); events as vertical lines."""
-    from matplotlib.figure import Figure
+class TimelineDisplay:
+    """Every logged metric against the training step: one panel per metric, one line per (codebook, scope),
+    events (e.g. a defer switch) as labelled vertical lines.
 
-    metrics = [m for m in PLOTTED if any(tl.values(k, m)[1] for k in tl.series)]
-    cols = 3 if len(metrics) > 4 else 2
-    rows = max(1, math.ceil(len(metrics) / cols))
-    fig = Figure(figsize=(5.2 * cols, 3.4 * rows + 0.8), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(n for n, _ in tl.series))}
-    for ax, m in zip(axes, metrics):
-        for name, scope in tl.series:
-            xs, ys = tl.values((name, scope), m)
-            if xs:
-                ax.plot(
-                    xs, ys, "-" if scope == "window" else "--", color=colors[name], lw=1.5, marker=".", ms=4,
-                    label=f"{name} ({scope})"
-                )
-        for e in tl.events:
-            ax.axvline(e["step"], color="0.3", ls=":", lw=1.2)
-            ax.annotate(
-                str(e["event"]), (e["step"], 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
-                ha="right", fontsize=7, color="0.3", xytext=(-2, -2), textcoords="offset points"
-            )
-        ax.set_title(m)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(metrics) :]:
-        ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
-    fig.suptitle(f"Codebook health over training: {os.path.basename(tl.source)}", fontsize=13)
-    fig.savefig(path)
-    return path
+    Attributes:
+        panels: metric -> ``Series`` whose ``values`` are ``(n, 2)`` ``(step, value)`` rows; ``style`` is
+            ``"-"`` for the ``window`` scope and ``"--"`` for ``cumulative``.
+        events: ``(step, name)`` of each event line.
+        title: the figure's title.
+        axes_ (flat array), figure_: set by ``plot``.
+    """
 
+    def __init__(self, panels: dict[str, list[Series]], *, events: list[tuple[int, str]] | None = None,
+                 title: str = "") -> None:
+        self.panels, self.events, self.title = panels, list(events or []), title
 
-def write_timeline_report(tl: Timeline, out_dir: str) -> str:
-    """Write ``timeline.png`` and a self-contained ``report.html``; returns the HTML path."""
-    import html
+    @classmethod
+    def from_timeline(cls, tl: Timeline) -> TimelineDisplay:
+        """Panels of every metric with at least one finite value in the log."""
+        colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(n for n, _ in tl.series))}
+        panels: dict[str, list[Series]] = {}
+        for m in PLOTTED:
+            lines = []
+            for name, scope in tl.series:
+                xs, ys = tl.values((name, scope), m)
+                if xs:
+                    lines.append(Series(f"{name} ({scope})", np.column_stack([xs, ys]).astype(float), colors[name],
+                                        "-" if scope == "window" else "--"))
+            if lines:
+                panels[m] = lines
+        events = [(int(e["step"]), str(e["event"])) for e in tl.events]
+        return cls(panels, events=events,
+                   title=f"Codebook health over training: {os.path.basename(tl.source)}")
 
-    from .html import embed_png, page
+    @classmethod
+    def from_jsonl(cls, path: str) -> TimelineDisplay:
+        """Read a ``shrinkscope.watch`` JSONL log (see ``read_timeline``) and build its panels."""
+        return cls.from_timeline(read_timeline(path))
 
-    os.makedirs(out_dir, exist_ok=True)
-    png = timeline_figure(tl, os.path.join(out_dir, "timeline.png"))
-    body = (
-        f"<p>Run log <code>{html.escape(tl.source)}</code>: "
-        f"{sum(map(len, tl.series.values()))} metric lines, "
-        f"{len(tl.events)} events.</p><pre>{html.escape(timeline_text(tl))}</pre>{embed_png(png, 'timeline')}"
-    )
-    path = os.path.join(out_dir, "report.html")
-    with open(path, "w") as f:
-        f.write(page("shrinkscope: codebook health over training", body))
-    return path
+    def plot(self, *, axes: Any = None) -> TimelineDisplay:
+        """Draw one panel per metric on ``axes`` (a sequence with at least one axes per panel; a new figure
+        when None). Returns ``self`` with ``figure_`` and ``axes_`` set."""
+        n = max(1, len(self.panels))
+        cols = 3 if n > 4 else 2
+        rows = math.ceil(n / cols)
+        labels = list(dict.fromkeys(s.label for lines in self.panels.values() for s in lines))
+        legend_in = 0.3 + 0.2 * math.ceil(len(labels) / 4)  # inches below the panels for the legend
+        if axes is None:
+            fig = new_figure((5.2 * cols, 3.3 * rows + 0.55 + legend_in + 0.45))
+            axes = fig.subplots(rows, cols, squeeze=False).ravel()
+            # Fixed margins (in inches, so they hold for any number of rows and legend entries) instead of
+            # constrained layout, which measures every text box and cost ~0.5 s per figure.
+            h = fig.get_figheight()
+            fig.subplots_adjust(left=0.06, right=0.985, top=1 - 0.55 / h, bottom=(legend_in + 0.45) / h,
+                                wspace=0.22, hspace=0.55)
+            if self.title:
+                fig.suptitle(self.title, fontsize=13)
+        else:
+            axes = np.asarray(axes, dtype=object).ravel()
+            fig = axes[0].figure
+        self.figure_, self.axes_ = fig, axes
+        for ax, (metric, lines) in zip(axes, self.panels.items()):
+            for s in lines:
+                ax.plot(s.values[:, 0], s.values[:, 1], s.style, color=s.color, lw=1.5, marker=".", ms=4,
+                        label=s.label)
+            for step, name in self.events:
+                ax.axvline(step, color="0.3", ls=":", lw=1.2)
+                ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                            ha="right", fontsize=7, color="0.3", xytext=(-2, -2), textcoords="offset points")
+            ax.set_title(metric)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        for ax in axes[len(self.panels):]:
+            ax.set_visible(False)
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles and len(axes) > 1:
+            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False,
+                       bbox_to_anchor=(0.5, 0.0))
+        elif handles:
+            axes[0].legend(fontsize=8)
+        return self
