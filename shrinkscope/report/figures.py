@@ -11,16 +11,18 @@ pyplot so that it shows up where the user expects it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 __all__ = [
-    "Series", "CODE_COLORS", "LATENT_COLOR", "new_axes", "new_figure", "png_bytes", "sample_rows",
+    "Series", "CODE_COLORS", "LATENT_COLOR", "detached", "new_axes", "new_figure", "png_bytes", "sample_rows",
 ]
 
 CODE_COLORS: tuple[str, str] = ("#d55e00", "#0072b2")
@@ -58,10 +60,24 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
+_DETACHED = contextvars.ContextVar("shrinkscope_detached_figures", default=False)
+
+
+@contextlib.contextmanager
+def detached() -> Iterator[None]:
+    """Inside this block new figures never come from pyplot (report writers: nothing piles up in pyplot's
+    figure registry, and no window opens under an interactive backend)."""
+    token = _DETACHED.set(True)
+    try:
+        yield
+    finally:
+        _DETACHED.reset(token)
+
+
 def new_figure(size: tuple[float, float], *, dpi: int = 100) -> Any:
     """A new figure: from pyplot when the user imported it, else a plain ``Figure`` (no global state)."""
     _matplotlib()
-    if "matplotlib.pyplot" in sys.modules:
+    if "matplotlib.pyplot" in sys.modules and not _DETACHED.get():
         return sys.modules["matplotlib.pyplot"].figure(figsize=size, dpi=dpi)
     from matplotlib.figure import Figure
 

@@ -14,7 +14,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .figures import png_bytes
+from .figures import detached, png_bytes
 from .layout import change_table, figure_html, metric_table, page, section
 from .verdict import status_word, verdict_card, verdict_dict
 
@@ -83,6 +83,7 @@ def _entry_meta(e: Entry) -> str:
             + (f"<ul class='meta'>{notes}</ul>" if notes else ""))
 
 
+@detached()  # figures stay out of pyplot's registry even when the user imported pyplot
 def write_analysis_report(result: AnalysisResult, out_dir: str, *, umap: bool | None = None, max_umap: int = 4,
                           progress: bool | None = None, seed: int = 0) -> str:
     """Write ``health.json``, ``NN_name.png`` per codebook (+ ``NN_name_umap.png``) and ``report.html``.
@@ -137,6 +138,7 @@ def _trend(b: Entry, a: Entry) -> str:
     return f"{status_word(sb)} &rarr; {status_word(sa)} <span class='{cls}'>({cls})</span>"
 
 
+@detached()
 def write_comparison_report(result: ComparisonResult, out_dir: str, *, umap: bool | None = None,
                             max_umap: int = 4, progress: bool | None = None, seed: int = 0) -> str:
     """Write ``health.json`` (the compare JSON), an overlay PNG per codebook pair and ``report.html``.
@@ -184,6 +186,7 @@ def write_comparison_report(result: ComparisonResult, out_dir: str, *, umap: boo
     return _write_page(out_dir, page("shrinkscope: before vs after", [verdicts, *details], meta=meta))
 
 
+@detached()
 def write_timeline_report(tl: Timeline, out_dir: str) -> str:
     """Write ``timeline.png`` and ``report.html`` for a JSONL run log; returns the HTML path.
 
