@@ -25,7 +25,7 @@ CSS = """
 :root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--soft:#f6f8fa;--good:#1a7f37;--bad:#cf222e;
 --warn:#9a6700;--neutral:#59636e}
 *{box-sizing:border-box}
-body{margin:0;color:var(--fg);background:#fff;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Helvetica,Arial,
+body{margin:0;color:var(--fg);background:#fff;overflow-wrap:anywhere;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Helvetica,Arial,
 sans-serif}
 main{max-width:1100px;margin:0 auto;padding:20px 20px 48px}
 h1{font-size:1.45em;margin:.2em 0 .1em}h2{font-size:1.15em;margin:1.8em 0 .6em;padding-bottom:.2em;
@@ -60,7 +60,8 @@ th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;verti
 th{background:var(--soft);font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;
 white-space:nowrap}td.key{white-space:nowrap}td.what{color:var(--muted);min-width:12em}
 footer{margin-top:2.5em;font-size:.85em;color:var(--muted)}
-@media (max-width:640px){main{padding:12px}td.what{display:none}}
+@media (max-width:640px){main{padding:12px}td.what,th.what{display:none}th,td{padding:4px 5px}
+td.key{white-space:normal}}
 """
 
 METRIC_INFO: dict[str, tuple[str, str]] = {
@@ -128,7 +129,7 @@ def metric_table(metrics: Mapping[str, Any], *, caption: str = "") -> str:
     )
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return (f"<div class='tablewrap'><table class='metrics'>{cap}<tr><th>metric</th><th class='num'>value</th>"
-            f"<th>good</th><th>what it measures</th></tr>{body}</table></div>")
+            f"<th>good</th><th class='what'>what it measures</th></tr>{body}</table></div>")
 
 
 def change_table(before: Mapping[str, Any], after: Mapping[str, Any], *,
@@ -150,7 +151,7 @@ def change_table(before: Mapping[str, Any], after: Mapping[str, Any], *,
         )
     b_lab, a_lab = (html.escape(x) for x in labels)
     return (f"<div class='tablewrap'><table class='metrics'><tr><th>metric</th><th class='num'>{b_lab}</th>"
-            f"<th class='num'>{a_lab}</th><th class='num'>change</th><th>good</th><th>what it measures</th></tr>"
+            f"<th class='num'>{a_lab}</th><th class='num'>change</th><th>good</th><th class='what'>what it measures</th></tr>"
             f"{''.join(rows)}</table></div>")
 
 

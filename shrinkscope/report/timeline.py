@@ -191,17 +191,17 @@ class TimelineDisplay:
         cols = 3 if n > 4 else 2
         rows = math.ceil(n / cols)
         labels = list(dict.fromkeys(s.label for lines in self.panels.values() for s in lines))
-        legend_in = 0.3 + 0.2 * math.ceil(len(labels) / 4)  # inches below the panels for the legend
+        top_in, legend_in = 0.75, 0.45 + 0.22 * math.ceil(len(labels) / 4)  # inches above / below the panels
         if axes is None:
-            fig = new_figure((5.2 * cols, 3.3 * rows + 0.55 + legend_in + 0.45))
+            fig = new_figure((4.0 * cols, 2.9 * rows + top_in + legend_in))
             axes = fig.subplots(rows, cols, squeeze=False).ravel()
             # Fixed margins (in inches, so they hold for any number of rows and legend entries) instead of
             # constrained layout, which measures every text box and cost ~0.5 s per figure.
             h = fig.get_figheight()
-            fig.subplots_adjust(left=0.06, right=0.985, top=1 - 0.55 / h, bottom=(legend_in + 0.45) / h,
-                                wspace=0.22, hspace=0.55)
+            fig.subplots_adjust(left=0.08, right=0.98, top=1 - top_in / h, bottom=legend_in / h, wspace=0.3,
+                                hspace=0.6)
             if self.title:
-                fig.suptitle(self.title, fontsize=13)
+                fig.suptitle(self.title, fontsize=13, y=1 - 0.15 / h, va="top")
         else:
             axes = np.asarray(axes, dtype=object).ravel()
             fig = axes[0].figure
@@ -221,7 +221,7 @@ class TimelineDisplay:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
         if handles and len(axes) > 1:
-            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False,
+            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False,
                        bbox_to_anchor=(0.5, 0.0))
         elif handles:
             axes[0].legend(fontsize=8)

@@ -112,7 +112,8 @@ def verdict_card(name: str, verdict: Any, *, status: str | None = None,
     parts.append(f"<header><span class='badge'>{html.escape(status_word(st))}</span> <code class='name'>{title}"
                  f"</code>{_evidence(v.get('evidence') or ()) if v else ''}</header>")
     if v is None:
-        parts.append("<p class='muted'>No verdict recorded for this codebook; its warnings follow.</p>")
+        parts.append("<p class='muted'>No verdict recorded for this codebook"
+                     + ("; its warnings follow.</p>" if warnings else ", and no warnings.</p>"))
     else:
         parts.append(f"<p class='summary'>{html.escape(str(v.get('summary', '')))}</p>")
         reasons = v.get("reasons") or []
