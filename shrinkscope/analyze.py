@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ._progress import progress_iter
 from .checkpoint import Checkpoint, CheckpointError, from_state_dict, load_arrays, load_checkpoint, take_rows
 from .discovery import FoundCodebook, family_named, find_codebooks
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
@@ -300,8 +301,6 @@ def analyze(
         >>> analyze(VectorQuantize(dim=16, codebook_size=64)).codebooks[0].num_codes  # doctest: +SKIP
         64
     """
-    from tqdm.auto import tqdm
-
     _check_options(max_latents=max_latents, max_points=max_points, seed=seed)
     ckpt = _open(source, trust_checkpoint)
     found = find_codebooks(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
@@ -343,9 +342,8 @@ def analyze(
     per_cb = _latents_per_codebook(found, z, max_latents, seed, ckpt.tensors)
     t = thresholds or HealthThresholds()
     entries = []
-    for fc, (x, notes) in tqdm(
-        list(zip(found, per_cb)), desc="codebooks", unit="cb",
-        disable=(None if progress is None else not progress), leave=False, delay=1.0
+    for fc, (x, notes) in progress_iter(
+        zip(found, per_cb), desc="measuring", unit="codebook", enabled=progress, label=lambda item: item[0].name
     ):
         counts, tt = fc.counts, t
         if counts is not None and float(counts.sum()) <= 0:

@@ -13,7 +13,7 @@ import torch
 
 from ..metrics import CodebookHealth
 from .distances import DistanceDisplay
-from .figures import empty_note, new_figure
+from .figures import empty_note, new_figure, set_title
 from .projection import ProjectionDisplay
 from .spectrum import SpectrumDisplay
 from .usage import UsageDisplay
@@ -118,7 +118,7 @@ class CodebookDisplay:
         for panel, display, title in ((axes[1, 0], self.projection, "Projection"),
                                       (axes[1, 1], self.distances, "Distance distributions")):
             if display is None:
-                panel.set_title(title)
+                set_title(panel, title)
                 empty_note(panel, NO_CODEBOOK)
             else:
                 display.plot(ax=panel)

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from ..metrics import assign, pairwise_distance_sample
-from .figures import CODE_COLORS, LATENT_COLOR, Series, new_axes, sample_rows
+from .figures import CODE_COLORS, LATENT_COLOR, new_axes, sample_rows, Series, set_title
 
 __all__ = ["DistanceDisplay"]
 
-MAX_PAIRS = 50_000
+MAX_PAIRS = 20_000
 """Random pairs per pairwise-distance histogram (a histogram of 60 bins needs no more)."""
 MAX_NEAREST = 5000
 """Latents (or codes) whose nearest-code distance is drawn."""
@@ -81,7 +81,7 @@ class DistanceDisplay:
                           lw=1.5, label=s.label)[2]
             for s in self.series
         ]
-        self.ax_.set_title("Distance distributions")
+        set_title(self.ax_, "Distance distributions")
         self.ax_.set_xlabel("Euclidean distance")
         self.ax_.set_ylabel("density")
         self.ax_.legend(fontsize=8)

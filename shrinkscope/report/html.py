@@ -12,8 +12,9 @@ import html
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from .._progress import progress_iter
 from .figures import detached, png_bytes
 from .layout import change_table, figure_html, metric_table, page, section
 from .verdict import status_word, verdict_card, verdict_dict
@@ -28,14 +29,6 @@ __all__ = ["safe_name", "write_analysis_report", "write_comparison_report", "wri
 def safe_name(name: str) -> str:
     """A file-name-safe version of a codebook name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "codebook"
-
-
-def _progress(items: Sequence[Any], desc: str, progress: bool | None) -> Iterable[Any]:
-    """A tqdm bar on stderr that appears only after a second of work, and by default only on a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="plot", delay=1.0, leave=False,
-                disable=None if progress is None else not progress)
 
 
 def _save(fig: Any, out_dir: str, filename: str) -> bytes:
@@ -106,7 +99,8 @@ def write_analysis_report(result: AnalysisResult, out_dir: str, *, umap: bool | 
     _write_json(out_dir, result.to_dict())
     entries = result.entries
     cards, details = [], []
-    for i, e in enumerate(_progress(entries, "plots", progress)):
+    for i, e in enumerate(progress_iter(entries, desc="plotting", unit="codebook", enabled=progress,
+                                        label=lambda e: e.health.name)):
         anchor, stem = f"cb-{i:02d}", f"{i:02d}_{safe_name(e.health.name)}"
         cards.append(verdict_card(e.health.name, e.health, status=e.status, warnings=e.health.warnings,
                                   href=f"#{anchor}"))
@@ -152,7 +146,8 @@ def write_comparison_report(result: ComparisonResult, out_dir: str, *, umap: boo
     os.makedirs(out_dir, exist_ok=True)
     _write_json(out_dir, result.to_dict())
     rows, details = [], []
-    for i, (b, a) in enumerate(_progress(result.pairs, "plots", progress)):
+    for i, (b, a) in enumerate(progress_iter(result.pairs, desc="plotting", unit="pair", enabled=progress,
+                                             label=lambda p: p[1].health.name)):
         anchor, stem = f"cb-{i:02d}", f"{i:02d}_{safe_name(a.health.name)}_compare"
         name = a.health.name if a.health.name == b.health.name else f"{b.health.name} / {a.health.name}"
         cards = (verdict_card(b.health.name, b.health, status=b.status, warnings=b.health.warnings,

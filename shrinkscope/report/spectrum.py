@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..metrics import CodebookHealth
-from .figures import CODE_COLORS, LATENT_COLOR, Series, empty_note, new_axes
+from .figures import CODE_COLORS, LATENT_COLOR, empty_note, new_axes, Series, set_title
 
 __all__ = ["SpectrumDisplay"]
 
@@ -78,7 +78,7 @@ class SpectrumDisplay:
                               color=s.color, lw=1.6, label=s.label)[0]
             for s in self.series
         ]
-        self.ax_.set_title("Singular-value spectrum (centred)")
+        set_title(self.ax_, "Singular-value spectrum (centred)")
         if not self.series:
             empty_note(self.ax_, "no spectrum (all-zero codebook)")
             return self

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import METRIC_KEYS
-from .figures import Series, new_figure
+from .figures import new_figure, Series, set_title
 from .text import format_rows
 
 # Metrics drawn when present (num_codes/dim are constant and stay out).
@@ -214,7 +214,7 @@ class TimelineDisplay:
                 ax.axvline(step, color="0.3", ls=":", lw=1.2)
                 ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
                             ha="right", fontsize=7, color="0.3", xytext=(-2, -2), textcoords="offset points")
-            ax.set_title(metric)
+            set_title(ax, metric)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
         for ax in axes[len(self.panels):]:

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..metrics import CodebookHealth
-from .figures import CODE_COLORS, Series, empty_note, new_axes
+from .figures import CODE_COLORS, empty_note, new_axes, Series, set_title
 
 __all__ = ["UsageDisplay"]
 
@@ -56,7 +56,7 @@ class UsageDisplay:
         """Draw on ``ax`` (a new figure when None); returns ``self`` with ``ax_``, ``figure_``, ``lines_``."""
         self.figure_, self.ax_ = new_axes(ax)
         ax = self.ax_
-        ax.set_title("Code usage, sorted by frequency")
+        set_title(ax, "Code usage, sorted by frequency")
         self.lines_ = []
         if not self.series:
             empty_note(ax, NO_USAGE)
