@@ -100,7 +100,7 @@ def fmt(v: Any) -> str:
     """A metric value for a table cell (an en dash where the input for it was absent)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "&ndash;"
-    if isinstance(v, bool) or isinstance(v, int):
+    if isinstance(v, int):
         return str(v)
     return f"{v:.4g}"
 
