@@ -55,7 +55,9 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="runs per command (median reported)")
-    ap.add_argument("--peer", metavar="PATH", help="checkout of another shrinkscope version to time alongside")
+    ap.add_argument(
+        "--peer", metavar="PATH", help="checkout of another shrinkscope version to time alongside"
+    )
     ap.add_argument("--no-umap-run", action="store_true", help="skip the --umap command (it is the slow one)")
     args = ap.parse_args()
     env = dict(os.environ, MPLBACKEND="Agg")

@@ -29,7 +29,10 @@ from browser_probe import probe, screenshot  # noqa: E402
 
 from shrinkscope import analyze, compare, kmeans, watch  # noqa: E402
 from shrinkscope.report import (  # noqa: E402
-    read_timeline, write_analysis_report, write_comparison_report, write_timeline_report,
+    read_timeline,
+    write_analysis_report,
+    write_comparison_report,
+    write_timeline_report,
 )
 
 
@@ -47,7 +50,9 @@ def training_log(path: Path, seed: int = 0) -> None:
     data = clustered_latents(6000, 16, seed=seed)
     enc = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
     dec = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
-    model = torch.nn.ModuleDict({"enc": enc, "vq": VectorQuantize(dim=8, codebook_size=64, decay=0.9), "dec": dec})
+    model = torch.nn.ModuleDict(
+        {"enc": enc, "vq": VectorQuantize(dim=8, codebook_size=64, decay=0.9), "dec": dec}
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     with watch(model, every=20, log_to=str(path), log_warnings=False) as mon:
         for step in range(300):
@@ -94,10 +99,12 @@ def main() -> int:
             torch.save(z, "latents.pt")
             training_log(Path("run.jsonl"))
             pages = {
-                "analyze": write_analysis_report(analyze("shrunk.pt", latents="latents.pt", progress=False),
-                                                 "analyze"),
+                "analyze": write_analysis_report(
+                    analyze("shrunk.pt", latents="latents.pt", progress=False), "analyze"
+                ),
                 "compare": write_comparison_report(
-                    compare("shrunk.pt", "deferred.pt", latents="latents.pt", progress=False), "compare"),
+                    compare("shrunk.pt", "deferred.pt", latents="latents.pt", progress=False), "compare"
+                ),
                 "timeline": write_timeline_report(read_timeline("run.jsonl"), "timeline"),
             }
             for kind, html in pages.items():

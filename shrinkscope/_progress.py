@@ -19,8 +19,9 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, *, desc: str, unit: str, enabled: bool | None = None,
-                 delay: float = 1.0) -> Iterator[Any]:
+def progress_bar(
+    total: int, *, desc: str, unit: str, enabled: bool | None = None, delay: float = 1.0
+) -> Iterator[Any]:
     """A ``tqdm`` bar of ``total`` steps (``bar.update()``, ``bar.set_postfix_str(name, refresh=False)``).
 
     Args:
@@ -31,8 +32,15 @@ def progress_bar(total: int, *, desc: str, unit: str, enabled: bool | None = Non
     """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, delay=delay, leave=False, file=sys.stderr,
-               disable=None if enabled is None else not enabled)
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        delay=delay,
+        leave=False,
+        file=sys.stderr,
+        disable=None if enabled is None else not enabled,
+    )
     stop = threading.Event()
 
     def redraw() -> None:
@@ -54,8 +62,14 @@ def progress_bar(total: int, *, desc: str, unit: str, enabled: bool | None = Non
         bar.close()
 
 
-def progress_iter(items: Iterable[T], *, desc: str, unit: str, enabled: bool | None = None,
-                  label: Callable[[T], str] | None = None) -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T],
+    *,
+    desc: str,
+    unit: str,
+    enabled: bool | None = None,
+    label: Callable[[T], str] | None = None,
+) -> Iterator[T]:
     """Iterate over ``items`` under a ``progress_bar``; ``label(item)`` names the step in progress."""
     items = list(items)
     with progress_bar(len(items), desc=desc, unit=unit, enabled=enabled) as bar:

@@ -16,7 +16,20 @@ from .timeline import Timeline, TimelineDisplay, TimelineError, read_timeline, t
 from .usage import UsageDisplay
 
 __all__ = [
-    "analysis_text", "CodebookDisplay", "comparison_text", "DistanceDisplay", "health_table", "ProjectionDisplay",
-    "read_timeline", "SpectrumDisplay", "Timeline", "TimelineDisplay", "TimelineError", "timeline_text",
-    "UsageDisplay", "write_analysis_report", "write_comparison_report", "write_timeline_report",
+    "analysis_text",
+    "CodebookDisplay",
+    "comparison_text",
+    "DistanceDisplay",
+    "health_table",
+    "ProjectionDisplay",
+    "read_timeline",
+    "SpectrumDisplay",
+    "Timeline",
+    "TimelineDisplay",
+    "TimelineError",
+    "timeline_text",
+    "UsageDisplay",
+    "write_analysis_report",
+    "write_comparison_report",
+    "write_timeline_report",
 ]

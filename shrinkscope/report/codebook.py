@@ -30,7 +30,9 @@ def own_latents(before: Entry, after: Entry) -> bool:
     """True when two analysed codebooks were measured on different latents (two encoders' outputs): each
     is then drawn and measured against its own, never against the other's."""
     zb, za = before.latents, after.latents
-    return zb is not None and za is not None and not (zb is za or (zb.shape == za.shape and torch.equal(zb, za)))
+    return (
+        zb is not None and za is not None and not (zb is za or (zb.shape == za.shape and torch.equal(zb, za)))
+    )
 
 
 class CodebookDisplay:
@@ -44,17 +46,32 @@ class CodebookDisplay:
 
     Example:
         >>> res = shrinkscope.analyze("vqgan.ckpt", latents="z.npy")  # doctest: +SKIP
-        >>> CodebookDisplay.from_entry(res.entries[0]).plot().figure_.savefig("quantize.png")  # doctest: +SKIP
+        >>> d = CodebookDisplay.from_entry(res.entries[0]).plot()  # doctest: +SKIP
+        >>> d.figure_.savefig("quantize.png")  # doctest: +SKIP
     """
 
-    def __init__(self, spectrum: SpectrumDisplay, usage: UsageDisplay, projection: ProjectionDisplay | None,
-                 distances: DistanceDisplay | None, *, title: str = "") -> None:
+    def __init__(
+        self,
+        spectrum: SpectrumDisplay,
+        usage: UsageDisplay,
+        projection: ProjectionDisplay | None,
+        distances: DistanceDisplay | None,
+        *,
+        title: str = "",
+    ) -> None:
         self.spectrum, self.usage, self.projection, self.distances = spectrum, usage, projection, distances
         self.title = title
 
     @classmethod
-    def from_health(cls, health: CodebookHealth, *, codebook: torch.Tensor | None = None,
-                    latents: torch.Tensor | None = None, title: str | None = None, seed: int = 0) -> CodebookDisplay:
+    def from_health(
+        cls,
+        health: CodebookHealth,
+        *,
+        codebook: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        title: str | None = None,
+        seed: int = 0,
+    ) -> CodebookDisplay:
         """Panels of one codebook.
 
         Args:
@@ -66,7 +83,8 @@ class CodebookDisplay:
         """
         geo = {"codes": codebook} if codebook is not None else None
         return cls(
-            SpectrumDisplay.from_health(health), UsageDisplay.from_health(health),
+            SpectrumDisplay.from_health(health),
+            UsageDisplay.from_health(health),
             None if geo is None else ProjectionDisplay.from_codebooks(geo, latents, seed=seed),
             None if geo is None else DistanceDisplay.from_codebooks(geo, latents, seed=seed),
             title=title if title is not None else f"{health.name}  (K={health.num_codes}, D={health.dim})",
@@ -75,12 +93,14 @@ class CodebookDisplay:
     @classmethod
     def from_entry(cls, entry: Entry, *, title: str | None = None, seed: int = 0) -> CodebookDisplay:
         """Panels of one codebook of an ``AnalysisResult`` (``result.entries[i]``)."""
-        return cls.from_health(entry.health, codebook=entry.found.codebook, latents=entry.latents, title=title,
-                               seed=seed)
+        return cls.from_health(
+            entry.health, codebook=entry.found.codebook, latents=entry.latents, title=title, seed=seed
+        )
 
     @classmethod
-    def from_comparison(cls, before: Entry, after: Entry, *, title: str | None = None,
-                        seed: int = 0) -> CodebookDisplay:
+    def from_comparison(
+        cls, before: Entry, after: Entry, *, title: str | None = None, seed: int = 0
+    ) -> CodebookDisplay:
         """Both codebooks of a ``ComparisonResult`` pair overlaid (before vermillion, after blue).
 
         When the two were measured on different latents (two encoders), each codebook is drawn and measured
@@ -89,11 +109,16 @@ class CodebookDisplay:
         own = own_latents(before, after)
         healths = {"before": before.health, "after": after.health}
         cbs = {"before": before.found.codebook, "after": after.found.codebook}
-        z: Any = {"before": before.latents, "after": after.latents} if own else (
-            after.latents if after.latents is not None else before.latents)
+        z: Any = (
+            {"before": before.latents, "after": after.latents}
+            if own
+            else (after.latents if after.latents is not None else before.latents)
+        )
         return cls(
-            SpectrumDisplay.from_healths(healths, own_latents=own), UsageDisplay.from_healths(healths),
-            ProjectionDisplay.from_codebooks(cbs, z, seed=seed), DistanceDisplay.from_codebooks(cbs, z, seed=seed),
+            SpectrumDisplay.from_healths(healths, own_latents=own),
+            UsageDisplay.from_healths(healths),
+            ProjectionDisplay.from_codebooks(cbs, z, seed=seed),
+            DistanceDisplay.from_codebooks(cbs, z, seed=seed),
             title=title if title is not None else f"{after.health.name}: before vs after",
         )
 
@@ -115,8 +140,10 @@ class CodebookDisplay:
         self.figure_, self.ax_ = fig, axes
         self.spectrum.plot(ax=axes[0, 0])
         self.usage.plot(ax=axes[0, 1])
-        for panel, display, title in ((axes[1, 0], self.projection, "Projection"),
-                                      (axes[1, 1], self.distances, "Distance distributions")):
+        for panel, display, title in (
+            (axes[1, 0], self.projection, "Projection"),
+            (axes[1, 1], self.distances, "Distance distributions"),
+        ):
             if display is None:
                 set_title(panel, title)
                 empty_note(panel, NO_CODEBOOK)

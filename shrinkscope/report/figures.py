@@ -22,8 +22,16 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Series", "CODE_COLORS", "LATENT_COLOR", "detached", "empty_note", "new_axes", "new_figure", "png_bytes",
-    "sample_rows", "set_title",
+    "Series",
+    "CODE_COLORS",
+    "LATENT_COLOR",
+    "detached",
+    "empty_note",
+    "new_axes",
+    "new_figure",
+    "png_bytes",
+    "sample_rows",
+    "set_title",
 ]
 
 CODE_COLORS: tuple[str, str] = ("#d55e00", "#0072b2")

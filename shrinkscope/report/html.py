@@ -71,14 +71,23 @@ def _umap_figure(codebooks: dict[str, Any], latents: Any, seed: int) -> bytes:
 
 def _entry_meta(e: Entry) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in e.notes)
-    return (f"<p class='meta'>key <code>{html.escape(e.found.key)}</code> &middot; family "
-            f"{html.escape(e.found.family)} &middot; K={e.health.num_codes}, D={e.health.dim}</p>"
-            + (f"<ul class='meta'>{notes}</ul>" if notes else ""))
+    return (
+        f"<p class='meta'>key <code>{html.escape(e.found.key)}</code> &middot; family "
+        f"{html.escape(e.found.family)} &middot; K={e.health.num_codes}, D={e.health.dim}</p>"
+        + (f"<ul class='meta'>{notes}</ul>" if notes else "")
+    )
 
 
 @detached()  # figures stay out of pyplot's registry even when the user imported pyplot
-def write_analysis_report(result: AnalysisResult, out_dir: str, *, umap: bool | None = None, max_umap: int = 4,
-                          progress: bool | None = None, seed: int = 0) -> str:
+def write_analysis_report(
+    result: AnalysisResult,
+    out_dir: str,
+    *,
+    umap: bool | None = None,
+    max_umap: int = 4,
+    progress: bool | None = None,
+    seed: int = 0,
+) -> str:
     """Write ``health.json``, ``NN_name.png`` per codebook (+ ``NN_name_umap.png``) and ``report.html``.
 
     Args:
@@ -99,15 +108,27 @@ def write_analysis_report(result: AnalysisResult, out_dir: str, *, umap: bool | 
     _write_json(out_dir, result.to_dict())
     entries = result.entries
     cards, details = [], []
-    for i, e in enumerate(progress_iter(entries, desc="plotting", unit="codebook", enabled=progress,
-                                        label=lambda e: e.health.name)):
+    for i, e in enumerate(
+        progress_iter(
+            entries, desc="plotting", unit="codebook", enabled=progress, label=lambda e: e.health.name
+        )
+    ):
         anchor, stem = f"cb-{i:02d}", f"{i:02d}_{safe_name(e.health.name)}"
-        cards.append(verdict_card(e.health.name, e.health, status=e.status, warnings=e.health.warnings,
-                                  href=f"#{anchor}"))
+        cards.append(
+            verdict_card(
+                e.health.name, e.health, status=e.status, warnings=e.health.warnings, href=f"#{anchor}"
+            )
+        )
         fig = CodebookDisplay.from_entry(e, seed=seed).plot().figure_
-        body = [_entry_meta(e), figure_html(_save(fig, out_dir, stem + ".png"), f"plots of {e.health.name}",
-                                            caption="Spectrum of codes vs latents, code usage, PCA projection "
-                                            "of codes over latents, distance distributions.")]
+        body = [
+            _entry_meta(e),
+            figure_html(
+                _save(fig, out_dir, stem + ".png"),
+                f"plots of {e.health.name}",
+                caption="Spectrum of codes vs latents, code usage, PCA projection "
+                "of codes over latents, distance distributions.",
+            ),
+        ]
         if umap and i < max_umap:
             png = _umap_figure({"codes": e.found.codebook}, e.latents, seed)
             with open(os.path.join(out_dir, stem + "_umap.png"), "wb") as f:
@@ -117,14 +138,23 @@ def write_analysis_report(result: AnalysisResult, out_dir: str, *, umap: bool | 
         details.append(section(e.health.name, "".join(body), anchor=anchor))
     tally = _tally([_status(e) for e in entries])
     latents = html.escape(str(result.latents_source or "none (pass --latents FILE)"))
-    meta = [f"Checkpoint <code>{html.escape(str(result.source))}</code>",
-            f"{len(entries)} codebook(s): {html.escape(tally)} &middot; latents: {latents}"]
+    meta = [
+        f"Checkpoint <code>{html.escape(str(result.source))}</code>",
+        f"{len(entries)} codebook(s): {html.escape(tally)} &middot; latents: {latents}",
+    ]
     verdicts = section("Verdict", f"<div class='cards'>{''.join(cards)}</div>", anchor="verdict")
     return _write_page(out_dir, page("shrinkscope: codebook health", [verdicts, *details], meta=meta))
 
 
 def _trend(b: Entry, a: Entry) -> str:
-    rank = {"healthy": 0, "cannot_tell": 1, "underused": 1, "uninitialized": 2, "uninitialised": 2, "shrunk": 3}
+    rank = {
+        "healthy": 0,
+        "cannot_tell": 1,
+        "underused": 1,
+        "uninitialized": 2,
+        "uninitialised": 2,
+        "shrunk": 3,
+    }
     sb, sa = _status(b), _status(a)
     if sb not in rank or sa not in rank or rank[sa] == rank[sb]:
         return f"{status_word(sb)} &rarr; {status_word(sa)}"
@@ -133,8 +163,15 @@ def _trend(b: Entry, a: Entry) -> str:
 
 
 @detached()
-def write_comparison_report(result: ComparisonResult, out_dir: str, *, umap: bool | None = None,
-                            max_umap: int = 4, progress: bool | None = None, seed: int = 0) -> str:
+def write_comparison_report(
+    result: ComparisonResult,
+    out_dir: str,
+    *,
+    umap: bool | None = None,
+    max_umap: int = 4,
+    progress: bool | None = None,
+    seed: int = 0,
+) -> str:
     """Write ``health.json`` (the compare JSON), an overlay PNG per codebook pair and ``report.html``.
 
     The page has the analyze page's layout with two columns: verdict cards side by side (before | after),
@@ -146,22 +183,44 @@ def write_comparison_report(result: ComparisonResult, out_dir: str, *, umap: boo
     os.makedirs(out_dir, exist_ok=True)
     _write_json(out_dir, result.to_dict())
     rows, details = [], []
-    for i, (b, a) in enumerate(progress_iter(result.pairs, desc="plotting", unit="pair", enabled=progress,
-                                             label=lambda p: p[1].health.name)):
+    for i, (b, a) in enumerate(
+        progress_iter(
+            result.pairs, desc="plotting", unit="pair", enabled=progress, label=lambda p: p[1].health.name
+        )
+    ):
         anchor, stem = f"cb-{i:02d}", f"{i:02d}_{safe_name(a.health.name)}_compare"
         name = a.health.name if a.health.name == b.health.name else f"{b.health.name} / {a.health.name}"
-        cards = (verdict_card(b.health.name, b.health, status=b.status, warnings=b.health.warnings,
-                              href=f"#{anchor}", caption="before")
-                 + verdict_card(a.health.name, a.health, status=a.status, warnings=a.health.warnings,
-                                href=f"#{anchor}", caption="after"))
+        cards = verdict_card(
+            b.health.name,
+            b.health,
+            status=b.status,
+            warnings=b.health.warnings,
+            href=f"#{anchor}",
+            caption="before",
+        ) + verdict_card(
+            a.health.name,
+            a.health,
+            status=a.status,
+            warnings=a.health.warnings,
+            href=f"#{anchor}",
+            caption="after",
+        )
         rows.append(f"<h3>{html.escape(name)}: {_trend(b, a)}</h3><div class='pair'>{cards}</div>")
         fig = CodebookDisplay.from_comparison(b, a, seed=seed).plot().figure_
-        body = [figure_html(_save(fig, out_dir, stem + ".png"), f"{name}: before vs after",
-                            caption="Before in vermillion, after in blue.")]
+        body = [
+            figure_html(
+                _save(fig, out_dir, stem + ".png"),
+                f"{name}: before vs after",
+                caption="Before in vermillion, after in blue.",
+            )
+        ]
         if umap and i < max_umap:
             own = own_latents(b, a)
-            z = {"before": b.latents, "after": a.latents} if own else (
-                a.latents if a.latents is not None else b.latents)
+            z = (
+                {"before": b.latents, "after": a.latents}
+                if own
+                else (a.latents if a.latents is not None else b.latents)
+            )
             png = _umap_figure({"before": b.found.codebook, "after": a.found.codebook}, z, seed)
             with open(os.path.join(out_dir, stem + "_umap.png"), "wb") as f:
                 f.write(png)
@@ -169,14 +228,20 @@ def write_comparison_report(result: ComparisonResult, out_dir: str, *, umap: boo
         body.append(f"<h3>All metrics</h3>{change_table(b.health.metrics, a.health.metrics)}")
         details.append(section(name, "".join(body), anchor=anchor))
     unpaired = len(result.after.entries) - len(result.pairs)
-    note = (f"<p class='muted'>{unpaired} codebook(s) of AFTER have no counterpart of the same name in "
-            "BEFORE and are not shown.</p>" if unpaired else "")
+    note = (
+        f"<p class='muted'>{unpaired} codebook(s) of AFTER have no counterpart of the same name in "
+        "BEFORE and are not shown.</p>"
+        if unpaired
+        else ""
+    )
     if not result.pairs:
         note = "<p class='muted'>No codebooks could be paired by name or position.</p>"
-    meta = [f"Before <code>{html.escape(str(result.before.source))}</code>",
-            f"After <code>{html.escape(str(result.after.source))}</code>",
-            f"{len(result.pairs)} pair(s) &middot; latents: "
-            f"{html.escape(str(result.after.latents_source or result.before.latents_source or 'none'))}"]
+    meta = [
+        f"Before <code>{html.escape(str(result.before.source))}</code>",
+        f"After <code>{html.escape(str(result.after.source))}</code>",
+        f"{len(result.pairs)} pair(s) &middot; latents: "
+        f"{html.escape(str(result.after.latents_source or result.before.latents_source or 'none'))}",
+    ]
     verdicts = section("Verdict", "".join(rows) + note, anchor="verdict")
     return _write_page(out_dir, page("shrinkscope: before vs after", [verdicts, *details], meta=meta))
 
@@ -195,22 +260,42 @@ def write_timeline_report(tl: Timeline, out_dir: str) -> str:
     for (name, scope), rows in tl.series.items():
         first, last = rows[0], rows[-1]
         label = f"{name} ({scope})"
-        cards.append(verdict_card(label, last.get("verdict"), status="no_verdict",
-                                  warnings=last.get("warnings") or [], caption=f"step {last['step']}"))
-        tables.append(f"<h3>{html.escape(label)}</h3>" + change_table(
-            first.get("metrics") or {}, last.get("metrics") or {},
-            labels=(f"step {first['step']}", f"step {last['step']}")))
+        cards.append(
+            verdict_card(
+                label,
+                last.get("verdict"),
+                status="no_verdict",
+                warnings=last.get("warnings") or [],
+                caption=f"step {last['step']}",
+            )
+        )
+        tables.append(
+            f"<h3>{html.escape(label)}</h3>"
+            + change_table(
+                first.get("metrics") or {},
+                last.get("metrics") or {},
+                labels=(f"step {first['step']}", f"step {last['step']}"),
+            )
+        )
     fig = TimelineDisplay.from_timeline(tl).plot().figure_
-    plot = figure_html(_save(fig, out_dir, "timeline.png"), "timeline",
-                       caption="Solid: window scope; dashed: cumulative; dotted vertical lines: events.")
+    plot = figure_html(
+        _save(fig, out_dir, "timeline.png"),
+        "timeline",
+        caption="Solid: window scope; dashed: cumulative; dotted vertical lines: events.",
+    )
     events = ", ".join(f"{e['event']} at step {e['step']}" for e in tl.events[:10])
-    meta = [f"Run log <code>{html.escape(tl.source)}</code>",
-            f"{sum(map(len, tl.series.values()))} metric lines, {len(tl.events)} events"
-            + (f": {html.escape(events)}" if events else "")]
+    meta = [
+        f"Run log <code>{html.escape(tl.source)}</code>",
+        f"{sum(map(len, tl.series.values()))} metric lines, {len(tl.events)} events"
+        + (f": {html.escape(events)}" if events else ""),
+    ]
     if tl.skipped_last_line:
         meta.append("The last line was incomplete and was skipped (run still writing?).")
-    sections = [section("Verdict at the last logged step", f"<div class='cards'>{''.join(cards)}</div>",
-                        anchor="verdict"),
-                section("Timeline", plot, anchor="timeline"),
-                section("First and last logged values", "".join(tables), anchor="metrics")]
+    sections = [
+        section(
+            "Verdict at the last logged step", f"<div class='cards'>{''.join(cards)}</div>", anchor="verdict"
+        ),
+        section("Timeline", plot, anchor="timeline"),
+        section("First and last logged values", "".join(tables), anchor="metrics"),
+    ]
     return _write_page(out_dir, page("shrinkscope: codebook health over training", sections, meta=meta))

@@ -17,7 +17,14 @@ from typing import Any, Mapping, Sequence
 from ..metrics import HIGHER_IS_BETTER
 
 __all__ = [
-    "CSS", "METRIC_INFO", "change_class", "change_table", "figure_html", "good_way", "metric_table", "page",
+    "CSS",
+    "METRIC_INFO",
+    "change_class",
+    "change_table",
+    "figure_html",
+    "good_way",
+    "metric_table",
+    "page",
     "section",
 ]
 
@@ -25,7 +32,8 @@ CSS = """
 :root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--soft:#f6f8fa;--good:#1a7f37;--bad:#cf222e;
 --warn:#9a6700;--neutral:#59636e}
 *{box-sizing:border-box}
-body{margin:0;color:var(--fg);background:#fff;overflow-wrap:anywhere;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Helvetica,Arial,
+body{margin:0;color:var(--fg);background:#fff;overflow-wrap:anywhere;
+font:15px/1.5 system-ui,-apple-system,"Segoe UI",Helvetica,Arial,
 sans-serif}
 main{max-width:1100px;margin:0 auto;padding:20px 20px 48px}
 h1{font-size:1.45em;margin:.2em 0 .1em}h2{font-size:1.15em;margin:1.8em 0 .6em;padding-bottom:.2em;
@@ -33,18 +41,21 @@ border-bottom:1px solid var(--line)}h3{font-size:1em;margin:1.4em 0 .5em}
 code{font:.9em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;overflow-wrap:anywhere}
 a{color:#0969da}.muted,.meta{color:var(--muted)}.meta{margin:.2em 0;overflow-wrap:anywhere}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));gap:12px}
-.pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));gap:12px;margin:0 0 14px}
+.pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));gap:12px;
+margin:0 0 14px}
 .card{min-width:0;border:1px solid var(--line);border-left:6px solid var(--tone);border-radius:6px;
 padding:10px 14px;background:#fff}
 .card header{display:flex;flex-wrap:wrap;align-items:baseline;gap:4px 10px}
 .card .name{font-weight:600;font-size:1em}.caption{font-size:.8em;color:var(--muted);text-transform:uppercase;
 letter-spacing:.04em}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;background:var(--tone);font-weight:600;
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;background:var(--tone);
+font-weight:600;
 font-size:.85em}
 .tone-good{--tone:var(--good)}.tone-bad{--tone:var(--bad)}.tone-warn{--tone:var(--warn)}
 .tone-neutral{--tone:var(--neutral)}
 .evidence{font-size:.8em;color:var(--muted)}.chip{display:inline-block;margin-left:4px;padding:0 6px;
-border-radius:8px;border:1px solid var(--line)}.chip.on{color:var(--good);border-color:#aceebb;background:#dafbe1}
+border-radius:8px;border:1px solid var(--line)}
+.chip.on{color:var(--good);border-color:#aceebb;background:#dafbe1}
 .chip.off{color:var(--muted);background:var(--soft)}
 .summary{margin:.5em 0}.label{font-size:.8em;font-weight:600;color:var(--muted);text-transform:uppercase;
 letter-spacing:.04em;margin-top:.6em}
@@ -96,6 +107,10 @@ def good_way(key: str) -> str:
     return {True: "higher", False: "lower"}.get(HIGHER_IS_BETTER.get(key), "")  # type: ignore[arg-type]
 
 
+def _meaning(key: str) -> str:
+    return METRIC_INFO.get(key, ("", ""))[0]
+
+
 def fmt(v: Any) -> str:
     """A metric value for a table cell (an en dash where the input for it was absent)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -123,36 +138,48 @@ def metric_table(metrics: Mapping[str, Any], *, caption: str = "") -> str:
     """Vertical table of one record: metric | value | which way is good | what it measures."""
     body = "".join(
         f"<tr><td class='key'><code>{html.escape(k)}</code></td><td class='num'>{fmt(v)}</td>"
-        f"<td>{html.escape(good_way(k))}</td><td class='what'>{html.escape(METRIC_INFO.get(k, ('', ''))[0])}</td>"
+        f"<td>{html.escape(good_way(k))}</td><td class='what'>{html.escape(_meaning(k))}</td>"
         "</tr>"
         for k, v in metrics.items()
     )
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return (f"<div class='tablewrap'><table class='metrics'>{cap}<tr><th>metric</th><th class='num'>value</th>"
-            f"<th>good</th><th class='what'>what it measures</th></tr>{body}</table></div>")
+    return (
+        f"<div class='tablewrap'><table class='metrics'>{cap}<tr><th>metric</th><th class='num'>value</th>"
+        f"<th>good</th><th class='what'>what it measures</th></tr>{body}</table></div>"
+    )
 
 
-def change_table(before: Mapping[str, Any], after: Mapping[str, Any], *,
-                 labels: tuple[str, str] = ("before", "after")) -> str:
+def change_table(
+    before: Mapping[str, Any], after: Mapping[str, Any], *, labels: tuple[str, str] = ("before", "after")
+) -> str:
     """Vertical table of two records: metric | before | after | change (coloured better/worse) | good."""
     rows = []
     for k in dict.fromkeys([*before, *after]):
         b, a = before.get(k), after.get(k)
         cls = change_class(k, b, a)
-        if isinstance(b, (int, float)) and isinstance(a, (int, float)) and math.isfinite(b) and math.isfinite(a):
+        if (
+            isinstance(b, (int, float))
+            and isinstance(a, (int, float))
+            and math.isfinite(b)
+            and math.isfinite(a)
+        ):
             word = {"better": " better", "worse": " worse", "same": ""}.get(cls, "")
             delta = f"{a - b:+.3g}{word}"
         else:
             delta = "&ndash;"
         rows.append(
             f"<tr><td class='key'><code>{html.escape(k)}</code></td><td class='num'>{fmt(b)}</td>"
-            f"<td class='num'>{fmt(a)}</td><td class='num {cls}'>{delta}</td><td>{html.escape(good_way(k))}</td>"
-            f"<td class='what'>{html.escape(METRIC_INFO.get(k, ('', ''))[0])}</td></tr>"
+            f"<td class='num'>{fmt(a)}</td><td class='num {cls}'>{delta}</td>"
+            f"<td>{html.escape(good_way(k))}</td>"
+            f"<td class='what'>{html.escape(_meaning(k))}</td></tr>"
         )
     b_lab, a_lab = (html.escape(x) for x in labels)
-    return (f"<div class='tablewrap'><table class='metrics'><tr><th>metric</th><th class='num'>{b_lab}</th>"
-            f"<th class='num'>{a_lab}</th><th class='num'>change</th><th>good</th><th class='what'>what it measures</th></tr>"
-            f"{''.join(rows)}</table></div>")
+    return (
+        f"<div class='tablewrap'><table class='metrics'><tr><th>metric</th><th class='num'>{b_lab}</th>"
+        f"<th class='num'>{a_lab}</th><th class='num'>change</th><th>good</th>"
+        "<th class='what'>what it measures</th></tr>"
+        f"{''.join(rows)}</table></div>"
+    )
 
 
 def figure_html(png: bytes, alt: str, *, caption: str = "") -> str:
@@ -176,6 +203,7 @@ def page(title: str, sections: Sequence[str], *, meta: Sequence[str] = ()) -> st
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>"
         f"<header><h1>{html.escape(title)}</h1>{head}</header>{''.join(sections)}"
-        "<footer>Made by shrinkscope. Metric definitions: docs/metrics.md; verdicts: docs/verdicts.md.</footer>"
+        "<footer>Made by shrinkscope. Metric definitions: docs/metrics.md; verdicts: docs/verdicts.md."
+        "</footer>"
         "</main></body></html>"
     )

@@ -57,14 +57,25 @@ class ProjectionDisplay:
         ax_, figure_, collections_: set by ``plot``.
     """
 
-    def __init__(self, series: list[Series], *, method: str = "pca", basis: str = "latents",
-                 explained: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        series: list[Series],
+        *,
+        method: str = "pca",
+        basis: str = "latents",
+        explained: np.ndarray | None = None,
+    ) -> None:
         self.series, self.method, self.basis, self.explained = series, method, basis, explained
 
     @classmethod
     def from_codebooks(
-        cls, codebooks: Mapping[str, torch.Tensor], latents: torch.Tensor | Mapping[str, torch.Tensor | None] | None,
-        *, method: str = "pca", max_points: int = MAX_POINTS, seed: int = 0
+        cls,
+        codebooks: Mapping[str, torch.Tensor],
+        latents: torch.Tensor | Mapping[str, torch.Tensor | None] | None,
+        *,
+        method: str = "pca",
+        max_points: int = MAX_POINTS,
+        seed: int = 0,
     ) -> ProjectionDisplay:
         """Project codebooks ``{label: (K, D)}`` over their latents.
 
@@ -88,8 +99,12 @@ class ProjectionDisplay:
             color = CODE_COLORS[i % len(CODE_COLORS)]
             z = latents.get(label) if own else None
             if z is not None:
-                clouds.append((f"latents ({label}'s encoder)", sample_rows(z, n // 2, seed=seed + 2 + i), color, True))
-            clouds.append((label if not own else f"codes ({label})", sample_rows(cb, n, seed=seed + 1), color, False))
+                clouds.append(
+                    (f"latents ({label}'s encoder)", sample_rows(z, n // 2, seed=seed + 2 + i), color, True)
+                )
+            clouds.append(
+                (label if not own else f"codes ({label})", sample_rows(cb, n, seed=seed + 1), color, False)
+            )
         lat = [c[1] for c in clouds if c[3]]
         explained = None
         if method == "umap":
@@ -108,7 +123,8 @@ class ProjectionDisplay:
         return cls(series, method=method, basis=basis, explained=explained)
 
     def plot(self, *, ax: Any = None) -> ProjectionDisplay:
-        """Draw on ``ax`` (a new figure when None); returns ``self`` with ``ax_``, ``figure_``, ``collections_``."""
+        """Draw on ``ax`` (a new figure when None); returns ``self`` with ``ax_``, ``figure_`` and
+        ``collections_`` set."""
         self.figure_, self.ax_ = new_axes(ax)
         ax = self.ax_
         self.collections_ = []
@@ -116,8 +132,16 @@ class ProjectionDisplay:
             lat = s.kind == "latents"
             size, alpha = (3, 0.35 if s.color == LATENT_COLOR else 0.12) if lat else (9, 0.8)
             self.collections_.append(
-                ax.scatter(s.values[:, 0], s.values[:, 1], s=size, color=s.color, alpha=alpha, lw=0,
-                           label=s.label, rasterized=True)
+                ax.scatter(
+                    s.values[:, 0],
+                    s.values[:, 1],
+                    s=size,
+                    color=s.color,
+                    alpha=alpha,
+                    lw=0,
+                    label=s.label,
+                    rasterized=True,
+                )
             )
         if self.method == "pca":
             set_title(ax, f"PCA projection (axes fitted on the {self.basis})")

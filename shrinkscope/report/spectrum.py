@@ -74,8 +74,9 @@ class SpectrumDisplay:
         """Draw on ``ax`` (a new figure when None); returns ``self`` with ``ax_``, ``figure_``, ``lines_``."""
         self.figure_, self.ax_ = new_axes(ax)
         self.lines_ = [
-            self.ax_.semilogy(np.arange(1, s.values.size + 1), s.values, s.style,
-                              color=s.color, lw=1.6, label=s.label)[0]
+            self.ax_.semilogy(
+                np.arange(1, s.values.size + 1), s.values, s.style, color=s.color, lw=1.6, label=s.label
+            )[0]
             for s in self.series
         ]
         set_title(self.ax_, "Singular-value spectrum (centred)")

@@ -157,8 +157,9 @@ class TimelineDisplay:
         axes_ (flat array), figure_: set by ``plot``.
     """
 
-    def __init__(self, panels: dict[str, list[Series]], *, events: list[tuple[int, str]] | None = None,
-                 title: str = "") -> None:
+    def __init__(
+        self, panels: dict[str, list[Series]], *, events: list[tuple[int, str]] | None = None, title: str = ""
+    ) -> None:
         self.panels, self.events, self.title = panels, list(events or []), title
 
     @classmethod
@@ -171,13 +172,20 @@ class TimelineDisplay:
             for name, scope in tl.series:
                 xs, ys = tl.values((name, scope), m)
                 if xs:
-                    lines.append(Series(f"{name} ({scope})", np.column_stack([xs, ys]).astype(float), colors[name],
-                                        "-" if scope == "window" else "--"))
+                    lines.append(
+                        Series(
+                            f"{name} ({scope})",
+                            np.column_stack([xs, ys]).astype(float),
+                            colors[name],
+                            "-" if scope == "window" else "--",
+                        )
+                    )
             if lines:
                 panels[m] = lines
         events = [(int(e["step"]), str(e["event"])) for e in tl.events]
-        return cls(panels, events=events,
-                   title=f"Codebook health over training: {os.path.basename(tl.source)}")
+        return cls(
+            panels, events=events, title=f"Codebook health over training: {os.path.basename(tl.source)}"
+        )
 
     @classmethod
     def from_jsonl(cls, path: str) -> TimelineDisplay:
@@ -198,8 +206,9 @@ class TimelineDisplay:
             # Fixed margins (in inches, so they hold for any number of rows and legend entries) instead of
             # constrained layout, which measures every text box and cost ~0.5 s per figure.
             h = fig.get_figheight()
-            fig.subplots_adjust(left=0.08, right=0.98, top=1 - top_in / h, bottom=legend_in / h, wspace=0.3,
-                                hspace=0.6)
+            fig.subplots_adjust(
+                left=0.08, right=0.98, top=1 - top_in / h, bottom=legend_in / h, wspace=0.3, hspace=0.6
+            )
             if self.title:
                 fig.suptitle(self.title, fontsize=13, y=1 - 0.15 / h, va="top")
         else:
@@ -208,21 +217,46 @@ class TimelineDisplay:
         self.figure_, self.axes_ = fig, axes
         for ax, (metric, lines) in zip(axes, self.panels.items()):
             for s in lines:
-                ax.plot(s.values[:, 0], s.values[:, 1], s.style, color=s.color, lw=1.5, marker=".", ms=4,
-                        label=s.label)
+                ax.plot(
+                    s.values[:, 0],
+                    s.values[:, 1],
+                    s.style,
+                    color=s.color,
+                    lw=1.5,
+                    marker=".",
+                    ms=4,
+                    label=s.label,
+                )
             for step, name in self.events:
                 ax.axvline(step, color="0.3", ls=":", lw=1.2)
-                ax.annotate(name, (step, 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
-                            ha="right", fontsize=7, color="0.3", xytext=(-2, -2), textcoords="offset points")
+                ax.annotate(
+                    name,
+                    (step, 1),
+                    xycoords=("data", "axes fraction"),
+                    rotation=90,
+                    va="top",
+                    ha="right",
+                    fontsize=7,
+                    color="0.3",
+                    xytext=(-2, -2),
+                    textcoords="offset points",
+                )
             set_title(ax, metric)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        for ax in axes[len(self.panels):]:
+        for ax in axes[len(self.panels) :]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
         if handles and len(axes) > 1:
-            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False,
-                       bbox_to_anchor=(0.5, 0.0))
+            fig.legend(
+                handles,
+                labels,
+                loc="lower center",
+                ncol=min(4, len(labels)),
+                fontsize=9,
+                frameon=False,
+                bbox_to_anchor=(0.5, 0.0),
+            )
         elif handles:
             axes[0].legend(fontsize=8)
         return self

@@ -66,8 +66,9 @@ class UsageDisplay:
             k = s.values.size
             x, y = np.arange(1, k + 1), np.clip(s.values, 1e-9, None)
             ax.fill_between(x, y, 1e-9, step="mid", color=s.color, alpha=0.25)
-            self.lines_.append(ax.step(x, y, where="mid", color=s.color, lw=1.2,
-                                       label=f"{s.label} ({used}/{k} used)")[0])
+            self.lines_.append(
+                ax.step(x, y, where="mid", color=s.color, lw=1.2, label=f"{s.label} ({used}/{k} used)")[0]
+            )
             if k not in sizes:  # one reference line per codebook size
                 ax.axhline(1.0 / k, color="0.3", ls=":", lw=1, label=f"uniform 1/K = {1.0 / k:.2g}")
                 sizes.add(k)

@@ -17,8 +17,12 @@ __all__ = ["EVIDENCE", "STATUS_WORDS", "reason_passes", "status_tone", "verdict_
 
 EVIDENCE: tuple[str, ...] = ("codes", "usage", "latents", "labels")
 STATUS_WORDS: dict[str, str] = {
-    "shrunk": "Shrunk", "underused": "Under-used", "healthy": "Healthy", "cannot_tell": "Cannot tell",
-    "uninitialized": "Uninitialized", "uninitialised": "Uninitialised",
+    "shrunk": "Shrunk",
+    "underused": "Under-used",
+    "healthy": "Healthy",
+    "cannot_tell": "Cannot tell",
+    "uninitialized": "Uninitialized",
+    "uninitialised": "Uninitialised",
 }
 _TONES = {"shrunk": "bad", "underused": "warn", "healthy": "good"}
 
@@ -33,7 +37,7 @@ def status_word(status: str) -> str:
 
 
 def verdict_dict(verdict: Any) -> dict[str, Any] | None:
-    """The verdict as the contract's dict, from a ``Verdict``, a dict (JSON/JSONL), or a health carrying one."""
+    """The verdict as the contract's dict, from a ``Verdict``, its dict (JSON, JSONL) or a health with one."""
     if verdict is None:
         return None
     if hasattr(verdict, "num_codes") and hasattr(verdict, "metrics"):  # a CodebookHealth
@@ -74,24 +78,34 @@ def _reason_item(r: Mapping[str, Any]) -> str:
     if r.get("reference_name") not in (None, "", "none"):
         value = "" if r.get("reference") is None else f" = {_num(r.get('reference'))}"
         ref = f"<div class='ref'>reference: {html.escape(str(r['reference_name']))}{value}</div>"
-    return (f"<li><code>{html.escape(str(r.get('metric', '?')))}</code> = <b>{_num(r.get('value'))}</b> "
-            f"<span class='{mark[0]}'>{mark[1]} threshold {need} {_num(r.get('threshold'))}</span>"
-            f"{' <span class=muted>(' + html.escape(str(r['code'])) + ')</span>' if r.get('code') else ''}"
-            f"{ref}</li>")
+    return (
+        f"<li><code>{html.escape(str(r.get('metric', '?')))}</code> = <b>{_num(r.get('value'))}</b> "
+        f"<span class='{mark[0]}'>{mark[1]} threshold {need} {_num(r.get('threshold'))}</span>"
+        f"{' <span class=muted>(' + html.escape(str(r['code'])) + ')</span>' if r.get('code') else ''}"
+        f"{ref}</li>"
+    )
 
 
 def _evidence(evidence: Sequence[str]) -> str:
     have = set(evidence)
     chips = "".join(
-        f"<span class='chip {'on' if k in have else 'off'}' title='{'used' if k in have else 'not available'}'>"
+        f"<span class='chip {'on' if k in have else 'off'}' "
+        f"title='{'used' if k in have else 'not available'}'>"
         f"{'&#10003;' if k in have else '&#10007;'} {k}</span>"
         for k in (*EVIDENCE, *sorted(have - set(EVIDENCE)))
     )
     return f"<span class='evidence'>rests on {chips}</span>"
 
 
-def verdict_card(name: str, verdict: Any, *, status: str | None = None,
-                 warnings: Sequence[Mapping[str, str]] = (), href: str | None = None, caption: str = "") -> str:
+def verdict_card(
+    name: str,
+    verdict: Any,
+    *,
+    status: str | None = None,
+    warnings: Sequence[Mapping[str, str]] = (),
+    href: str | None = None,
+    caption: str = "",
+) -> str:
     """One codebook's verdict as an HTML card.
 
     Args:
@@ -109,28 +123,40 @@ def verdict_card(name: str, verdict: Any, *, status: str | None = None,
     parts = [f"<article class='card tone-{status_tone(st)}'>"]
     if caption:
         parts.append(f"<div class='caption'>{html.escape(caption)}</div>")
-    parts.append(f"<header><span class='badge'>{html.escape(status_word(st))}</span> <code class='name'>{title}"
-                 f"</code>{_evidence(v.get('evidence') or ()) if v else ''}</header>")
+    parts.append(
+        f"<header><span class='badge'>{html.escape(status_word(st))}</span> <code class='name'>{title}"
+        f"</code>{_evidence(v.get('evidence') or ()) if v else ''}</header>"
+    )
     if v is None:
-        parts.append("<p class='muted'>No verdict recorded for this codebook"
-                     + ("; its warnings follow.</p>" if warnings else ", and no warnings.</p>"))
+        parts.append(
+            "<p class='muted'>No verdict recorded for this codebook"
+            + ("; its warnings follow.</p>" if warnings else ", and no warnings.</p>")
+        )
     else:
         parts.append(f"<p class='summary'>{html.escape(str(v.get('summary', '')))}</p>")
         reasons = v.get("reasons") or []
         if reasons:
-            parts.append("<div class='label'>Decided by</div><ul class='reasons'>"
-                         + "".join(_reason_item(r) for r in reasons) + "</ul>")
+            parts.append(
+                "<div class='label'>Decided by</div><ul class='reasons'>"
+                + "".join(_reason_item(r) for r in reasons)
+                + "</ul>"
+            )
         missing = v.get("missing") or []
         if missing:
             items = "".join(
                 f"<li><b>{html.escape(str(m.get('input', '?')))}</b>: {html.escape(str(m.get('why', '')))}"
-                f"<div class='how'>How: {html.escape(str(m.get('how', '')))}</div></li>" for m in missing
+                f"<div class='how'>How: {html.escape(str(m.get('how', '')))}</div></li>"
+                for m in missing
             )
             parts.append(f"<div class='label'>Missing</div><ul class='missing'>{items}</ul>")
     if warnings:
-        items = "".join(f"<li><b>{html.escape(w.get('code', '?'))}</b>: {html.escape(w.get('message', ''))}</li>"
-                        for w in warnings)
+        items = "".join(
+            f"<li><b>{html.escape(w.get('code', '?'))}</b>: {html.escape(w.get('message', ''))}</li>"
+            for w in warnings
+        )
         opened = " open" if v is None else ""
-        parts.append(f"<details{opened}><summary>{len(warnings)} warning(s)</summary><ul>{items}</ul></details>")
+        parts.append(
+            f"<details{opened}><summary>{len(warnings)} warning(s)</summary><ul>{items}</ul></details>"
+        )
     parts.append("</article>")
     return "".join(parts)

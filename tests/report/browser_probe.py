@@ -25,25 +25,33 @@ CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-st
 
 PROBE = r"""<script>(function(){
 var errors = [];
-console.error = function(){ errors.push('console.error: ' + Array.prototype.join.call(arguments, ' ')); };
+console.error = function(){ errors.push('console.error: ' + [].join.call(arguments, ' ')); };
 window.addEventListener('error', function(e){
   var t = e.target;
-  if (t && t !== window && t.tagName) errors.push('failed to load ' + t.tagName + ' ' + (t.alt || String(t.src || t.href).slice(0, 60)));
+  if (t && t !== window && t.tagName)
+    errors.push('failed to load ' + t.tagName + ' ' + (t.alt || String(t.src || t.href).slice(0, 60)));
   else errors.push('uncaught: ' + e.message);
 }, true);
-window.addEventListener('unhandledrejection', function(e){ errors.push('unhandled rejection: ' + e.reason); });
-document.addEventListener('securitypolicyviolation', function(e){ errors.push('CSP: ' + e.violatedDirective); });
+window.addEventListener('unhandledrejection', function(e){ errors.push('rejection: ' + e.reason); });
+document.addEventListener('securitypolicyviolation', function(e){
+  errors.push('CSP: ' + e.violatedDirective);
+});
 window.addEventListener('load', function(){
   var doc = document.documentElement, main = document.querySelector('main') || document.body;
-  var imgs = Array.prototype.slice.call(document.images);
+  var imgs = [].slice.call(document.images);
   var broken = imgs.filter(function(i){ return !i.complete || i.naturalWidth === 0; })
                    .map(function(i){ return i.alt || String(i.src).slice(0, 40); });
   var overflow = [], right = main.getBoundingClientRect().right;
-  if (doc.scrollWidth > doc.clientWidth) overflow.push('page is ' + doc.scrollWidth + 'px wide in a ' + doc.clientWidth + 'px window');
+  if (doc.scrollWidth > doc.clientWidth)
+    overflow.push('page is ' + doc.scrollWidth + 'px wide in a ' + doc.clientWidth + 'px window');
   main.querySelectorAll('*').forEach(function(el){
-    var b = el.getBoundingClientRect(), tag = el.tagName.toLowerCase() + (el.className ? '.' + el.className : '');
-    if (b.width > 0 && b.right > right + 1) overflow.push(tag + ' ends at ' + Math.round(b.right) + 'px, past the main column (' + Math.round(right) + 'px)');
-    if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1) overflow.push(tag + ' scrolls sideways (' + el.scrollWidth + ' > ' + el.clientWidth + 'px)');
+    var b = el.getBoundingClientRect();
+    var tag = el.tagName.toLowerCase() + (el.className ? '.' + el.className : '');
+    if (b.width > 0 && b.right > right + 1)
+      overflow.push(tag + ' ends at ' + Math.round(b.right) + 'px, past the main column (' +
+                    Math.round(right) + 'px)');
+    if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1)
+      overflow.push(tag + ' scrolls sideways (' + el.scrollWidth + ' > ' + el.clientWidth + 'px)');
   });
   var out = document.createElement('pre');
   out.id = 'shrinkscope-probe';
@@ -68,14 +76,33 @@ def find_chromium() -> str | None:
 
 def _run(chromium: str, args: list[str], url: str, *, timeout: float) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="shrinkscope-chromium-") as profile:
-        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-               "--disable-extensions", "--mute-audio", f"--user-data-dir={profile}", "--enable-logging=stderr",
-               "--v=0", "--virtual-time-budget=10000", *args, url]
+        cmd = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-extensions",
+            "--mute-audio",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            *args,
+            url,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def probe(page: str | Path, *, width: int = 1280, height: int = 900, chromium: str | None = None,
-          timeout: float = 120) -> dict:
+def probe(
+    page: str | Path,
+    *,
+    width: int = 1280,
+    height: int = 900,
+    chromium: str | None = None,
+    timeout: float = 120,
+) -> dict:
     """Load a copy of ``page`` with the probe script at ``width`` x ``height``; returns the probe's findings
     (``text``, ``images``, ``broken``, ``errors``, ``overflow``, ``height``) plus ``console`` (console lines
     from Chromium's log)."""
@@ -89,12 +116,16 @@ def probe(page: str | Path, *, width: int = 1280, height: int = 900, chromium: s
     copy = page.with_name(page.stem + ".probe.html")
     copy.write_text(probed, encoding="utf-8")
     try:
-        run = _run(chromium, [f"--window-size={width},{height}", "--dump-dom"], copy.as_uri(), timeout=timeout)
+        run = _run(
+            chromium, [f"--window-size={width},{height}", "--dump-dom"], copy.as_uri(), timeout=timeout
+        )
     finally:
         copy.unlink()
     m = re.search(r'<pre id="shrinkscope-probe">(.*?)</pre>', run.stdout, re.S)
     if m is None:
-        raise RuntimeError(f"the probe did not report (exit {run.returncode}); stderr tail: {run.stderr[-800:]}")
+        raise RuntimeError(
+            f"the probe did not report (exit {run.returncode}); stderr tail: {run.stderr[-800:]}"
+        )
     import html
 
     found = json.loads(html.unescape(m.group(1)))
@@ -102,13 +133,24 @@ def probe(page: str | Path, *, width: int = 1280, height: int = 900, chromium: s
     return found
 
 
-def screenshot(page: str | Path, png: str | Path, *, width: int = 1280, height: int = 900,
-               chromium: str | None = None, timeout: float = 120) -> None:
+def screenshot(
+    page: str | Path,
+    png: str | Path,
+    *,
+    width: int = 1280,
+    height: int = 900,
+    chromium: str | None = None,
+    timeout: float = 120,
+) -> None:
     """Save a ``width`` x ``height`` screenshot of ``page`` (make ``height`` the probe's to get it all)."""
     chromium = chromium or find_chromium()
     if chromium is None:
         raise FileNotFoundError("no Chromium binary found (apt-get install chromium)")
-    run = _run(chromium, [f"--window-size={width},{height}", f"--screenshot={Path(png).resolve()}"],
-               Path(page).resolve().as_uri(), timeout=timeout)
+    run = _run(
+        chromium,
+        [f"--window-size={width},{height}", f"--screenshot={Path(png).resolve()}"],
+        Path(page).resolve().as_uri(),
+        timeout=timeout,
+    )
     if not Path(png).exists():
         raise RuntimeError(f"no screenshot written (exit {run.returncode}): {run.stderr[-800:]}")

@@ -1,4 +1,7 @@
-"""Display classes: the data each one plots, checked against slow obvious references.  Run: pytest tests/report -q"""
+"""Display classes: the data each one plots, checked against slow obvious references.
+
+Run: pytest tests/report -q
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ import torch
 from shrinkscope.analyze import analyze
 from shrinkscope.metrics import codebook_health
 from shrinkscope.report import (
-    CodebookDisplay, DistanceDisplay, ProjectionDisplay, SpectrumDisplay, TimelineDisplay, UsageDisplay,
+    CodebookDisplay,
+    DistanceDisplay,
+    ProjectionDisplay,
+    SpectrumDisplay,
+    TimelineDisplay,
+    UsageDisplay,
     read_timeline,
 )
 
@@ -89,7 +97,10 @@ def test_distances_nearest_code_matches_brute_force(data):
     assert by["pairwise code-code (codes)"].max() < by["pairwise latent-latent"].max()
     assert d.bins[0] == 0 and d.bins[-1] >= max(v.max() for v in by.values())
     no_lat = DistanceDisplay.from_codebooks({"codes": cb}, None)
-    assert [s.label for s in no_lat.series] == ["pairwise code-code (codes)", "code to nearest other code (codes)"]
+    assert [s.label for s in no_lat.series] == [
+        "pairwise code-code (codes)",
+        "code to nearest other code (codes)",
+    ]
 
 
 def test_codebook_display_from_entry_and_on_user_axes(data):
@@ -116,8 +127,12 @@ def test_codebook_display_from_health_without_codebook(data):
 def test_comparison_measures_each_codebook_on_its_own_encoders_latents():
     g = torch.Generator().manual_seed(0)
     z_before, z_after = torch.randn(400, 4, generator=g) * 0.2, torch.randn(400, 4, generator=g)
-    before = analyze({"quantize.embedding.weight": z_before[:32].clone()}, latents=z_before, progress=False).entries[0]
-    after = analyze({"quantize.embedding.weight": z_after[:32].clone()}, latents=z_after, progress=False).entries[0]
+    before = analyze(
+        {"quantize.embedding.weight": z_before[:32].clone()}, latents=z_before, progress=False
+    ).entries[0]
+    after = analyze(
+        {"quantize.embedding.weight": z_after[:32].clone()}, latents=z_after, progress=False
+    ).entries[0]
     d = CodebookDisplay.from_comparison(before, after)
     by = {s.label: s.values for s in d.distances.series}
     assert "pairwise latent-latent (before)" in by and "pairwise latent-latent" not in by
@@ -125,14 +140,27 @@ def test_comparison_measures_each_codebook_on_its_own_encoders_latents():
     np.testing.assert_allclose(np.sort(by["latent to nearest code (before)"]), np.sort(ref), atol=1e-6)
     assert d.projection.basis == "latents of both encoders"
     # one shared latent set: one grey latent cloud and histogram
-    same = analyze({"quantize.embedding.weight": 0.1 * z_after[:32]}, latents=z_after, progress=False).entries[0]
+    same = analyze(
+        {"quantize.embedding.weight": 0.1 * z_after[:32]}, latents=z_after, progress=False
+    ).entries[0]
     d = CodebookDisplay.from_comparison(same, after)
     assert [s.label for s in d.distances.series if s.kind == "latents"] == ["pairwise latent-latent"]
 
 
 def test_timeline_display_plots_every_logged_metric(tmp_path):
-    rows = [{"step": s, "time": 0, "name": "vq", "scope": "window", "num_codes": 8, "dim": 2,
-             "metrics": {"utilization": 0.1 * s, "dead_code_ratio": None}, "warnings": []} for s in (3, 1, 2)]
+    rows = [
+        {
+            "step": s,
+            "time": 0,
+            "name": "vq",
+            "scope": "window",
+            "num_codes": 8,
+            "dim": 2,
+            "metrics": {"utilization": 0.1 * s, "dead_code_ratio": None},
+            "warnings": [],
+        }
+        for s in (3, 1, 2)
+    ]
     rows.append({"step": 2, "time": 0, "event": "defer_switch"})
     (tmp_path / "run.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     d = TimelineDisplay.from_timeline(read_timeline(str(tmp_path / "run.jsonl")))
@@ -143,25 +171,30 @@ def test_timeline_display_plots_every_logged_metric(tmp_path):
 
 
 def test_computing_displays_needs_no_matplotlib():
-    code = ("import sys, torch; from shrinkscope.metrics import codebook_health; "
-            "from shrinkscope.report import SpectrumDisplay, UsageDisplay; "
-            "h = codebook_health(torch.randn(16, 3), latents=torch.randn(50, 3)); "
-            "SpectrumDisplay.from_health(h); UsageDisplay.from_health(h); "
-            "sys.exit(3 if 'matplotlib' in sys.modules else 0)")
+    code = (
+        "import sys, torch; from shrinkscope.metrics import codebook_health; "
+        "from shrinkscope.report import SpectrumDisplay, UsageDisplay; "
+        "h = codebook_health(torch.randn(16, 3), latents=torch.randn(50, 3)); "
+        "SpectrumDisplay.from_health(h); UsageDisplay.from_health(h); "
+        "sys.exit(3 if 'matplotlib' in sys.modules else 0)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
 
 
 def test_new_figures_come_from_pyplot_only_when_the_user_imported_it(tmp_path):
-    code = ("import sys, torch, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; "
-            "from shrinkscope.analyze import analyze; from shrinkscope.report import UsageDisplay, "
-            "write_analysis_report; from shrinkscope.metrics import codebook_health; "
-            "UsageDisplay.from_health(codebook_health(torch.randn(16, 3), counts=torch.ones(16))).plot(); "
-            "n = len(plt.get_fignums()); "
-            "write_analysis_report(analyze({'vq.codebook': torch.randn(16, 3)}, progress=False), sys.argv[1]); "
-            "sys.exit(0 if n == 1 and len(plt.get_fignums()) == 1 else 3)")
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, timeout=120)
+    code = (
+        "import sys, torch, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; "
+        "from shrinkscope.analyze import analyze; from shrinkscope.report import UsageDisplay, "
+        "write_analysis_report; from shrinkscope.metrics import codebook_health; "
+        "UsageDisplay.from_health(codebook_health(torch.randn(16, 3), counts=torch.ones(16))).plot(); "
+        "n = len(plt.get_fignums()); "
+        "write_analysis_report(analyze({'vq.codebook': torch.randn(16, 3)}, progress=False), sys.argv[1]); "
+        "sys.exit(0 if n == 1 and len(plt.get_fignums()) == 1 else 3)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
 
 

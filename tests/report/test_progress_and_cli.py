@@ -1,4 +1,7 @@
-"""Progress bars (stderr, only after a second of work) and the report flags of the CLI.  Run: pytest tests/report -q"""
+"""Progress bars (stderr, only after a second of work) and the report flags of the CLI.
+
+Run: pytest tests/report -q
+"""
 
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ def test_quick_work_prints_nothing(capsys):
 
 
 def test_slow_iteration_names_the_step_in_progress(capsys):
-    for _ in progress_iter(["quantize.layers.0"], desc="plotting", unit="codebook", enabled=True,
-                           label=lambda name: name):
+    for _ in progress_iter(
+        ["quantize.layers.0"], desc="plotting", unit="codebook", enabled=True, label=lambda name: name
+    ):
         time.sleep(1.7)
         err = capsys.readouterr().err
     assert "plotting" in err and "quantize.layers.0" in err
@@ -46,8 +50,21 @@ def test_analyze_out_draws_no_umap_by_default(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     torch.save({"quantize.embedding.weight": torch.randn(32, 4, generator=g)}, tmp_path / "c.pt")
     np.save(tmp_path / "z.npy", torch.randn(300, 4, generator=g).numpy())
-    code = main(["analyze", str(tmp_path / "c.pt"), "--latents", str(tmp_path / "z.npy"), "--out",
-                 str(tmp_path / "r"), "--no-umap", "--progress"])
+    code = main(
+        [
+            "analyze",
+            str(tmp_path / "c.pt"),
+            "--latents",
+            str(tmp_path / "z.npy"),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-umap",
+            "--progress",
+        ]
+    )
     assert code == 0 and sorted(p.name for p in (tmp_path / "r").iterdir()) == [
-        "00_quantize.png", "health.json", "report.html"]
+        "00_quantize.png",
+        "health.json",
+        "report.html",
+    ]
     assert "report:" in capsys.readouterr().out

@@ -1,4 +1,7 @@
-"""HTML reports of analyze, compare and the training timeline: one layout, verdict first.  Run: pytest tests/report -q"""
+"""HTML reports of analyze, compare and the training timeline: one layout, verdict first.
+
+Run: pytest tests/report -q
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ import torch
 
 from shrinkscope.analyze import analyze, compare
 from shrinkscope.report import (
-    analysis_text, comparison_text, read_timeline, write_analysis_report, write_comparison_report,
+    analysis_text,
+    comparison_text,
+    read_timeline,
+    write_analysis_report,
+    write_comparison_report,
     write_timeline_report,
 )
 from shrinkscope.report.layout import change_class, change_table, metric_table
@@ -19,17 +26,36 @@ from shrinkscope.report.verdict import reason_passes, verdict_card
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHRUNK = {
-    "status": "shrunk", "evidence": ["codes", "usage", "latents"],
+    "status": "shrunk",
+    "evidence": ["codes", "usage", "latents"],
     "summary": "Shrunk (codes and latents): the live codes span 0.21x the spread of k-means.",
     "reasons": [
-        {"code": "shrinkage", "metric": "spread_vs_kmeans", "value": 0.21, "reference": 2.5,
-         "reference_name": "k-means, same K, on these latents", "threshold": 0.75, "direction": "min"},
-        {"code": "excess_distortion", "metric": "excess_distortion", "value": 1.9, "reference": 0.4,
-         "reference_name": "k-means, same K, on these latents, held-out rows", "threshold": 1.0,
-         "direction": "max"},
+        {
+            "code": "shrinkage",
+            "metric": "spread_vs_kmeans",
+            "value": 0.21,
+            "reference": 2.5,
+            "reference_name": "k-means, same K, on these latents",
+            "threshold": 0.75,
+            "direction": "min",
+        },
+        {
+            "code": "excess_distortion",
+            "metric": "excess_distortion",
+            "value": 1.9,
+            "reference": 0.4,
+            "reference_name": "k-means, same K, on these latents, held-out rows",
+            "threshold": 1.0,
+            "direction": "max",
+        },
     ],
-    "missing": [{"input": "labels", "why": "mode-level shrinkage needs the data mode of each latent",
-                 "how": "pass --labels FILE"}],
+    "missing": [
+        {
+            "input": "labels",
+            "why": "mode-level shrinkage needs the data mode of each latent",
+            "how": "pass --labels FILE",
+        }
+    ],
 }
 
 
@@ -56,12 +82,24 @@ def test_analysis_report_is_self_contained_and_verdict_first(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00_quantize.png"]  # no UMAP unless asked
     assert (tmp_path / "00_quantize.png").read_bytes()[:8] == PNG_MAGIC
     assert page.count("data:image/png;base64,") == 1 and "<script" not in page
-    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)  # nothing fetched when opened offline
+    assert not re.search(
+        r"""(src|href)=["']?(https?:|//|file:)""", page
+    )  # nothing fetched when opened offline
     assert _sections(page) == ["Verdict", "quantize"]
-    verdict = page[page.index("id='verdict'"):page.index("id='cb-00'")]
+    verdict = page[page.index("id='verdict'") : page.index("id='cb-00'")]
     # the deciding measurements against their reference and threshold, and what is missing with how to get it
-    for text in ("Shrunk", "spread_vs_kmeans", "0.21", "k-means, same K, on these latents = 2.5", "&ge; 0.75",
-                 "excess_distortion", "&le; 1", "pass --labels FILE", "&#10003; latents", "&#10007; labels"):
+    for text in (
+        "Shrunk",
+        "spread_vs_kmeans",
+        "0.21",
+        "k-means, same K, on these latents = 2.5",
+        "&ge; 0.75",
+        "excess_distortion",
+        "&le; 1",
+        "pass --labels FILE",
+        "&#10003; latents",
+        "&#10007; labels",
+    ):
         assert text in verdict, text
     assert page.index("<img") < page.index("<table class='metrics'>")  # plots, then the table
     assert json.loads((tmp_path / "health.json").read_text()) == json.loads(json.dumps(res.to_dict()))
@@ -70,8 +108,9 @@ def test_analysis_report_is_self_contained_and_verdict_first(tmp_path):
 def test_full_metric_table_is_vertical_with_which_way_is_good():
     res = analyze({"vq.codebook": torch.randn(40, 5)}, progress=False)
     table = metric_table(res.codebooks[0].metrics)
-    rows = re.findall(r"<tr><td class='key'><code>(\w+)</code></td><td class='num'>([^<]*)</td><td>([^<]*)</td>",
-                      table)
+    rows = re.findall(
+        r"<tr><td class='key'><code>(\w+)</code></td><td class='num'>([^<]*)</td><td>([^<]*)</td>", table
+    )
     assert [r[0] for r in rows] == list(res.codebooks[0].metrics)
     good = {k: g for k, _, g in rows}
     assert good["dead_code_ratio"] == "lower" and good["effective_rank"] == "higher"
@@ -103,7 +142,9 @@ def test_change_is_coloured_by_each_metrics_direction():
     assert change_class("quantization_error", 0.9, 0.1) == "better"
     assert change_class("latent_effective_rank", 3.0, 5.0) == ""  # context, no direction
     assert change_class("utilization", 0.5, 0.5) == "same" and change_class("utilization", None, 0.5) == ""
-    table = change_table({"dead_code_ratio": 0.5, "utilization": 0.2}, {"dead_code_ratio": 0.1, "utilization": 0.1})
+    table = change_table(
+        {"dead_code_ratio": 0.5, "utilization": 0.2}, {"dead_code_ratio": 0.1, "utilization": 0.1}
+    )
     assert "class='num better'>-0.4 better<" in table and "class='num worse'>-0.1 worse<" in table
 
 
@@ -127,9 +168,18 @@ def test_comparison_report_side_by_side(tmp_path):
 def _log(tmp_path, verdict=None):
     rows = []
     for step in (1, 2, 3):
-        rows.append({"step": step, "time": 0.0, "name": "vq", "scope": "window", "num_codes": 16, "dim": 4,
-                     "metrics": {"spread_ratio": 0.2 * step, "dead_code_ratio": 0.5 / step},
-                     "warnings": [{"code": "dead_codes", "message": "50% dead"}] if step == 1 else []})
+        rows.append(
+            {
+                "step": step,
+                "time": 0.0,
+                "name": "vq",
+                "scope": "window",
+                "num_codes": 16,
+                "dim": 4,
+                "metrics": {"spread_ratio": 0.2 * step, "dead_code_ratio": 0.5 / step},
+                "warnings": [{"code": "dead_codes", "message": "50% dead"}] if step == 1 else [],
+            }
+        )
     if verdict:
         rows[-1]["verdict"] = verdict
     rows.append({"step": 2, "time": 0.0, "event": "defer_switch"})
@@ -154,12 +204,18 @@ def test_one_layout_for_the_three_pages(tmp_path):
     z, good, bad = _checkpoints()
     pages = [
         open(write_analysis_report(analyze(bad, latents=z, progress=False), str(tmp_path / "a"))).read(),
-        open(write_comparison_report(compare(bad, good, latents=z, progress=False), str(tmp_path / "c"))).read(),
+        open(
+            write_comparison_report(compare(bad, good, latents=z, progress=False), str(tmp_path / "c"))
+        ).read(),
         open(write_timeline_report(_log(tmp_path), str(tmp_path / "t"))).read(),
     ]
     for page in pages:
-        assert page.index("<header><h1>") < page.index("id='verdict'") < page.index("<img") < page.index(
-            "<table class='metrics'>")
+        assert (
+            page.index("<header><h1>")
+            < page.index("id='verdict'")
+            < page.index("<img")
+            < page.index("<table class='metrics'>")
+        )
         assert "<th>good</th>" in page and "class='card tone-" in page and "class='meta'" in page
 
 
