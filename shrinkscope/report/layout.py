@@ -111,13 +111,13 @@ def _meaning(key: str) -> str:
     return METRIC_INFO.get(key, ("", ""))[0]
 
 
-def fmt(v: Any) -> str:
+def fmt(v: Any, *, digits: int = 4) -> str:
     """A metric value for a table cell (an en dash where the input for it was absent)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "&ndash;"
     if isinstance(v, int):
         return str(v)
-    return f"{v:.4g}"
+    return f"{v:.{digits}g}"
 
 
 def change_class(key: str, before: Any, after: Any) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import math
 from typing import Any, Mapping, Sequence
+
+from .layout import fmt
 
 __all__ = ["EVIDENCE", "STATUS_WORDS", "reason_passes", "status_tone", "verdict_card", "verdict_dict"]
 
@@ -54,11 +55,7 @@ def verdict_dict(verdict: Any) -> dict[str, Any] | None:
 
 
 def _num(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "&ndash;"
-    if isinstance(v, int):
-        return str(v)
-    return f"{v:.3g}"
+    return fmt(v, digits=3)
 
 
 def reason_passes(reason: Mapping[str, Any]) -> bool | None:

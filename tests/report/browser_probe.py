@@ -13,6 +13,7 @@ Used by tests/report/test_browser.py and scripts/make_gallery.py.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -74,7 +75,10 @@ def find_chromium() -> str | None:
     return None
 
 
-def _run(chromium: str, args: list[str], url: str, *, timeout: float) -> subprocess.CompletedProcess:
+def _run(chromium: str | None, args: list[str], url: str, *, timeout: float) -> subprocess.CompletedProcess:
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("no Chromium binary found (apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="shrinkscope-chromium-") as profile:
         cmd = [
             chromium,
@@ -106,9 +110,6 @@ def probe(
     """Load a copy of ``page`` with the probe script at ``width`` x ``height``; returns the probe's findings
     (``text``, ``images``, ``broken``, ``errors``, ``overflow``, ``height``) plus ``console`` (console lines
     from Chromium's log)."""
-    chromium = chromium or find_chromium()
-    if chromium is None:
-        raise FileNotFoundError("no Chromium binary found (apt-get install chromium)")
     page = Path(page).resolve()
     text = page.read_text(encoding="utf-8")
     i = text.find("<head>")
@@ -126,8 +127,6 @@ def probe(
         raise RuntimeError(
             f"the probe did not report (exit {run.returncode}); stderr tail: {run.stderr[-800:]}"
         )
-    import html
-
     found = json.loads(html.unescape(m.group(1)))
     found["console"] = [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln]
     return found
@@ -143,9 +142,6 @@ def screenshot(
     timeout: float = 120,
 ) -> None:
     """Save a ``width`` x ``height`` screenshot of ``page`` (make ``height`` the probe's to get it all)."""
-    chromium = chromium or find_chromium()
-    if chromium is None:
-        raise FileNotFoundError("no Chromium binary found (apt-get install chromium)")
     run = _run(
         chromium,
         [f"--window-size={width},{height}", f"--screenshot={Path(png).resolve()}"],
