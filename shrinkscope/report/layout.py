@@ -82,10 +82,10 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "spread_cosine": ("mean 1 - cos between codes", "higher"),
     "spread_euclidean": ("mean pairwise distance between codes", "higher"),
     "spread_ratio": ("code spread / latent spread", "about 1; << 1 = shrunk"),
-    "spread_vs_kmeans": ("code spread / that of k-means with the same K on these latents", "about 1 or more"),
+    "spread_vs_kmeans": ("spread of the live codes / that of k-means with the same K", "about 1 or more"),
     "effective_rank": ("exp(entropy of normalised singular values) of the codes", "higher"),
     "effective_dimension": ("PCA components holding 99% of the codes' variance", "higher"),
-    "rank_vs_kmeans": ("effective rank / that of k-means with the same K", "about 1 or more"),
+    "rank_vs_kmeans": ("effective rank of the live codes / that of k-means with the same K", "about 1 or more"),
     "latent_effective_rank": ("effective rank of the latents (context)", "context"),
     "latent_effective_dimension": ("99%-variance dimension of the latents (context)", "context"),
     "utilization_perplexity": ("exp(entropy) of code usage", "higher (max K)"),
@@ -96,6 +96,9 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "codebook_precision": ("codes inside some latent's k-NN ball", "higher"),
     "quantization_error": ("mean squared distance to the nearest code / latent variance", "lower"),
     "excess_distortion": ("held-out distortion / that of k-means with the same K, minus 1", "lower"),
+    "offset_vs_spread": ("distance of the codes' mean from the origin / their spread", "lower"),
+    "token_mode_entropy": ("entropy of the codes each data mode uses", "higher"),
+    "shrunk_mode_share": ("share of data modes whose codes are shrunk vs k-means", "lower"),
 }
 """Meaning and which way is good, per metric key (definitions: docs/metrics.md)."""
 

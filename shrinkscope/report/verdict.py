@@ -25,6 +25,11 @@ STATUS_WORDS: dict[str, str] = {
     "uninitialized": "Uninitialized",
     "uninitialised": "Uninitialised",
 }
+REFERENCE_OF: dict[str, str] = {
+    "spread_vs_kmeans": "spread", "rank_vs_kmeans": "effective rank", "coverage_vs_kmeans": "latent coverage",
+    "excess_distortion": "held-out distortion",
+}
+"""What a reason's ``reference`` number is, per metric: the ratios compare with the reference's own value."""
 _TONES = {"shrunk": "bad", "underused": "warn", "healthy": "good"}
 
 
@@ -73,8 +78,9 @@ def _reason_item(r: Mapping[str, Any]) -> str:
     need = {"min": "&ge;", "max": "&le;"}.get(str(r.get("direction")), "vs")
     ref = ""
     if r.get("reference_name") not in (None, "", "none"):
-        value = "" if r.get("reference") is None else f" = {_num(r.get('reference'))}"
-        ref = f"<div class='ref'>reference: {html.escape(str(r['reference_name']))}{value}</div>"
+        what = REFERENCE_OF.get(str(r.get("metric")), "value")
+        value = "" if r.get("reference") is None else f": its {what} = {_num(r.get('reference'))}"
+        ref = f"<div class='ref'>against {html.escape(str(r['reference_name']))}{value}</div>"
     return (
         f"<li><code>{html.escape(str(r.get('metric', '?')))}</code> = <b>{_num(r.get('value'))}</b> "
         f"<span class='{mark[0]}'>{mark[1]} threshold {need} {_num(r.get('threshold'))}</span>"

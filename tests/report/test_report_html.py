@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,6 +71,10 @@ def _checkpoints():
     return z, good, bad
 
 
+def _read(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
 def _sections(page: str) -> list[str]:
     return re.findall(r"<section[^>]*><h2>([^<]*)</h2>", page)
 
@@ -77,30 +82,25 @@ def _sections(page: str) -> list[str]:
 def test_analysis_report_is_self_contained_and_verdict_first(tmp_path):
     z, _, bad = _checkpoints()
     res = analyze(bad, latents=z, progress=False)
-    res.entries[0].health.verdict = SHRUNK
-    page = open(write_analysis_report(res, str(tmp_path))).read()
+    v = res.entries[0].health.verdict
+    assert v.status == "shrunk" and v.reasons and v.missing  # what the card below must show
+    page = _read(write_analysis_report(res, str(tmp_path)))
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00_quantize.png"]  # no UMAP unless asked
     assert (tmp_path / "00_quantize.png").read_bytes()[:8] == PNG_MAGIC
     assert page.count("data:image/png;base64,") == 1 and "<script" not in page
-    assert not re.search(
-        r"""(src|href)=["']?(https?:|//|file:)""", page
-    )  # nothing fetched when opened offline
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)  # nothing fetched offline
     assert _sections(page) == ["Verdict", "quantize"]
-    verdict = page[page.index("id='verdict'") : page.index("id='cb-00'")]
-    # the deciding measurements against their reference and threshold, and what is missing with how to get it
-    for text in (
-        "Shrunk",
-        "spread_vs_kmeans",
-        "0.21",
-        "k-means, same K, on these latents = 2.5",
-        "&ge; 0.75",
-        "excess_distortion",
-        "&le; 1",
-        "pass --labels FILE",
-        "&#10003; latents",
-        "&#10007; labels",
-    ):
-        assert text in verdict, text
+    card = html.unescape(re.sub("<[^>]+>", "", page[page.index("id='verdict'") : page.index("id='cb-00'")]))
+    # status and summary, each deciding measurement against its threshold and reference, what is missing
+    assert "Shrunk" in card and v.summary in card
+    for r in v.reasons:
+        side = "\u2265" if r["direction"] == "min" else "\u2264"
+        assert f"{r['metric']} = {r['value']:.3g}" in card and f"threshold {side} {r['threshold']:.3g}" in card
+        assert r["reference_name"] in card
+    assert "against k-means, same K, on these latents" in card and "its spread = " in card
+    for m in v.missing:
+        assert m["how"] in card
+    assert "\u2713 latents" in card and "\u2717 labels" in card
     assert page.index("<img") < page.index("<table class='metrics'>")  # plots, then the table
     assert json.loads((tmp_path / "health.json").read_text()) == json.loads(json.dumps(res.to_dict()))
 
@@ -119,7 +119,7 @@ def test_full_metric_table_is_vertical_with_which_way_is_good():
 
 def test_report_without_latents_or_usage_or_verdict(tmp_path):
     res = analyze({"vq.codebook": torch.randn(40, 5)}, progress=False)
-    page = open(write_analysis_report(res, str(tmp_path))).read()
+    page = _read(write_analysis_report(res, str(tmp_path)))
     assert (tmp_path / "00_vq.png").stat().st_size > 10_000
     assert "none (pass --latents FILE)" in page
     text = analysis_text(res)
@@ -151,9 +151,8 @@ def test_change_is_coloured_by_each_metrics_direction():
 def test_comparison_report_side_by_side(tmp_path):
     z, good, bad = _checkpoints()
     res = compare(bad, good, latents=z, progress=False)
-    res.pairs[0][0].health.verdict = SHRUNK
-    res.pairs[0][1].health.verdict = dict(SHRUNK, status="healthy", summary="Healthy.", missing=[])
-    page = open(write_comparison_report(res, str(tmp_path))).read()
+    assert [e.health.verdict.status for e in res.pairs[0]] == ["shrunk", "healthy"]
+    page = _read(write_comparison_report(res, str(tmp_path)))
     assert (tmp_path / "00_quantize_compare.png").read_bytes()[:8] == PNG_MAGIC
     assert _sections(page) == ["Verdict", "quantize"] and page.count("data:image/png;base64,") == 1
     pair = re.search(r"<div class='pair'>(.*?)</div></section>", page, re.S).group(1)
@@ -188,7 +187,7 @@ def _log(tmp_path, verdict=None):
 
 
 def test_timeline_report_has_the_same_layout(tmp_path):
-    page = open(write_timeline_report(_log(tmp_path, verdict=SHRUNK), str(tmp_path / "a"))).read()
+    page = _read(write_timeline_report(_log(tmp_path, verdict=SHRUNK), str(tmp_path / "a")))
     assert _sections(page) == ["Verdict at the last logged step", "Timeline", "First and last logged values"]
     assert "class='card tone-bad'" in page and "spread_vs_kmeans" in page and "defer_switch at step 2" in page
     spread = re.search(r"<code>spread_ratio</code>.*?</tr>", page).group(0)
@@ -196,18 +195,16 @@ def test_timeline_report_has_the_same_layout(tmp_path):
     assert "step 1" in page and "class='num better'" in spread and "class='num better'" in dead
     assert (tmp_path / "a" / "timeline.png").read_bytes()[:8] == PNG_MAGIC
     # a log without verdicts shows the last warnings instead (none here) and says so
-    page = open(write_timeline_report(_log(tmp_path), str(tmp_path / "b"))).read()
+    page = _read(write_timeline_report(_log(tmp_path), str(tmp_path / "b")))
     assert "No verdict recorded" in page and "No verdict" in html.unescape(page)
 
 
 def test_one_layout_for_the_three_pages(tmp_path):
     z, good, bad = _checkpoints()
     pages = [
-        open(write_analysis_report(analyze(bad, latents=z, progress=False), str(tmp_path / "a"))).read(),
-        open(
-            write_comparison_report(compare(bad, good, latents=z, progress=False), str(tmp_path / "c"))
-        ).read(),
-        open(write_timeline_report(_log(tmp_path), str(tmp_path / "t"))).read(),
+        _read(write_analysis_report(analyze(bad, latents=z, progress=False), str(tmp_path / "a"))),
+        _read(write_comparison_report(compare(bad, good, latents=z, progress=False), str(tmp_path / "c"))),
+        _read(write_timeline_report(_log(tmp_path), str(tmp_path / "t"))),
     ]
     for page in pages:
         assert (
@@ -224,6 +221,6 @@ def test_umap_only_when_asked(tmp_path):
     pytest.importorskip("umap")
     z, _, bad = _checkpoints()
     res = analyze(bad, latents=z, progress=False)
-    page = open(write_analysis_report(res, str(tmp_path), umap=True)).read()
+    page = _read(write_analysis_report(res, str(tmp_path), umap=True))
     assert (tmp_path / "00_quantize_umap.png").read_bytes()[:8] == PNG_MAGIC
     assert page.count("data:image/png;base64,") == 2 and "UMAP of quantize" in page
