@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from ..analyze import AnalysisResult, ComparisonResult
+    from ..metrics import CodebookHealth
 
 # (metric key, column header, format) shown in the terminal table; the full set is in --json / health.json.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -37,7 +41,7 @@ def _name(name: str, width: int = 36) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
-def health_table(healths: Sequence[Any]) -> str:
+def health_table(healths: Sequence[CodebookHealth]) -> str:
     """The terminal table for a list of ``CodebookHealth``."""
     header = ["codebook", "K", "D", *[c[1] for c in COLUMNS], "warnings"]
     rows = []
@@ -50,7 +54,7 @@ def health_table(healths: Sequence[Any]) -> str:
     return format_rows(header, rows)
 
 
-def analysis_text(result: Any) -> str:
+def analysis_text(result: AnalysisResult) -> str:
     """Table, per-codebook notes and verdict of an ``AnalysisResult``, ready to print."""
     parts = [f"shrinkscope analyze {result.source}", "", health_table(result.codebooks), "", LEGEND]
     notes = [(e.health.name, n) for e in result.entries for n in e.notes]
@@ -60,7 +64,7 @@ def analysis_text(result: Any) -> str:
     return "\n".join(parts)
 
 
-def comparison_text(result: Any) -> str:
+def comparison_text(result: ComparisonResult) -> str:
     """Side-by-side table (before, after, delta per key metric) and the comparison verdict."""
     header = ["codebook", "metric", "before", "after", "delta"]
     rows = []
