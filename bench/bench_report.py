@@ -1,36 +1,39 @@
-"""Benchmark: ``shrinkscope analyze --out`` (the HTML report with every default plot) against its peers.
+"""Benchmark: what ``shrinkscope analyze --out`` spends on the report, against the old report code.
 
-Writes one 512 x 64 codebook (``quantize.embedding.weight``, shrunk: 0.2x the scale of the latents) and
-20,000 64-d latents, then times each command in a fresh process (wall seconds, median of ``--repeat`` runs,
-the commands interleaved so that a change of machine load hits them all alike):
+Input: one 512 x 64 codebook (``quantize.embedding.weight``, shrunk: 0.2x the scale of the latents) and
+20,000 64-d latents. Two measurements, both printing medians over ``--repeat`` runs, with the contenders
+interleaved run by run so that a change of machine load hits them alike, in wall and CPU seconds (CPU time
+moves far less than wall time when other jobs share the cores):
 
-- ``analyze --json``: the analysis alone, no plots (the floor under every report);
-- ``analyze --out``: the report as shipped (no UMAP by default);
-- ``analyze --out --umap``: the same plus UMAP (what ``--out`` drew by default before, once numba's compile
-  cache is warm; the first UMAP use ever also compiles for ~30 s);
-- with ``--peer PATH`` (a checkout of an older shrinkscope, e.g. ``git archive OLD | tar -x -C /tmp/old``):
-  that checkout's ``analyze --json``, ``analyze --out`` and ``analyze --out --no-umap`` on the same files.
-
-The cost of the report itself is a row's time minus the ``--json`` row of the same checkout: the analysis
-may differ between versions, the report is what this benchmark is about.
+1. **The report alone, in one process**, on one ``AnalysisResult``: ``write_analysis_report`` of this
+   checkout against the one of an older checkout (``--old PATH``; its ``shrinkscope/report`` package is
+   loaded under another name, on top of this checkout's metrics), with its default (UMAP whenever umap-learn
+   is importable) and with ``umap=False``. Each contender runs once untimed first: imports, numba's compile
+   cache. The first UMAP use on a machine also compiles for ~30 s; that is not in these numbers.
+2. **The command end to end**, each run a fresh process: ``analyze --json`` (the analysis alone, the floor)
+   and ``analyze --out`` of this checkout (and ``--umap`` with ``--with-umap``).
 
 Run::
 
-    python bench/bench_report.py                       # 5 repeats
-    python bench/bench_report.py --peer /tmp/old --repeat 5
+    git archive <old commit> | tar -x -C /tmp/old          # the old report code
+    python bench/bench_report.py --old /tmp/old --repeat 5
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 def build(folder: str, seed: int = 0) -> tuple[str, str]:
@@ -46,57 +49,89 @@ def build(folder: str, seed: int = 0) -> tuple[str, str]:
     return ckpt, lat
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
+def load_old_report(path: str) -> Any:
+    """The old ``shrinkscope/report`` package as ``shrinkscope.old_report`` (its ``..metrics`` imports then
+    resolve to this checkout's metrics)."""
+    folder = os.path.join(os.path.abspath(path), "shrinkscope", "report")
+    spec = importlib.util.spec_from_file_location(
+        "shrinkscope.old_report", os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["shrinkscope.old_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def in_process(fn: Callable[[], Any]) -> tuple[float, float]:
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def fresh_process(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w = time.perf_counter()
     run = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - w
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode != 0:
         raise SystemExit(f"failed ({run.returncode}): {' '.join(cmd)}\n{run.stderr[-800:]}")
-    return wall
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def table(title: str, runs: dict[str, list[tuple[float, float]]]) -> None:
+    print(f"\n{title}\n{'':46s} {'wall s':>8s} {'(min-max)':>13s} {'CPU s':>7s}")
+    for name, rs in runs.items():
+        walls = [r[0] for r in rs]
+        print(f"{name:46s} {statistics.median(walls):8.2f} ({min(walls):5.2f}-{max(walls):5.2f}) "
+              f"{statistics.median(r[1] for r in rs):7.2f}")
+
+
+def interleaved(contenders: dict[str, Callable[[], tuple[float, float]]], repeat: int) -> dict:
+    for fn in contenders.values():  # untimed first run of each
+        fn()
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            runs[name].append(fn())
+    return runs
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5, help="runs per command (median reported)")
-    ap.add_argument(
-        "--peer", metavar="PATH", help="checkout of another shrinkscope version to time alongside"
-    )
-    ap.add_argument("--no-umap-run", action="store_true", help="skip the --umap command (it is the slow one)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per contender (median reported)")
+    ap.add_argument("--old", metavar="PATH", help="checkout whose shrinkscope/report to time alongside")
+    ap.add_argument("--with-umap", action="store_true", help="also time --umap end to end (slow)")
     args = ap.parse_args()
-    env = dict(os.environ, MPLBACKEND="Agg")
+    os.environ["MPLBACKEND"] = "Agg"
+    from shrinkscope.analyze import analyze
+    from shrinkscope.report import write_analysis_report
+
     with tempfile.TemporaryDirectory(prefix="shrinkscope-bench-report-") as tmp:
         ckpt, lat = build(tmp)
         out = os.path.join(tmp, "out")
+        result = analyze(ckpt, latents=lat, progress=False)
+        report = {"report, this checkout (default: no UMAP)": lambda: in_process(
+            lambda: write_analysis_report(result, out, progress=False))}
+        if args.old:
+            old = load_old_report(args.old)
+            report["report, old code, its default (UMAP)"] = lambda: in_process(
+                lambda: old.write_analysis_report(result, out))
+            report["report, old code, umap=False"] = lambda: in_process(
+                lambda: old.write_analysis_report(result, out, umap=False))
+        report_runs = interleaved(report, args.repeat)
+
+        env = dict(os.environ, PYTHONPATH=ROOT)
         base = [sys.executable, "-m", "shrinkscope.cli", "analyze", ckpt, "--latents", lat]
-        here = dict(env, PYTHONPATH=ROOT)
-        cmds = {
-            "analyze --json (no report)": (base + ["--json"], here),
-            "analyze --out (this checkout, default)": (base + ["--out", out], here),
-        }
-        if not args.no_umap_run:
-            cmds["analyze --out --umap (this checkout)"] = (base + ["--out", out, "--umap"], here)
-        if args.peer:
-            peer = dict(env, PYTHONPATH=os.path.abspath(args.peer))
-            cmds["peer: analyze --json (no report)"] = (base + ["--json"], peer)
-            cmds["peer: analyze --out (its default)"] = (base + ["--out", out], peer)
-            cmds["peer: analyze --out --no-umap"] = (base + ["--out", out, "--no-umap"], peer)
-        for cmd, e in cmds.values():  # one untimed run each: page cache, numba's compile cache
-            timed(cmd, e)
-        walls: dict[str, list[float]] = {name: [] for name in cmds}
-        for _ in range(args.repeat):
-            for name, (cmd, e) in cmds.items():
-                walls[name].append(timed(cmd, e))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{os.cpu_count()} CPUs, load average {load:.1f}; median of {args.repeat} runs each\n")
-    floors = {"": statistics.median(walls["analyze --json (no report)"])}
-    if args.peer:
-        floors["peer: "] = statistics.median(walls["peer: analyze --json (no report)"])
-    print(f"{'command':44s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'report s':>9s}")
-    for name, w in walls.items():
-        m = statistics.median(w)
-        floor = floors["peer: " if name.startswith("peer: ") else ""]
-        print(f"{name:44s} {m:9.2f} {min(w):7.2f} {max(w):7.2f} {m - floor:9.2f}")
-    print("\nreport s: median minus the median of the same checkout's analyze --json")
+        cli = {"analyze --json (the analysis alone)": lambda: fresh_process(base + ["--json"], env),
+               "analyze --out (default plots)": lambda: fresh_process(base + ["--out", out], env)}
+        if args.with_umap:
+            cli["analyze --out --umap"] = lambda: fresh_process(base + ["--out", out, "--umap"], env)
+        cli_runs = interleaved(cli, args.repeat)
+    load = os.getloadavg()[0]
+    print(f"{os.cpu_count()} CPUs, load average {load:.1f} at the end; medians of {args.repeat} runs")
+    table("1. write_analysis_report on one AnalysisResult (in process)", report_runs)
+    table("2. the command, fresh process each run", cli_runs)
     return 0
 
 
