@@ -74,7 +74,7 @@ def reason_passes(reason: Mapping[str, Any]) -> bool | None:
 
 def _reason_item(r: Mapping[str, Any]) -> str:
     ok = reason_passes(r)
-    mark = {True: ("good", "&#10003; within"), False: ("bad", "&#10007; past"), None: ("neutral", "")}[ok]
+    mark = {True: ("good", "&#10003;"), False: ("bad", "&#10007;"), None: ("neutral", "")}[ok]
     need = {"min": "&ge;", "max": "&le;"}.get(str(r.get("direction")), "vs")
     ref = ""
     if r.get("reference_name") not in (None, "", "none"):
@@ -83,7 +83,7 @@ def _reason_item(r: Mapping[str, Any]) -> str:
         ref = f"<div class='ref'>against {html.escape(str(r['reference_name']))}{value}</div>"
     return (
         f"<li><code>{html.escape(str(r.get('metric', '?')))}</code> = <b>{_num(r.get('value'))}</b> "
-        f"<span class='{mark[0]}'>{mark[1]} threshold {need} {_num(r.get('threshold'))}</span>"
+        f"<span class='{mark[0]}'>{mark[1]} (must be {need} {_num(r.get('threshold'))})</span>"
         f"{' <span class=muted>(' + html.escape(str(r['code'])) + ')</span>' if r.get('code') else ''}"
         f"{ref}</li>"
     )
@@ -91,13 +91,15 @@ def _reason_item(r: Mapping[str, Any]) -> str:
 
 def _evidence(evidence: Sequence[str]) -> str:
     have = set(evidence)
-    chips = "".join(
-        f"<span class='chip {'on' if k in have else 'off'}' "
-        f"title='{'used' if k in have else 'not available'}'>"
-        f"{'&#10003;' if k in have else '&#10007;'} {k}</span>"
-        for k in (*EVIDENCE, *sorted(have - set(EVIDENCE)))
-    )
-    return f"<span class='evidence'>rests on {chips}</span>"
+    chips = []
+    for k in (*EVIDENCE, *sorted(have - set(EVIDENCE))):
+        # usage assigned from the latents is not listed as evidence of its own, but it is there
+        implied = k == "usage" and k not in have and "latents" in have
+        on = k in have or implied
+        label = f"{k} (from latents)" if implied else k
+        chips.append(f"<span class='chip {'on' if on else 'off'}' title='{'used' if on else 'not available'}'>"
+                     f"{'&#10003;' if on else '&#10007;'} {label}</span>")
+    return f"<span class='evidence'>rests on {''.join(chips)}</span>"
 
 
 def verdict_card(

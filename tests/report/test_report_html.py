@@ -95,12 +95,12 @@ def test_analysis_report_is_self_contained_and_verdict_first(tmp_path):
     assert "Shrunk" in card and v.summary in card
     for r in v.reasons:
         side = "\u2265" if r["direction"] == "min" else "\u2264"
-        assert f"{r['metric']} = {r['value']:.3g}" in card and f"threshold {side} {r['threshold']:.3g}" in card
+        assert f"{r['metric']} = {r['value']:.3g}" in card and f"(must be {side} {r['threshold']:.3g})" in card
         assert r["reference_name"] in card
     assert "against k-means, same K, on these latents" in card and "its spread = " in card
     for m in v.missing:
         assert m["how"] in card
-    assert "\u2713 latents" in card and "\u2717 labels" in card
+    assert "\u2713 latents" in card and "\u2717 labels" in card and "\u2713 usage" in card
     assert page.index("<img") < page.index("<table class='metrics'>")  # plots, then the table
     assert json.loads((tmp_path / "health.json").read_text()) == json.loads(json.dumps(res.to_dict()))
 
@@ -129,6 +129,8 @@ def test_report_without_latents_or_usage_or_verdict(tmp_path):
 def test_verdict_card_tolerates_unknown_status_and_missing_fields():
     card = verdict_card("vq", {"status": "brand_new_status", "summary": "s", "reasons": [{"metric": "m"}]})
     assert "Brand new status" in card and "tone-neutral" in card and "&ndash;" in card
+    card = html.unescape(verdict_card("vq", dict(SHRUNK, evidence=["codes", "latents"])))
+    assert "\u2713 usage (from latents)" in card  # usage assigned from the latents counts as present
     assert reason_passes(SHRUNK["reasons"][0]) is False and reason_passes(SHRUNK["reasons"][1]) is False
     assert reason_passes({"value": 2.0, "threshold": 1.0, "direction": "min"}) is True
     assert reason_passes({"value": 2.0}) is None
