@@ -343,7 +343,7 @@ def analyze(
     t = thresholds or HealthThresholds()
     entries = []
     for fc, (x, notes) in progress_iter(
-        zip(found, per_cb), desc="measuring", unit="codebook", enabled=progress, label=lambda item: item[0].name
+        zip(found, per_cb), desc="measuring", unit="codebook", enabled=progress, label=lambda it: it[0].name
     ):
         counts, tt = fc.counts, t
         if counts is not None and float(counts.sum()) <= 0:

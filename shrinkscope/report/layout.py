@@ -85,7 +85,7 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "spread_vs_kmeans": ("spread of the live codes / that of k-means with the same K", "about 1 or more"),
     "effective_rank": ("exp(entropy of normalised singular values) of the codes", "higher"),
     "effective_dimension": ("PCA components holding 99% of the codes' variance", "higher"),
-    "rank_vs_kmeans": ("effective rank of the live codes / that of k-means with the same K", "about 1 or more"),
+    "rank_vs_kmeans": ("effective rank of the live codes / that of k-means, same K", "about 1 or more"),
     "latent_effective_rank": ("effective rank of the latents (context)", "context"),
     "latent_effective_dimension": ("99%-variance dimension of the latents (context)", "context"),
     "utilization_perplexity": ("exp(entropy) of code usage", "higher (max K)"),
