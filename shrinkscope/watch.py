@@ -101,6 +101,8 @@ class _Watched:
     streams: dict[str, CodebookStream]  # codebook name -> stream
     dims: dict[str, int | None]
     handles: list = dataclasses.field(default_factory=list)
+    captured: bool = False  # any capture yet (a Python flag: no device sync)
+    silent_reported: bool = False
 
     def key(self, codebook: str) -> str:
         return self.name if not codebook else f"{self.name}/{codebook}"
@@ -192,6 +194,8 @@ class Monitor:
         except Exception as e:  # noqa: BLE001 - must never raise into training
             self._disable(w.name, e)
             return
+        if caps:
+            w.captured = True
         for cap in caps:
             key = w.key(cap.codebook)
             if key in self._disabled:
@@ -294,7 +298,30 @@ class Monitor:
         if rank == 0:
             for r in records:
                 self._emit(r)
+        if self.step > 0:
+            self._report_silent(rank, step)
         return window
+
+    def _report_silent(self, rank: int, step: int) -> None:
+        """One warning and one ``no_data`` event per quantizer that is hooked but has yielded nothing.
+
+        A hook can attach and still see nothing: the library may quantize outside ``forward`` (transformers'
+        EncodecModel and MimiModel call ``.encode()``), or the output may not be the structure the adapter
+        reads. An empty log would look like a quiet codebook, so say it.
+        """
+        for w in self.watched:
+            if w.captured or w.silent_reported or w.name in self._disabled:
+                continue
+            w.silent_reported = True
+            msg = (f"{w.name} ({w.adapter.family}) is hooked but yielded no data after {self.step} training "
+                   "steps: its library may quantize outside forward() (transformers' EncodecModel and "
+                   "MimiModel call .encode()), or its output is not the structure this adapter reads. "
+                   "Training is not affected; point watch at the module whose forward() quantizes, or pass "
+                   "adapter=... (docs/hooks.md)")
+            logger.warning("shrinkscope: %s", msg)
+            if rank == 0:
+                self._emit({"step": step, "time": time.time(), "event": "no_data", "name": w.name,
+                            "family": w.adapter.family, "message": msg})
 
     def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
         wc = stream.window_counts()
@@ -428,6 +455,11 @@ class Monitor:
 
     def remove(self) -> None:
         """Detach every hook and close the sinks; the model is left exactly as before."""
+        if not self._removed:
+            try:
+                self._report_silent(self._distributed()[1], self.step)
+            except Exception as e:  # noqa: BLE001 - must never raise into training
+                logger.warning("shrinkscope: the no-data check at remove() failed: %r", e)
         for w in self.watched:
             for h in w.handles:
                 h.remove()

@@ -205,7 +205,7 @@ def test_hf_watch_encode_only_models_are_reported(kind, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="shrinkscope"):
         train(case, model, 4)
         monitor.report()
-    monitor.remove()
+        monitor.remove()
     wrote = (tmp_path / "w.jsonl").exists() and (tmp_path / "w.jsonl").read_text().strip()
     assert wrote or any("no data" in r.getMessage() for r in caplog.records)
 
