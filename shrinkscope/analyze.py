@@ -212,6 +212,12 @@ def _latents_per_codebook(
             note = [
                 f"latents: residual left by stages 0..{stage - 1} of {group.rstrip('.') or 'the quantizer'}"
             ]
+        elif group is not None and stage > 0:
+            # the encoder output is not what stage N sees: its input is the residual of stages 0..N-1
+            out[i] = (None, [f"latents: stage {stage} of {group.rstrip('.') or 'the quantizer'} quantizes the "
+                             f"residual left by stages 0..{stage - 1}, which these latents do not give here; "
+                             "pass per-stage latents (Monitor.save_latents writes them)"])
+            continue
         else:
             rows = _rows_for(fc, z, tensors)
             if rows is None:

@@ -132,12 +132,13 @@ def _hf_case(kind: str) -> Case:
                                upsampling_ratios=[4, 2], num_lstm_layers=1, target_bandwidths=[1.5, 3.0],
                                sampling_rate=800)
         n = 6  # target bandwidth 3 kbps at 100 frames/s and log2(K) = 5 bits per code
-        cls, cbs, usage = tr.EncodecModel, {f"layers.{i}": (K, 16) for i in range(n)}, {f"layers.{i}" for i in range(n)}
+        # transformers' Encodec has no EMA update: cluster_size keeps its zero fill, no evidence of usage
+        cls, cbs, usage = tr.EncodecModel, {f"layers.{i}": (K, 16) for i in range(n)}, set()
     elif kind == "encodec1":
         cfg = tr.EncodecConfig(hidden_size=16, num_filters=4, codebook_size=K, codebook_dim=16,
                                upsampling_ratios=[4, 2], num_lstm_layers=1, target_bandwidths=[0.5],
                                sampling_rate=800)
-        cls, cbs, usage = tr.EncodecModel, {"layers.0": (K, 16)}, {"layers.0"}
+        cls, cbs, usage = tr.EncodecModel, {"layers.0": (K, 16)}, set()
     elif kind == "mimi":
         cfg = tr.MimiConfig(hidden_size=32, num_filters=8, codebook_size=K, codebook_dim=16, vector_quantization_hidden_dimension=16, num_quantizers=3,
                             num_semantic_quantizers=1, num_hidden_layers=1, num_attention_heads=2,
