@@ -118,21 +118,36 @@ def _open(source: Any, trust: bool) -> Checkpoint:
 
 def _as_rows(x: torch.Tensor, d: int, layout: str | None = None) -> torch.Tensor | None:
     """(N, D) rows from (N, D) or channel-first / channel-last maps (only the family's ``latent_layout``
-    when it declares one); None when no such axis has size D."""
+    when it declares one); None when no such axis has size D.
+
+    Raises:
+        CheckpointError: with no declared layout, an image-like map (4-D or more) whose axis 1 is not D but
+            whose last axis is: reading it channels-last could take a spatial axis for the code axis.
+    """
     if x.dim() == 2:
         return x if x.shape[1] == d else None
     if x.dim() > 2 and x.shape[1] == d and layout != "channels_last":
         return x.movedim(1, -1).reshape(-1, d)
+    if x.dim() > 3 and x.shape[-1] == d and layout is None:
+        raise CheckpointError(
+            f"latents of shape {list(x.shape)} are ambiguous for a codebook of dimension D={d}: axis 1 "
+            f"({x.shape[1]}) is not D, and a last axis of size {d} may be a spatial axis; pass rows (N, D) "
+            "in the codebook's space, e.g. z.movedim(1, -1).reshape(-1, D) of the tensor the quantizer "
+            "receives (after quant_conv / project_in)")
     if x.dim() > 2 and x.shape[-1] == d and layout != "channels_first":
         return x.reshape(-1, d)
     return None
 
 
 def _rows_for(fc: FoundCodebook, x: torch.Tensor, tensors: Mapping[str, Any]) -> torch.Tensor | None:
-    """Latents for one found codebook, in the layout and space its family looks codes up in."""
+    """Latents for one found codebook, in the layout and space its family looks codes up in (l2-normalised
+    like the codebook when the lookup normalises, so spread and coverage compare like with like)."""
     fam = family_named(fc.family)
     rows = _as_rows(x, fc.codebook.shape[1], fam.latent_layout)
-    return None if rows is None else fam.checkpoint_latents(rows, fc.key, tensors)
+    if rows is None:
+        return None
+    rows = fam.checkpoint_latents(rows, fc.key, tensors)
+    return torch.nn.functional.normalize(rows.float(), dim=-1) if fc.l2_normalized else rows
 
 
 def _saved_latents(ckpt: Checkpoint, max_latents: int | None, seed: int

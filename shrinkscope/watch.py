@@ -313,15 +313,15 @@ class Monitor:
             if w.captured or w.silent_reported or w.name in self._disabled:
                 continue
             w.silent_reported = True
-            msg = (f"{w.name} ({w.adapter.family}) is hooked but yielded no data after {self.step} training "
+            msg = (f"{w.name} ({w.adapter.name}) is hooked but yielded no data after {self.step} training "
                    "steps: its library may quantize outside forward() (transformers' EncodecModel and "
                    "MimiModel call .encode()), or its output is not the structure this adapter reads. "
                    "Training is not affected; point watch at the module whose forward() quantizes, or pass "
-                   "adapter=... (docs/hooks.md)")
+                   "adapter=... (docs/adding-a-library.md)")
             logger.warning("shrinkscope: %s", msg)
             if rank == 0:
                 self._emit({"step": step, "time": time.time(), "event": "no_data", "name": w.name,
-                            "family": w.adapter.family, "message": msg})
+                            "family": w.adapter.name, "message": msg})
 
     def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
         wc = stream.window_counts()

@@ -5,7 +5,7 @@ legacy ``VectorQuantizer``, ``GumbelQuantize``, and taming's own ``Encoder``/``D
 ``taming.models.vqgan.VQModel`` imports torchvision (its perceptual loss), whose PyPI wheels do not load next
 to the CPU torch, so the model here is taming's Encoder -> quant_conv -> quantizer -> post_quant_conv ->
 Decoder, wired as VQModel wires them (same attribute names, so checkpoints have VQModel's keys).
-``EMAVectorQuantizer`` is in no package: tests/real/test_lookalikes.py covers it.
+``EMAVectorQuantizer`` is in neither PyPI build of taming: the look-alikes in tests/families/ cover it.
 """
 import pytest
 import torch
