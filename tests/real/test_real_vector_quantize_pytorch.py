@@ -101,9 +101,10 @@ def test_defer_fits(name):
     check_defer(CASES[name](), warmup=30, after=30, reservoir=256)
 
 
-def test_defer_passthrough_keeps_reconstruction_continuous():
-    """Reconstruction error does not jump at the switch when the family projects (codebook_dim)."""
-    case = CASES["codebook_dim"]()
+@pytest.mark.parametrize("name", ["codebook_dim", "cosine"])
+def test_defer_passthrough_keeps_reconstruction_continuous(name):
+    """Reconstruction error does not jump at the switch when the family projects or normalises."""
+    case = CASES[name]()
     model = case.build()
     dq = shrinkscope.defer(model.quantize, switch=20, reservoir_size=256, check_every=10)
     model.quantize = dq
