@@ -152,3 +152,11 @@ def test_defer_shared_heads_message_names_projection():
         return
     out = dq(torch.randn(2, 8, DIM))
     assert out[0].shape == (2, 8, DIM)
+
+
+def test_defer_one_stage_of_a_residual_vq_is_refused():
+    rvq = vqp.ResidualVQ(dim=DIM, codebook_size=32, num_quantizers=3)
+    with pytest.raises(ValueError, match="one stage of a residual quantizer \\(ResidualVQ\\)"):
+        shrinkscope.defer(rvq.layers[1], switch=5)
+    lone = vqp.VectorQuantize(dim=DIM, codebook_size=32)  # the same class on its own is accepted
+    assert shrinkscope.defer(lone, switch=5).phase == "warmup"
