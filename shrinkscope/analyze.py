@@ -350,9 +350,10 @@ def analyze(
             raise CheckpointError(f"latents: contain {int((~torch.isfinite(z)).sum())} NaN/Inf values")
         if all(_rows_for(fc, z, ckpt.tensors) is None for fc in found):
             dims = sorted({fc.codebook.shape[1] for fc in found})
+            how = next((n for fc in found for n in fc.notes if "project_in" in n), "")
             raise CheckpointError(
                 f"latents of shape {list(z.shape)} match no codebook dimension (D = {dims}); "
-                "pass encoder outputs in the codebook's space (after any projection)"
+                "pass encoder outputs in the codebook's space (after any projection)" + (f": {how}" if how else "")
             )
     lab = _load_labels(labels)
     if lab is not None and z is None:

@@ -105,8 +105,14 @@ class LucidVQ(Family):
 
     def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
         vq_module = key.rsplit(".", 2)[0] if key.count(".") >= 2 else ""
-        if join(vq_module, "project_in.weight") in tensors:
-            return cb, ["codes live in the projected codebook_dim space: latents must come after project_in"]
+        w = tensors.get(join(vq_module, "project_in.weight"))
+        if w is not None and len(w.shape) == 2:
+            out_dim, in_dim = int(w.shape[0]), int(w.shape[1])
+            heads = max(1, out_dim // int(cb.shape[-1]))
+            split = f", then split into {heads} heads of D={cb.shape[-1]}" if heads > 1 else ""
+            name = join(vq_module, "project_in") or "project_in"
+            return cb, [f"codes live in the projected space: latents must come after {name} "
+                        f"({in_dim} -> {out_dim}){split}"]
         return cb, []
 
     # deferral

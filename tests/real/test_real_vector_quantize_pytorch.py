@@ -160,3 +160,14 @@ def test_defer_one_stage_of_a_residual_vq_is_refused():
         shrinkscope.defer(rvq.layers[1], switch=5)
     lone = vqp.VectorQuantize(dim=DIM, codebook_size=32)  # the same class on its own is accepted
     assert shrinkscope.defer(lone, switch=5).phase == "warmup"
+
+
+def test_analyze_multihead_latents_message_names_the_projection(tmp_path):
+    """Raw (B, D, H, W) encoder output for a shared-codebook multi-head VectorQuantize: the refusal says
+    which projection to apply and how the heads split."""
+    case = _case(lambda: vqp.VectorQuantize(dim=DIM, codebook_size=32, heads=2, codebook_dim=4),
+                 {"quantize": (32, 4)}, {"quantize"})
+    model = train(case, case.build(), 2)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"quantize\.project_in \(16 -> 8\), then split into 2 heads of D=4"):
+        shrinkscope.analyze(str(tmp_path / "m.pt"), latents=torch.randn(2, DIM, 5, 5))
