@@ -229,9 +229,10 @@ def _latents_per_codebook(
             ]
         elif group is not None and stage > 0:
             # the encoder output is not what stage N sees: its input is the residual of stages 0..N-1
-            out[i] = (None, [f"latents: stage {stage} of {group.rstrip('.') or 'the quantizer'} quantizes the "
-                             f"residual left by stages 0..{stage - 1}, which these latents do not give here; "
-                             "pass per-stage latents (Monitor.save_latents writes them)"])
+            why = (f"latents: stage {stage} of {group.rstrip('.') or 'the quantizer'} quantizes the residual "
+                   f"left by stages 0..{stage - 1}, which these latents do not give here; pass per-stage "
+                   "latents (Monitor.save_latents writes them)")
+            out[i] = (None, [why])
             continue
         else:
             rows = _rows_for(fc, z, tensors)

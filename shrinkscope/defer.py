@@ -104,14 +104,16 @@ def _residual_owner(module: nn.Module) -> str | None:
                     out += [p for p in gc.get_referrers(o) if isinstance(p, nn.Module) and p.__dict__ is o]
         return out
 
+    def stage_of(fam: Family, cand: nn.Module) -> bool:
+        try:
+            return fam.matches(cand) and any(t is module for t in fam.taps(cand).values())
+        except Exception:  # noqa: BLE001 - a family that cannot read a module says nothing about it
+            return False
+
     parents = holders(module)
     for cand in parents + [g for p in parents if isinstance(p, nn.ModuleList) for g in holders(p)]:
-        for fam in FAMILIES:
-            try:
-                if fam.matches(cand) and any(t is module for t in fam.taps(cand).values()):
-                    return type(cand).__name__
-            except Exception:  # noqa: BLE001 - a family that cannot read a module says nothing about it
-                continue
+        if any(stage_of(fam, cand) for fam in FAMILIES):
+            return type(cand).__name__
     return None
 
 

@@ -111,8 +111,8 @@ class LucidVQ(Family):
             heads = max(1, out_dim // int(cb.shape[-1]))
             split = f", then split into {heads} heads of D={cb.shape[-1]}" if heads > 1 else ""
             name = join(vq_module, "project_in") or "project_in"
-            return cb, [f"codes live in the projected space: latents must come after {name} "
-                        f"({in_dim} -> {out_dim}){split}"]
+            note = f"codes live in the projected space: latents must come after {name} ({in_dim} -> {out_dim}){split}"
+            return cb, [note]
         return cb, []
 
     # deferral

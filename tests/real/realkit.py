@@ -123,6 +123,13 @@ def check_analyze(case: Case, source: Any) -> Any:
     return res
 
 
+def check_trained_state_dict(case: Case, tmp_path, *, steps: int = 3) -> Any:
+    """Train ``steps`` steps, ``torch.save`` the state dict, and run ``check_analyze`` on the file."""
+    model = train(case, case.build(), steps)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    return check_analyze(case, str(tmp_path / "m.pt"))
+
+
 # ---- watch --------------------------------------------------------------------------------------------
 
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from realkit import Case, blobs, check_analyze, check_defer, check_trained_state_dict, check_watch, train
 from torch import nn
 
 import shrinkscope
-from realkit import Case, blobs, check_analyze, check_defer, check_watch, train
 
 pytest.importorskip("einops")
 
@@ -24,8 +24,8 @@ def _encodec_quantization():
     if "encodec" not in sys.modules:
         spec = importlib.util.find_spec("encodec")
         sys.modules["encodec"] = importlib.util.module_from_spec(spec)  # the package, __init__ not run
-    import encodec.quantization as q  # noqa: PLC0415
-    from encodec.quantization import core_vq  # noqa: PLC0415
+    import encodec.quantization as q
+    from encodec.quantization import core_vq
     return q, core_vq
 
 
@@ -90,10 +90,7 @@ def _encodec_cases():
 
 @pytest.mark.parametrize("name", ["vq", "rvq"])
 def test_encodec_analyze(name, tmp_path):
-    case = _encodec_cases()[name]
-    model = train(case, case.build(), 3)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    check_analyze(case, str(tmp_path / "m.pt"))
+    check_trained_state_dict(_encodec_cases()[name], tmp_path)
 
 
 @pytest.mark.parametrize("name", ["vq", "rvq"])
@@ -245,10 +242,7 @@ def _snac_case() -> Case:
 
 
 def test_snac_analyze(tmp_path):
-    case = _snac_case()
-    model = train(case, case.build(), 2)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    check_analyze(case, str(tmp_path / "m.pt"))
+    check_trained_state_dict(_snac_case(), tmp_path, steps=2)
 
 
 def test_snac_watch(tmp_path):

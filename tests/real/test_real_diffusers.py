@@ -1,9 +1,9 @@
 """diffusers, the installed package: ``VQModel`` built from a config (quantization happens in ``decode``)."""
 import pytest
 import torch
+from realkit import Case, blobs, check_analyze, check_defer, check_watch, train
 
 import shrinkscope
-from realkit import Case, blobs, check_analyze, check_defer, check_watch, train
 
 diffusers = pytest.importorskip("diffusers")
 K, D = 32, 4

@@ -1,56 +1,27 @@
-"""Code on no package index, written here from its public layout (class, attribute and buffer names, forward
-signatures; none of its code): LlamaGen's ``VectorQuantizer`` and its ``{'model', 'ema'}`` files, and the
-taming-derived quantizer of Paper B with a ``usage_ema`` buffer.
+"""Code on no package index, as look-alikes written from its public layout (class, attribute and buffer names,
+forward signatures; none of its code): LlamaGen's ``VectorQuantizer`` (the stand-in in tests/families/fakes.py)
+with its ``{'model', 'ema'}`` files, and the taming-derived quantizer of Paper B with a ``usage_ema`` buffer.
 
 Also the file formats every loader meets: a training checkpoint holding numpy arrays, and a Lightning 1.0-era
 ``.ckpt`` whose callbacks are keyed by class.
 """
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from realkit import blobs
 from torch import nn
 from torch.nn import functional as F
 
 import shrinkscope
-from realkit import blobs
 from shrinkscope.checkpoint import CheckpointError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "families"))
+import fakes
+
 K, D = 64, 8
-
-
-class LlamaGenVectorQuantizer(nn.Module):
-    """LlamaGen ``tokenizer_image/vq_model.py`` layout: ``embedding``, ``l2_norm``, ``show_usage``, a FIFO
-    ``codebook_used`` of the last 65,536 ids; returns ``(z_q, (losses..., usage), (None, None, ids))``."""
-
-    def __init__(self, n_e=K, e_dim=D, beta=0.25, entropy_loss_ratio=0.0, l2_norm=True, show_usage=True):
-        super().__init__()
-        self.n_e, self.e_dim, self.beta, self.l2_norm, self.show_usage = n_e, e_dim, beta, l2_norm, show_usage
-        self.embedding = nn.Embedding(n_e, e_dim)
-        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
-        if l2_norm:
-            self.embedding.weight.data = F.normalize(self.embedding.weight.data, p=2, dim=-1)
-        if show_usage:
-            self.register_buffer("codebook_used", torch.zeros(65536))
-
-    def forward(self, z):
-        z = z.permute(0, 2, 3, 1).contiguous()
-        z_flat = z.view(-1, self.e_dim)
-        if self.l2_norm:
-            z, z_flat = F.normalize(z, dim=-1), F.normalize(z_flat, dim=-1)
-            emb = F.normalize(self.embedding.weight, dim=-1)
-        else:
-            emb = self.embedding.weight
-        ids = torch.argmin(torch.cdist(z_flat, emb), dim=1)
-        z_q = emb[ids].view(z.shape)
-        usage = None
-        if self.training and self.show_usage:
-            n = ids.numel()
-            self.codebook_used[:-n] = self.codebook_used[n:].clone()
-            self.codebook_used[-n:] = ids.float()
-            usage = len(torch.unique(self.codebook_used)) / self.n_e
-        loss = self.beta * (z_q.detach() - z).pow(2).mean() + (z_q - z.detach()).pow(2).mean()
-        z_q = (z + (z_q - z).detach()).permute(0, 3, 1, 2)
-        return z_q, (loss, loss * 0, loss * 0, usage), (None, None, ids)
 
 
 class LlamaGenVQ(nn.Module):
@@ -60,7 +31,7 @@ class LlamaGenVQ(nn.Module):
         super().__init__()
         self.encoder = nn.Conv2d(3, channels, 3, padding=1)
         self.quant_conv = nn.Conv2d(channels, D, 1)
-        self.quantize = LlamaGenVectorQuantizer()
+        self.quantize = fakes.LlamaGenVectorQuantizer(K, D, 0.25, 0.0, l2_norm=True, show_usage=True)
         self.post_quant_conv = nn.Conv2d(D, channels, 1)
         self.decoder = nn.Conv2d(channels, 3, 3, padding=1)
 

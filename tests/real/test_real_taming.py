@@ -9,17 +9,17 @@ Decoder, wired as VQModel wires them (same attribute names, so checkpoints have 
 """
 import pytest
 import torch
+from realkit import Case, blobs, check_defer, check_trained_state_dict, check_watch
 from torch import nn
 
 import shrinkscope
-from realkit import Case, blobs, check_analyze, check_defer, check_watch, train
 
 quantize_mod = pytest.importorskip("taming.modules.vqvae.quantize")
 model_mod = pytest.importorskip("taming.modules.diffusionmodules.model")
 
 EMBED_DIM, K = 4, 32
-DD = dict(ch=32, out_ch=3, ch_mult=(1,), num_res_blocks=1, attn_resolutions=[], in_channels=3, resolution=8,
-          z_channels=4, double_z=False)
+DD = {"ch": 32, "out_ch": 3, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": [], "in_channels": 3,
+      "resolution": 8, "z_channels": 4, "double_z": False}
 
 
 class TamingVQ(nn.Module):
@@ -74,10 +74,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_analyze_state_dict(name, tmp_path):
-    case = CASES[name]()
-    model = train(case, case.build(), 3)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    check_analyze(case, str(tmp_path / "m.pt"))
+    check_trained_state_dict(CASES[name](), tmp_path, steps=3)
 
 
 @pytest.mark.parametrize("name", list(CASES))

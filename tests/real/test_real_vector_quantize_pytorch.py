@@ -1,11 +1,11 @@
 """vector-quantize-pytorch, the installed library: VectorQuantize in its common configurations and ResidualVQ."""
 import pytest
 import torch
+from realkit import Case, blobs, check_defer, check_trained_state_dict, check_watch, train
 from torch import nn
 
 import shrinkscope
 from shrinkscope.metrics.usage import assign
-from realkit import Case, blobs, check_analyze, check_defer, check_watch, train
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
@@ -85,10 +85,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_analyze_state_dict(name, tmp_path):
-    case = CASES[name]()
-    model = train(case, case.build(), 4)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    check_analyze(case, str(tmp_path / "m.pt"))
+    check_trained_state_dict(CASES[name](), tmp_path, steps=4)
 
 
 @pytest.mark.parametrize("name", list(CASES))
