@@ -528,7 +528,10 @@ def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | Non
     else:
         quantizers = find_quantizers(model)
         if not quantizers:
-            raise ValueError(f"watch: no quantizer found inside {type(model).__name__}; point at the quantizer "
+            quantish = sorted({type(m).__name__ for m in model.modules() if "quantiz" in type(m).__name__.lower()})
+            seen = (f" (quantizer-like modules no family reads: {', '.join(quantish[:3])}; a library that quantizes "
+                    "through methods such as .encode() instead of forward() cannot be hooked)") if quantish else ""
+            raise ValueError(f"watch: no quantizer found inside {type(model).__name__}{seen}; point at the quantizer "
                              "module with watch(module, adapter='generic') or write a Family (docs/adding-a-library.md)")
     return Monitor(quantizers, every=every, sinks=make_sinks(log_to, sinks, log_warnings=log_warnings),
                    reservoir_size=reservoir_size, collect=collect, thresholds=thresholds, seed=seed,
