@@ -119,21 +119,36 @@ def _open(source: Any, trust: bool) -> Checkpoint:
 
 def _as_rows(x: torch.Tensor, d: int, layout: str | None = None) -> torch.Tensor | None:
     """(N, D) rows from (N, D) or channel-first / channel-last maps (only the family's ``latent_layout``
-    when it declares one); None when no such axis has size D."""
+    when it declares one); None when no such axis has size D.
+
+    Raises:
+        CheckpointError: with no declared layout, an image-like map (4-D or more) whose axis 1 is not D but
+            whose last axis is: reading it channels-last could take a spatial axis for the code axis.
+    """
     if x.dim() == 2:
         return x if x.shape[1] == d else None
     if x.dim() > 2 and x.shape[1] == d and layout != "channels_last":
         return x.movedim(1, -1).reshape(-1, d)
+    if x.dim() > 3 and x.shape[-1] == d and layout is None:
+        raise CheckpointError(
+            f"latents of shape {list(x.shape)} are ambiguous for a codebook of dimension D={d}: axis 1 "
+            f"({x.shape[1]}) is not D, and a last axis of size {d} may be a spatial axis; pass rows (N, D) "
+            "in the codebook's space, e.g. z.movedim(1, -1).reshape(-1, D) of the tensor the quantizer "
+            "receives (after quant_conv / project_in)")
     if x.dim() > 2 and x.shape[-1] == d and layout != "channels_first":
         return x.reshape(-1, d)
     return None
 
 
 def _rows_for(fc: FoundCodebook, x: torch.Tensor, tensors: Mapping[str, Any]) -> torch.Tensor | None:
-    """Latents for one found codebook, in the layout and space its family looks codes up in."""
+    """Latents for one found codebook, in the layout and space its family looks codes up in (l2-normalised
+    like the codebook when the lookup normalises, so spread and coverage compare like with like)."""
     fam = family_named(fc.family)
     rows = _as_rows(x, fc.codebook.shape[1], fam.latent_layout)
-    return None if rows is None else fam.checkpoint_latents(rows, fc.key, tensors)
+    if rows is None:
+        return None
+    rows = fam.checkpoint_latents(rows, fc.key, tensors)
+    return torch.nn.functional.normalize(rows.float(), dim=-1) if fc.l2_normalized else rows
 
 
 def _saved_latents(ckpt: Checkpoint, max_latents: int | None, seed: int
@@ -213,6 +228,13 @@ def _latents_per_codebook(
             note = [
                 f"latents: residual left by stages 0..{stage - 1} of {group.rstrip('.') or 'the quantizer'}"
             ]
+        elif group is not None and stage > 0:
+            # the encoder output is not what stage N sees: its input is the residual of stages 0..N-1
+            why = (f"latents: stage {stage} of {group.rstrip('.') or 'the quantizer'} quantizes the residual "
+                   f"left by stages 0..{stage - 1}, which these latents do not give here; pass per-stage "
+                   "latents (Monitor.save_latents writes them)")
+            out[i] = (None, [why])
+            continue
         else:
             rows = _rows_for(fc, z, tensors)
             if rows is None:
@@ -329,9 +351,10 @@ def analyze(
             raise CheckpointError(f"latents: contain {int((~torch.isfinite(z)).sum())} NaN/Inf values")
         if all(_rows_for(fc, z, ckpt.tensors) is None for fc in found):
             dims = sorted({fc.codebook.shape[1] for fc in found})
+            how = next((n for fc in found for n in fc.notes if "project_in" in n), "")
             raise CheckpointError(
                 f"latents of shape {list(z.shape)} match no codebook dimension (D = {dims}); "
-                "pass encoder outputs in the codebook's space (after any projection)"
+                "pass encoder outputs in the codebook's space (after any projection)" + (f": {how}" if how else "")
             )
     lab = _load_labels(labels)
     if lab is not None and z is None:

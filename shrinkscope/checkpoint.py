@@ -286,9 +286,28 @@ def _numpy(path: str, zipped: bool) -> Checkpoint:
     return Checkpoint(path, "numpy", tensors, None)
 
 
-def _regular_file(p: str) -> int:
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin", ".th", ".npy", ".npz")
+
+
+def _folder_hint(path: str) -> str | None:
+    """For a folder that holds weight files (a ``save_pretrained`` folder has ``model.safetensors`` or
+    ``diffusion_pytorch_model.safetensors``): which of its files to pass. Never names a file that is absent."""
     try:
-        size = regular_file(p, hint="pass a checkpoint file (.pt/.pth/.ckpt/.bin/.safetensors/.npy/.npz)")
+        files = sorted(f for f in os.listdir(path) if f.endswith(_WEIGHT_SUFFIXES)
+                       and os.path.isfile(os.path.join(path, f)))
+    except OSError:
+        return None
+    if not files:
+        return None
+    shown = ", ".join(os.path.join(path, f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+    return f"pass one of its checkpoint files: {shown}"
+
+
+def _regular_file(p: str) -> int:
+    hint = (os.path.isdir(p) and _folder_hint(p)) or \
+        "pass a checkpoint file (.pt/.pth/.ckpt/.bin/.safetensors/.npy/.npz)"
+    try:
+        size = regular_file(p, hint=hint)
     except FormatError as exc:
         raise CheckpointError(str(exc)) from None
     if size == 0:

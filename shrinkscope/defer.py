@@ -81,6 +81,42 @@ def _growth(now: float, before: float) -> float:
     return (now - before) / max(abs(before), 1e-12)
 
 
+def _residual_owner(module: nn.Module) -> str | None:
+    """Class name of the residual quantizer that holds ``module`` as one of its stages, or None.
+
+    torch keeps no parent links, so the owner is found through the objects that refer to the module: the
+    ``_modules`` dict of a ``ModuleList`` (or of the quantizer itself) and, one level up, the module holding
+    that list. Runs once, at ``defer`` time.
+    """
+    import gc
+
+    from .families import FAMILIES
+
+    def holders(m: nn.Module) -> list[nn.Module]:
+        out = []
+        for d in gc.get_referrers(m):  # the parent's ``_modules`` dict
+            if not isinstance(d, dict):
+                continue
+            for o in gc.get_referrers(d):  # the parent itself, or its ``__dict__`` holding ``_modules``
+                if isinstance(o, nn.Module) and o._modules is d:
+                    out.append(o)
+                elif isinstance(o, dict) and o.get("_modules") is d:
+                    out += [p for p in gc.get_referrers(o) if isinstance(p, nn.Module) and p.__dict__ is o]
+        return out
+
+    def stage_of(fam: Family, cand: nn.Module) -> bool:
+        try:
+            return fam.matches(cand) and any(t is module for t in fam.taps(cand).values())
+        except Exception:  # noqa: BLE001 - a family that cannot read a module says nothing about it
+            return False
+
+    parents = holders(module)
+    for cand in parents + [g for p in parents if isinstance(p, nn.ModuleList) for g in holders(p)]:
+        if any(stage_of(fam, cand) for fam in FAMILIES):
+            return type(cand).__name__
+    return None
+
+
 class DeferredQuantizer(nn.Module):
     """A quantizer that passes latents through until a switch, then k-means-initialises and quantizes.
 
@@ -108,6 +144,13 @@ class DeferredQuantizer(nn.Module):
             raise TypeError(f"defer: expected a torch.nn.Module quantizer, got {type(quantizer).__name__}")
         fam = deferral_family(quantizer)
         fam.check(quantizer)
+        owner = _residual_owner(quantizer)
+        if owner is not None:
+            raise ValueError(
+                f"defer: this {type(quantizer).__name__} is one stage of a residual quantizer ({owner}); "
+                "deferring one stage passes its input through, so the stages after it see a zero residual "
+                f"and their codebooks never train. Defer the {owner} itself where its family supports it "
+                "(docs/defer.md)")
         _check_options(switch=switch, reservoir_size=reservoir_size, check_every=check_every,
                        min_steps=min_steps, max_steps=max_steps, tol=tol, window=window,
                        kmeans_iters=kmeans_iters, seed=seed)

@@ -23,7 +23,7 @@ from .families.generic import LM_TABLE
 
 __all__ = ["FoundCodebook", "family_named", "find_codebooks"]
 
-_WRAPPERS = {"module", "_orig_mod"}
+_WRAPPERS = {"module", "_orig_mod", "wrapped"}  # DDP, torch.compile, shrinkscope.defer
 _CONTAINERS = {
     "state_dict", "model", "ema", "best_state", "params_ema", "params", "net", "model_state_dict",
     "state_dict_ema", "ema_state_dict", "model_ema", "first_stage_model"
@@ -32,7 +32,7 @@ _STATS = {
     "cluster_size", "embed_avg", "initted", "inited", "_initialized", "initialized", "cluster_usage",
     "codebook_used", "ema_vocab_hit_SV", "usage_ema", "usage", "counts", "active"
 }
-_EMA_SOURCES = ("cluster_size", "cluster_usage", "ema_vocab_hit_SV")
+_EMA_SOURCES = ("cluster_size", "cluster_usage", "ema_vocab_hit_SV", "usage_ema")
 _BY_NAME = {f.name: f for f in reversed(FAMILIES)}  # first family of a name wins
 _PLAIN = Family()  # keys named explicitly, numpy arrays, token tables: no convention applies
 
@@ -58,6 +58,8 @@ class FoundCodebook:
         notes: plain-words remarks (normalisation applied, usage source, caveats).
         usage_source: buffer the counts came from, or None.
         ema_counts: True when counts are an EMA (dead codes decay towards zero without reaching it).
+        l2_normalized: True when the codebook was l2-normalised to its lookup's space; latents measured
+            against it are normalised likewise.
     """
 
     name: str
@@ -68,6 +70,21 @@ class FoundCodebook:
     notes: list[str] = field(default_factory=list)
     usage_source: str | None = None
     ema_counts: bool = False
+    l2_normalized: bool = False
+
+
+def _still_initial(source: str, key: str, tensors: Mapping[str, Any]) -> bool:
+    """True when the usage buffer ``source`` beside ``key`` holds one repeated value: its initial fill (all
+    ones for vector-quantize-pytorch's ``cluster_size`` and Mimi's ``cluster_usage``, all zeros for
+    LlamaGen's ``codebook_used`` FIFO in an EMA copy or an untrained model), which no training run leaves
+    behind, so it is no evidence of use."""
+    seg = key.split(".")
+    for depth in (1, 2):
+        buf_key = join(".".join(seg[:-depth]), source)
+        if buf_key in tensors:
+            flat = tensors[buf_key].load().reshape(-1)
+            return flat.numel() == 0 or bool((flat == flat[0]).all())
+    return False
 
 
 def _module_of(key: str) -> str:
@@ -161,6 +178,10 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
         k = heads.shape[1]
         par = key.rsplit(".", 1)[0] if "." in key else ""
         counts, source = fam.stored_usage(key, k, tensors) if fam.usage_written else (None, None)
+        if source is not None and _still_initial(source, key, tensors):
+            notes.append(f"the {source} buffer still holds its initial value (training never wrote it): "
+                         "usage unknown")
+            counts, source = None, None
         flag = next((tensors[join(par, f)] for f in INIT_FLAGS if join(par, f) in tensors), None)
         if flag is not None and not bool(flag.load().any()):
             counts, source = None, None
@@ -168,7 +189,8 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
         active = tensors.get(join(par, "active"))
         if active is not None and active.shape == () and not bool(active.load()):
             notes.append("quantization not switched on yet (deferred phase)")
-        if l2_normalize if l2_normalize is not None else (bool(fam.checkpoint_normalized) or bool(ref_l2)):
+        normalised = l2_normalize if l2_normalize is not None else (bool(fam.checkpoint_normalized) or bool(ref_l2))
+        if normalised:
             heads = torch.nn.functional.normalize(heads, dim=-1)
             why = f" ({fam.checkpoint_normalized})" if fam.checkpoint_normalized else ""
             notes.append("measured the l2-normalised codebook" + why)
@@ -182,7 +204,8 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
             found.append(FoundCodebook(
                 name=base + (f"/head{h}" if heads.shape[0] > 1 else ""), codebook=heads[h].contiguous(),
                 counts=c, family=name, key=key, notes=notes + extra,
-                usage_source=source if c is not None else None, ema_counts=ema and c is not None))
+                usage_source=source if c is not None else None, ema_counts=ema and c is not None,
+                l2_normalized=bool(normalised)))
     names = [_display(f.name) for f in found]
     for f, n in zip(found, names):
         f.name = n if names.count(n) == 1 else _display(f.name, keep_containers=True)

@@ -101,6 +101,8 @@ class _Watched:
     streams: dict[str, CodebookStream]  # codebook name -> stream
     dims: dict[str, int | None]
     handles: list = dataclasses.field(default_factory=list)
+    captured: bool = False  # any capture yet (a Python flag: no device sync)
+    silent_reported: bool = False
 
     def key(self, codebook: str) -> str:
         return self.name if not codebook else f"{self.name}/{codebook}"
@@ -192,6 +194,8 @@ class Monitor:
         except Exception as e:  # noqa: BLE001 - must never raise into training
             self._disable(w.name, e)
             return
+        if caps:
+            w.captured = True
         for cap in caps:
             key = w.key(cap.codebook)
             if key in self._disabled:
@@ -294,7 +298,30 @@ class Monitor:
         if rank == 0:
             for r in records:
                 self._emit(r)
+        if self.step > 0:
+            self._report_silent(rank, step)
         return window
+
+    def _report_silent(self, rank: int, step: int) -> None:
+        """One warning and one ``no_data`` event per quantizer that is hooked but has yielded nothing.
+
+        A hook can attach and still see nothing: the library may quantize outside ``forward`` (transformers'
+        EncodecModel and MimiModel call ``.encode()``), or the output may not be the structure the adapter
+        reads. An empty log would look like a quiet codebook, so say it.
+        """
+        for w in self.watched:
+            if w.captured or w.silent_reported or w.name in self._disabled:
+                continue
+            w.silent_reported = True
+            msg = (f"{w.name} ({w.adapter.name}) is hooked but yielded no data after {self.step} training "
+                   "steps: its library may quantize outside forward() (transformers' EncodecModel and "
+                   "MimiModel call .encode()), or its output is not the structure this adapter reads. "
+                   "Training is not affected; point watch at the module whose forward() quantizes, or pass "
+                   "adapter=... (docs/adding-a-library.md)")
+            logger.warning("shrinkscope: %s", msg)
+            if rank == 0:
+                self._emit({"step": step, "time": time.time(), "event": "no_data", "name": w.name,
+                            "family": w.adapter.name, "message": msg})
 
     def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
         wc = stream.window_counts()
@@ -428,6 +455,11 @@ class Monitor:
 
     def remove(self) -> None:
         """Detach every hook and close the sinks; the model is left exactly as before."""
+        if not self._removed:
+            try:
+                self._report_silent(self._distributed()[1], self.step)
+            except Exception as e:  # noqa: BLE001 - must never raise into training
+                logger.warning("shrinkscope: the no-data check at remove() failed: %r", e)
         for w in self.watched:
             for h in w.handles:
                 h.remove()
@@ -496,7 +528,10 @@ def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | Non
     else:
         quantizers = find_quantizers(model)
         if not quantizers:
-            raise ValueError(f"watch: no quantizer found inside {type(model).__name__}; point at the quantizer "
+            quantish = sorted({type(m).__name__ for m in model.modules() if "quantiz" in type(m).__name__.lower()})
+            seen = (f" (quantizer-like modules no family reads: {', '.join(quantish[:3])}; a library that quantizes "
+                    "through methods such as .encode() instead of forward() cannot be hooked)") if quantish else ""
+            raise ValueError(f"watch: no quantizer found inside {type(model).__name__}{seen}; point at the quantizer "
                              "module with watch(module, adapter='generic') or write a Family (docs/adding-a-library.md)")
     return Monitor(quantizers, every=every, sinks=make_sinks(log_to, sinks, log_warnings=log_warnings),
                    reservoir_size=reservoir_size, collect=collect, thresholds=thresholds, seed=seed,

@@ -109,15 +109,21 @@ class EncodecVQ(EncodecCodebook):
 
 
 class DacVQ(Family):
-    """DAC ``VectorQuantize``: effective codebook = l2-normalised ``codebook.weight``; latents = ``z_e``."""
+    """DAC ``VectorQuantize`` and its ports: effective codebook = l2-normalised ``codebook.weight``.
+
+    descript-audio-codec's and transformers' ``DacVectorQuantize`` return ``(z_q, commitment_loss,
+    codebook_loss, indices, z_e)``: latents are ``z_e``. snac's ``VectorQuantize`` returns ``(z_q, indices)``
+    after average-pooling its input by ``stride``: latents are the pooled input, mapped by ``in_proj`` (a
+    1x1 convolution) only for the rows the reservoir keeps.
+    """
 
     name = "dac.vq"
     checkpoint_normalized = "DAC looks codes up l2-normalised"
 
     def matches(self, module: nn.Module) -> bool:
         w = getattr(getattr(module, "codebook", None), "weight", None)
-        return class_name(module) == "VectorQuantize" and isinstance(w, torch.Tensor) and w.ndim == 2 \
-            and hasattr(module, "in_proj")
+        return class_name(module) in ("VectorQuantize", "DacVectorQuantize") and isinstance(w, torch.Tensor) \
+            and w.ndim == 2 and hasattr(module, "in_proj")
 
     def is_normalized(self, module: nn.Module) -> bool:
         return True
@@ -126,9 +132,20 @@ class DacVQ(Family):
         return {"": own_codebook(module.codebook.weight, normalized=True)}
 
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
-        if not isinstance(output, tuple) or len(output) < 5 or not isinstance(output[4], torch.Tensor):
+        if isinstance(output, tuple) and len(output) >= 5 and isinstance(output[4], torch.Tensor):
+            return [Capture("", as_index_tensor(output[3]), channels_last(output[4], 1), None, l2norm)]
+        z = first_arg(args, kwargs, "z")
+        if not (isinstance(output, tuple) and len(output) == 2 and isinstance(z, torch.Tensor) and z.ndim == 3):
             return []
-        return [Capture("", as_index_tensor(output[3]), channels_last(output[4], 1), None, l2norm)]
+        stride = int(getattr(module, "stride", 1) or 1)
+        if stride > 1:  # snac pools before the lookup; O(batch) like the forward itself, no host sync
+            z = nn.functional.avg_pool1d(z.detach(), stride, stride)
+        in_proj = module.in_proj
+
+        def to_codebook_space(rows: torch.Tensor) -> torch.Tensor:  # (R, C) -> (R, d), then normalised
+            return l2norm(in_proj(rows.t()[None])[0].t())
+
+        return [Capture("", as_index_tensor(output[1]), channels_last(z, 1), None, to_codebook_space)]
 
     # checkpoints: ``quantizers.{i}.codebook.weight (K, d)``
     def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
@@ -182,7 +199,7 @@ class DacRVQ(_Staged):
     name = "dac.rvq"
     _stage = DacVQ()
     _attr = "quantizers"
-    _names = ("ResidualVectorQuantize",)
+    _names = ("ResidualVectorQuantize", "DacResidualVectorQuantize")
 
 
 class MoshiCodebook(Family):

@@ -105,8 +105,14 @@ class LucidVQ(Family):
 
     def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
         vq_module = key.rsplit(".", 2)[0] if key.count(".") >= 2 else ""
-        if join(vq_module, "project_in.weight") in tensors:
-            return cb, ["codes live in the projected codebook_dim space: latents must come after project_in"]
+        w = tensors.get(join(vq_module, "project_in.weight"))
+        if w is not None and len(w.shape) == 2:
+            out_dim, in_dim = int(w.shape[0]), int(w.shape[1])
+            heads = max(1, out_dim // int(cb.shape[-1]))
+            split = f", then split into {heads} heads of D={cb.shape[-1]}" if heads > 1 else ""
+            name = join(vq_module, "project_in") or "project_in"
+            note = f"codes live in the projected space: latents must come after {name} ({in_dim} -> {out_dim}){split}"
+            return cb, [note]
         return cb, []
 
     # deferral
@@ -144,6 +150,23 @@ class LucidVQ(Family):
         info.update(b=b, n=n)
         return module._codebook.transform_input(x), info
 
+    def _merge(self, module: nn.Module, rows: torch.Tensor, info: dict) -> torch.Tensor:
+        """``(C, B', N, d)`` rows in codebook space back to the input's layout through ``project_out``: the
+        inverse of ``_split``, as ``VectorQuantize.forward`` lays out its quantized output."""
+        b, n, h = info["b"], info["n"], module.heads
+        if h == 1:
+            y = rows[0]
+        elif self._separate(module):
+            y = rows.permute(1, 2, 0, 3).reshape(b, n, -1)
+        else:
+            y = rows[0].reshape(b, h, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
+        y = module.project_out(y)
+        if info["only_one"]:
+            return y[:, 0]
+        if "spatial" in info:
+            return y.transpose(1, 2).reshape(b, -1, *info["spatial"])
+        return y if module.channel_last else y.transpose(1, 2)
+
     def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         for unsupported in ("indices", "topk", "codebook_transform_fn"):
             if kwargs.get(unsupported) is not None:
@@ -151,8 +174,14 @@ class LucidVQ(Family):
                                  "the switch (there is no trained codebook to score against yet)")
         x = args[0] if args else kwargs["x"]
         mask = self._mask(module, x, kwargs)
-        with torch.no_grad():
-            rows, info = self._split(module, x.detach())
+        # The pass-through goes through the module's own transforms (project_in, cosine normalisation,
+        # project_out), so the decoder sees the same path before and after the switch and the projections
+        # train during the warm-up; without them the output jumps at the switch.
+        transforms = self.is_normalized(module) or not (
+            isinstance(module.project_in, nn.Identity) and isinstance(module.project_out, nn.Identity))
+        with torch.set_grad_enabled(transforms and torch.is_grad_enabled()):
+            rows_grad, info = self._split(module, x if transforms else x.detach())
+        rows = rows_grad.detach()
         c, bp, n, d = rows.shape
         cbs = self.codebooks(module)
         ids = torch.full((c, bp, n), -1, dtype=torch.long, device=x.device)
@@ -180,11 +209,11 @@ class LucidVQ(Family):
             ind = ind.reshape(b, *info["spatial"], *ind.shape[2:])
         if info["only_one"]:
             ind = ind[:, 0]
-        quantized = x
+        quantized = self._merge(module, rows_grad, info) if transforms else x
         if mask is not None:
-            fill = torch.zeros_like(x) if module.return_zeros_for_masked_padding else x
+            fill = torch.zeros_like(quantized) if module.return_zeros_for_masked_padding else quantized
             m = mask[..., None] if module.channel_last else mask[:, None, :]
-            quantized = torch.where(m, x, fill)
+            quantized = torch.where(m, quantized, fill)
         like = getattr(module, "zero", None)
         like = like if isinstance(like, torch.Tensor) else x.new_zeros((), dtype=torch.float32)
         loss = zero_loss(module, like)

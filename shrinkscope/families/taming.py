@@ -125,6 +125,13 @@ class TamingVQ(Family):
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
         copy_into(module.embedding.weight, fitted[""][0])
 
+    def stored_usage(self, key: str, k: int, tensors: Mapping[str, Any]) -> tuple[torch.Tensor | None, str | None]:
+        counts, source = super().stored_usage(key, k, tensors)
+        quantizer = key.rsplit(".", 2)[0]
+        if counts is None and join(quantizer, "usage_ema") in tensors:  # Paper B's taming-derived quantizer
+            return tensors[join(quantizer, "usage_ema")].load().double(), "usage_ema"
+        return counts, source
+
 
 class TamingLegacyVQ(TamingVQ):
     """taming's original ``VectorQuantizer(n_e, e_dim, beta)``.

@@ -1,0 +1,249 @@
+"""Audio codecs, the installed packages: ``encodec`` (facebookresearch), transformers' EncodecModel, MimiModel
+and DacModel built from configs, and ``snac``.
+
+The ``encodec`` package's top level imports torchaudio, whose PyPI wheels do not load next to torch 2.13
+(CPU); its ``encodec.quantization`` subpackage needs only torch and einops, so it is imported here without
+running the top-level ``__init__`` (the package object is created from its spec, not executed).
+"""
+import importlib.util
+import sys
+
+import pytest
+import torch
+from realkit import Case, blobs, check_analyze, check_defer, check_trained_state_dict, check_watch, train
+from torch import nn
+
+import shrinkscope
+
+pytest.importorskip("einops")
+
+
+def _encodec_quantization():
+    if importlib.util.find_spec("encodec") is None:
+        pytest.skip("encodec is not installed")
+    if "encodec" not in sys.modules:
+        spec = importlib.util.find_spec("encodec")
+        sys.modules["encodec"] = importlib.util.module_from_spec(spec)  # the package, __init__ not run
+    import encodec.quantization as q
+    from encodec.quantization import core_vq
+    return q, core_vq
+
+
+D, K = 8, 32
+
+
+class ConvAE(nn.Module):
+    """Conv1d encoder -> quantizer on (B, D, T) -> Conv1d decoder; forward returns the quantizer's output too."""
+
+    def __init__(self, quantizer: nn.Module, *, channels: int = 4, **call):
+        super().__init__()
+        self.call = call  # extra forward arguments of the quantizer (EnCodec's RVQ takes sample_rate)
+        self.enc = nn.Conv1d(channels, D, 3, padding=1)
+        self.quantizer = quantizer
+        self.dec = nn.Conv1d(D, channels, 3, padding=1)
+
+    def forward(self, x):
+        out = self.quantizer(self.enc(x), **self.call)
+        q = out.quantized if hasattr(out, "quantized") else out[0]
+        return self.dec(q), out
+
+
+def _out_loss(out):
+    if hasattr(out, "penalty"):
+        return out.penalty.sum() if out.penalty is not None else 0.0
+    return sum(t.sum() for t in out[2:] if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() == 1) \
+        if isinstance(out, tuple) and len(out) > 2 else out[2].sum()
+
+
+def _loss(m, x):
+    rec, out = m(x)
+    return (rec - x).pow(2).mean() + _out_loss(out)
+
+
+def _ae_case(make, codebooks, usage, *, latents=None, codebook=None, quantizer="quantizer", **call) -> Case:
+    def build():
+        torch.manual_seed(0)
+        return ConvAE(make(), **call)
+    return Case(build=build, data=lambda s: blobs(s, (8, 4, 64)), loss=_loss, output=lambda m, x: m(x),
+                codebooks=codebooks, usage_stored=usage, quantizer=quantizer, latents=latents, codebook=codebook,
+                lr=3e-3)
+
+
+def _encodec_cases():
+    q, core_vq = _encodec_quantization()
+
+    def lat(m, x):
+        vq = getattr(m.quantizer, "wrapped", m.quantizer)
+        return vq.project_in(m.enc(x).movedim(1, -1)).reshape(-1, D)
+
+    def cb(m):
+        return getattr(m.quantizer, "wrapped", m.quantizer)._codebook.embed.detach()
+
+    return {
+        "vq": _ae_case(lambda: core_vq.VectorQuantization(dim=D, codebook_size=K, kmeans_iters=5),
+                       {"quantizer": (K, D)}, {"quantizer"}, latents=lat, codebook=cb),
+        "rvq": _ae_case(lambda: q.ResidualVectorQuantizer(dimension=D, n_q=3, bins=K, kmeans_iters=5),
+                        {"layers.0": (K, D), "layers.1": (K, D), "layers.2": (K, D)},
+                        {"layers.0", "layers.1", "layers.2"}, sample_rate=64),
+    }
+
+
+@pytest.mark.parametrize("name", ["vq", "rvq"])
+def test_encodec_analyze(name, tmp_path):
+    check_trained_state_dict(_encodec_cases()[name], tmp_path)
+
+
+@pytest.mark.parametrize("name", ["vq", "rvq"])
+def test_encodec_watch(name, tmp_path):
+    check_watch(_encodec_cases()[name], tmp_path)
+
+
+def test_encodec_defer_vq_fits():
+    check_defer(_encodec_cases()["vq"], warmup=30, after=30, reservoir=256)
+
+
+def test_encodec_defer_one_stage_of_a_residual_stack_is_refused_or_warned(caplog):
+    """Deferring ``layers.1`` alone would leave later stages a residual of the pass-through."""
+    q, _ = _encodec_quantization()
+    rvq = q.ResidualVectorQuantizer(dimension=D, n_q=3, bins=K)
+    with caplog.at_level("WARNING", logger="shrinkscope"):
+        try:
+            shrinkscope.defer(rvq.vq.layers[1], switch=5)
+        except (TypeError, ValueError) as e:
+            assert "residual" in str(e).lower()
+            return
+    assert any("residual" in r.getMessage().lower() for r in caplog.records), "no warning"
+
+
+# ---- transformers -------------------------------------------------------------------------------------
+
+
+def _hf():
+    return pytest.importorskip("transformers")
+
+
+def _hf_case(kind: str) -> Case:
+    tr = _hf()
+    if kind == "encodec":
+        cfg = tr.EncodecConfig(hidden_size=16, num_filters=4, codebook_size=K, codebook_dim=16,
+                               upsampling_ratios=[4, 2], num_lstm_layers=1, target_bandwidths=[1.5, 3.0],
+                               sampling_rate=800)
+        n = 6  # target bandwidth 3 kbps at 100 frames/s and log2(K) = 5 bits per code
+        # transformers' Encodec has no EMA update: cluster_size keeps its zero fill, no evidence of usage
+        cls, cbs, usage = tr.EncodecModel, {f"layers.{i}": (K, 16) for i in range(n)}, set()
+    elif kind == "encodec1":
+        cfg = tr.EncodecConfig(hidden_size=16, num_filters=4, codebook_size=K, codebook_dim=16,
+                               upsampling_ratios=[4, 2], num_lstm_layers=1, target_bandwidths=[0.5],
+                               sampling_rate=800)
+        cls, cbs, usage = tr.EncodecModel, {"layers.0": (K, 16)}, set()
+    elif kind == "mimi":
+        cfg = tr.MimiConfig(hidden_size=32, num_filters=8, codebook_size=K, codebook_dim=16, vector_quantization_hidden_dimension=16, num_quantizers=3,
+                            num_semantic_quantizers=1, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=2, intermediate_size=32, head_dim=16, upsampling_ratios=[4, 2],
+                            sliding_window=16, sampling_rate=800, frame_rate=50, upsample_groups=32)
+        cls = tr.MimiModel
+        cbs = {"semantic_residual_vector_quantizer.layers.0": (K, 16),
+               **{f"acoustic_residual_vector_quantizer.layers.{i}": (K, 16) for i in range(2)}}
+        usage = set()  # HF Mimi never updates cluster_usage: its all-ones start is no evidence of use
+    else:
+        cfg = tr.DacConfig(encoder_hidden_size=8, downsampling_ratios=[2, 4], decoder_hidden_size=32,
+                           n_codebooks=3, codebook_size=K, codebook_dim=4, hidden_size=16)
+        cls, cbs, usage = tr.DacModel, {f"quantizers.{i}": (K, 4) for i in range(3)}, set()
+
+    def build():
+        torch.manual_seed(0)
+        return cls(cfg).train()
+
+    def loss(m, x):
+        out = m(x)
+        rec = out.audio_values[..., : x.shape[-1]]
+        extra = out.loss.mean() if getattr(out, "loss", None) is not None else 0.0
+        return (rec - x).pow(2).mean() + extra
+
+    return Case(build=build, data=lambda s: 0.1 * blobs(s, (2, 1, 256), centers=8), loss=loss,
+                output=lambda m, x: m(x), codebooks=cbs, usage_stored=usage, quantizer="quantizer", lr=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["encodec", "encodec1", "mimi", "dac"])
+def test_hf_analyze_save_pretrained(kind, tmp_path):
+    case = _hf_case(kind)
+    model = train(case, case.build(), 2)
+    model.save_pretrained(tmp_path / "folder")
+    check_analyze(case, str(tmp_path / "folder" / "model.safetensors"))
+
+
+def test_hf_analyze_folder_names_the_file(tmp_path):
+    """``analyze FOLDER`` on a save_pretrained folder reads its model.safetensors or names it."""
+    case = _hf_case("dac")
+    case.build().save_pretrained(tmp_path / "folder")
+    try:
+        res = shrinkscope.analyze(str(tmp_path / "folder"))
+    except ValueError as e:
+        assert "model.safetensors" in str(e) and "model.pt" not in str(e), str(e)
+    else:
+        assert len(res.entries) == 3
+
+
+@pytest.mark.parametrize("kind", ["dac"])
+def test_hf_watch(kind, tmp_path):
+    check_watch(_hf_case(kind), tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["encodec", "mimi"])
+def test_hf_watch_encode_only_models_are_reported(kind, tmp_path, caplog):
+    """transformers' Encodec and Mimi quantize through ``.encode()`` methods, never a module ``forward``:
+    watch either collects from them or says so (never a silent empty log)."""
+    case = _hf_case(kind)
+    model = case.build()
+    try:
+        monitor = shrinkscope.watch(model, every=2, log_to=tmp_path / "w.jsonl")
+    except ValueError as e:
+        assert "cannot be hooked" in str(e) and "SplitResidualVectorQuantizer" in str(e), str(e)
+        return
+    with caplog.at_level("WARNING", logger="shrinkscope"):
+        train(case, model, 4)
+        monitor.report()
+        monitor.remove()
+    wrote = (tmp_path / "w.jsonl").exists() and (tmp_path / "w.jsonl").read_text().strip()
+    assert wrote or any("no data" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["encodec", "mimi", "dac"])
+def test_hf_defer_fits_or_refuses(kind):
+    case = _hf_case(kind)
+    model = case.build()
+    try:
+        shrinkscope.defer(model.quantizer, switch=5)
+    except (TypeError, ValueError) as e:
+        assert "defer" in str(e)
+        return
+    pytest.fail("defer accepted a transformers codec quantizer without a family that fits it")
+
+
+# ---- snac ---------------------------------------------------------------------------------------------
+
+
+def _snac_case() -> Case:
+    snac = pytest.importorskip("snac")
+
+    def build():
+        torch.manual_seed(0)
+        return snac.SNAC(sampling_rate=800, encoder_dim=8, encoder_rates=[2, 2], decoder_dim=16,
+                         decoder_rates=[2, 2], attn_window_size=None, codebook_size=K, codebook_dim=4,
+                         vq_strides=[2, 1], noise=False).train()
+
+    def loss(m, x):
+        rec, _codes = m(x)
+        return (rec[..., : x.shape[-1]] - x).pow(2).mean()
+
+    return Case(build=build, data=lambda s: 0.1 * blobs(s, (2, 1, 128), centers=8), loss=loss,
+                output=lambda m, x: m(x), codebooks={f"quantizers.{i}": (K, 4) for i in range(2)},
+                usage_stored=set(), quantizer="quantizer", lr=1e-3)
+
+
+def test_snac_analyze(tmp_path):
+    check_trained_state_dict(_snac_case(), tmp_path, steps=2)
+
+
+def test_snac_watch(tmp_path):
+    check_watch(_snac_case(), tmp_path)
