@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ._validate import as_counts, as_float, same_dim
-from .coverage import coverage_and_precision, knn_radii
+from .coverage import coverage_masks, knn_radii
 from .geometry import (
     DEFAULT_MAX_POINTS,
     mean_pairwise_distance,
@@ -32,7 +32,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "effective_dimension", "latent_effective_rank", "latent_effective_dimension", "utilization_perplexity",
     "utilization", "dead_code_ratio", "latent_coverage", "codebook_precision", "quantization_error",
     "codes_used", "offset_vs_spread", "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans",
-    "excess_distortion", "excess_dead_codes", "token_mode_entropy", "shrunk_mode_share",
+    "excess_distortion", "stranded_codes", "token_mode_entropy", "shrunk_mode_share",
 )
 """The metric keys of the JSON contract, in display order (the last nine were added with the verdicts, #10)."""
 
@@ -42,7 +42,7 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "latent_effective_dimension": None, "utilization_perplexity": True, "utilization": True,
     "dead_code_ratio": False, "latent_coverage": True, "codebook_precision": True, "quantization_error": False,
     "codes_used": True, "offset_vs_spread": False, "spread_vs_kmeans": True, "rank_vs_kmeans": True,
-    "coverage_vs_kmeans": True, "excess_distortion": False, "excess_dead_codes": False, "token_mode_entropy": True,
+    "coverage_vs_kmeans": True, "excess_distortion": False, "stranded_codes": False, "token_mode_entropy": True,
     "shrunk_mode_share": False,
 }
 
@@ -78,7 +78,7 @@ class CodebookHealth:
     rank_vs_kmeans: float | None = None
     coverage_vs_kmeans: float | None = None
     excess_distortion: float | None = None
-    excess_dead_codes: float | None = None
+    stranded_codes: float | None = None
     token_mode_entropy: float | None = None
     shrunk_mode_share: float | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -265,11 +265,18 @@ def codebook_health(
         perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
         n_cov = x.shape[0] if coverage_max_latents is None else min(coverage_max_latents, x.shape[0])
         xs = x[perm[:n_cov].to(x.device)]
+        inside = None
         if xs.shape[0] > k:
             radii = knn_radii(xs, k=k)
-            h.latent_coverage, h.codebook_precision = coverage_and_precision(cb, xs, k=k, radii=radii)
+            covered, inside = coverage_masks(cb, xs, k=k, radii=radii)
+            h.latent_coverage, h.codebook_precision = float(covered.double().mean()), float(inside.double().mean())
+        assigned = torch.bincount(idx, minlength=kk)
+        unused = assigned == 0
+        if inside is not None:
+            # unused *and* off the data: dead for a reason, not by the chance of a finite sample
+            h.stranded_codes = float((unused & ~inside).double().mean())
         if c is None:
-            c = torch.bincount(idx, minlength=kk).double()
+            c = assigned.double()
         if lab is not None:
             h.token_mode_entropy = token_mode_entropy(joint_counts(idx, lab, kk))
     live = None
@@ -297,12 +304,6 @@ def codebook_health(
                 h.coverage_vs_kmeans = h.latent_coverage / cov_ref if cov_ref > 0 else None
             if ref.distortion is not None and ref.distortion > 0:
                 h.excess_distortion = float(d2[ref.eval_index].mean()) / ref.distortion - 1.0
-            # dead codes on the same held-out rows as the reference: with N/K small, healthy codes go
-            # unused by chance, and k-means shows how many
-            mine = torch.bincount(idx[ref.eval_index], minlength=kk) == 0
-            theirs = torch.bincount(ref.eval_assign, minlength=kk) == 0
-            refs["dead_code_ratio"] = float(theirs.double().mean())
-            h.excess_dead_codes = float(mine.double().mean()) - refs["dead_code_ratio"]
             if lab is not None:
                 le = lab[ref.eval_index]
                 h.shrunk_mode_share = shrunk_mode_share(

@@ -48,9 +48,10 @@ class HealthThresholds:
         max_shrunk_mode_share: ``mode_shrinkage`` above this share of shrunk modes.
     With usage (counts, or latents assigned to their nearest code):
         max_dead_usage: a code whose usage is at or below this is dead (0: never used).
-        max_dead_code_ratio: ``dead_codes`` above this share of dead codes (with usage from the latents only:
-            above this share more than k-means leaves dead on the same held-out rows, ``excess_dead_codes``).
-        min_utilization: ``low_utilization`` below this usage perplexity / K (judged on usage counts only).
+        max_dead_code_ratio: ``dead_codes`` above this share of dead codes (usage counts).
+        max_stranded_codes: ``dead_codes`` (usage from the latents only) above this share of stranded codes:
+            used by no latent and outside every latent's k-NN ball.
+        min_utilization: ``low_utilization`` below this usage perplexity / K (usage counts only).
     Codes only (no latents):
         min_spread_cosine: ``shrinkage`` below this cosine spread (codes pointing one way).
         max_offset_vs_spread: ``shrinkage`` above this distance of the codes' mean from the origin / their
@@ -66,6 +67,7 @@ class HealthThresholds:
     max_shrunk_mode_share: float = 0.2
     max_dead_usage: float = 0.0
     max_dead_code_ratio: float = 0.1
+    max_stranded_codes: float = 0.1
     min_utilization: float = 0.25
     min_spread_cosine: float = 0.05
     max_offset_vs_spread: float = 5.0
@@ -146,10 +148,9 @@ def _rules(j: Judged, t: HealthThresholds) -> list[tuple[str, str, float, str, s
                 ("dimensional_collapse", "rank_share", t.min_rank_share, "min",
                  "codes only: effective rank / min(K - 1, D)" + live, None)]
     if "latents" in j.evidence and "usage" not in j.evidence:
-        # usage from a finite sample of latents: dead codes against k-means on the same rows; perplexity / K
-        # is biased low when N / K is small, so it is not judged
-        out.append(("dead_codes", "excess_dead_codes", t.max_dead_code_ratio, "max",
-                    _REF + ": its dead share on the held-out rows", j.references.get("dead_code_ratio")))
+        # usage from a finite sample of latents: with N / K small, healthy codes go unused by chance, so only
+        # codes that are unused *and* off the data count; perplexity / K is biased low then, so not judged
+        out.append(("dead_codes", "stranded_codes", t.max_stranded_codes, "max", "none", None))
     else:
         out += [("dead_codes", "dead_code_ratio", t.max_dead_code_ratio, "max", "none", None),
                 ("low_utilization", "utilization", t.min_utilization, "min", "none", None)]
@@ -249,8 +250,8 @@ def _message(r: dict[str, Any]) -> str:
                             "a tight cluster far out",
         "rank_share": f"effective rank is {v:.1%} of min(K - 1, D) ({side} {thr:.0%})",
         "dead_code_ratio": f"{v:.0%} of the codes are dead ({side} {thr:.0%})",
-        "excess_dead_codes": f"{v:.0%} more of the codes are dead than k-means leaves on the same latents "
-                             f"({side} {thr:.0%})",
+        "stranded_codes": f"{v:.0%} of the codes are stranded: used by no latent and outside every latent's "
+                          f"k-NN ball ({side} {thr:.0%})",
         "utilization": f"usage perplexity is {v:.1%} of K ({side} {thr:.0%})",
     }
     return texts.get(m, f"{m} = {v:.3g} ({side} {thr:g})")

@@ -32,7 +32,7 @@ CONTRACT_KEYS = {
     "dead_code_ratio", "latent_coverage", "codebook_precision", "quantization_error",
     # added with the verdicts (issue #10)
     "codes_used", "offset_vs_spread", "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans",
-    "excess_distortion", "token_mode_entropy", "shrunk_mode_share",
+    "excess_distortion", "stranded_codes", "token_mode_entropy", "shrunk_mode_share",
 }
 NEEDS_LABELS = {"token_mode_entropy", "shrunk_mode_share"}
 
@@ -87,7 +87,7 @@ def test_absent_inputs_give_none(healthy):
     m = h.to_dict()["metrics"]
     needs_latents = {"spread_ratio", "latent_effective_rank", "latent_effective_dimension", "latent_coverage",
                      "codebook_precision", "quantization_error", "spread_vs_kmeans", "rank_vs_kmeans",
-                     "coverage_vs_kmeans", "excess_distortion"} | NEEDS_LABELS
+                     "coverage_vs_kmeans", "excess_distortion", "stranded_codes"} | NEEDS_LABELS
     needs_counts = {"utilization_perplexity", "utilization", "dead_code_ratio", "codes_used"}
     assert all(m[k] is None for k in needs_latents | needs_counts)
     assert all(m[k] is not None for k in CONTRACT_KEYS - needs_latents - needs_counts)

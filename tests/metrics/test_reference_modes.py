@@ -89,6 +89,24 @@ def test_reference_metrics_against_loops(data):
     theirs = _nearest(ref.centroids, x[ev])
     d_ref = sum(float((x[i] - ref.centroids[j]).pow(2).sum()) for i, j in zip(ev, theirs)) / len(ev)
     assert h.excess_distortion == pytest.approx(d_cb / d_ref - 1, rel=1e-9)
+
+
+
+def test_stranded_codes_against_loops(data):
+    cb, x, lab = data
+    cb = cb.clone()
+    cb[:3] = cb[:3] + 100.0  # parked far away: unused and off the data
+    cb[3] = x[:50].mean(0)  # near the data; may go unused, but is not stranded
+    h = codebook_health(cb, latents=x)
+    used = set(_nearest(cb, x))
+    # k-NN radius of each latent: distance to its 5th nearest other latent (loop)
+    xs = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))]
+    d = torch.cdist(xs, xs)
+    r = [sorted(row[:i].tolist() + row[i + 1:].tolist())[4] for i, row in enumerate(d)]
+    dc = torch.cdist(cb, xs)
+    off = [all(float(dc[j, i]) >= r[i] for i in range(len(r))) for j in range(24)]
+    want = sum(j not in used and off[j] for j in range(24)) / 24
+    assert h.stranded_codes == pytest.approx(want) and want >= 3 / 24
     assert h.codes_used == pytest.approx(len(set(_nearest(cb, x))) / 24)
     off = math.sqrt(sum(v * v for v in cb.mean(0).tolist()))
     assert h.offset_vs_spread == pytest.approx(off / spread_euclidean(cb), rel=1e-12)
@@ -122,7 +140,8 @@ def test_kmeans_random_init():
 
 
 # -------------------------------------------------------------------------------------------- properties
-KEYS = ("spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans", "excess_distortion", "token_mode_entropy",
+KEYS = ("spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans", "excess_distortion", "stranded_codes",
+        "token_mode_entropy",
         "shrunk_mode_share", "codes_used", "offset_vs_spread")
 
 

@@ -88,8 +88,8 @@ def test_judge_health_recomputes_usage_on_a_copy():
     h = codebook_health(kmeans(x, 32, seed=0), latents=x)
     import dataclasses
     hc = dataclasses.replace(h, warnings=[])
-    hc.dead_code_ratio, hc.utilization = 0.9, 0.05
-    judge_health(hc)
+    hc.dead_code_ratio, hc.utilization = 0.9, 0.05  # e.g. the monitor's cumulative hook counts
+    judge_health(hc, usage=True)
     assert "dead_codes" in codes(hc) and "dead_codes" not in codes(h)
     assert h.judged.values["dead_code_ratio"] != 0.9  # the original's measurements are untouched
 
@@ -100,13 +100,14 @@ FULL_RULES = [("shrinkage", "spread_vs_kmeans", T.min_spread_vs_kmeans, "min"),
               ("poor_coverage", "coverage_vs_kmeans", T.min_coverage_vs_kmeans, "min"),
               ("excess_distortion", "excess_distortion", T.max_excess_distortion, "max"),
               ("mode_shrinkage", "shrunk_mode_share", T.max_shrunk_mode_share, "max"),
-              ("dead_codes", "dead_code_ratio", T.max_dead_code_ratio, "max"),
-              ("low_utilization", "utilization", T.min_utilization, "min")]
+              ("dead_codes", "stranded_codes", T.max_stranded_codes, "max")]
+USAGE_RULES = [("dead_codes", "dead_code_ratio", T.max_dead_code_ratio, "max"),
+               ("low_utilization", "utilization", T.min_utilization, "min")]
 CODES_RULES = [("shrinkage", "spread_cosine", T.min_spread_cosine, "min"),
                ("shrinkage", "offset_vs_spread", T.max_offset_vs_spread, "max"),
                ("dimensional_collapse", "rank_share", T.min_rank_share, "min")]
 GOOD = {"spread_vs_kmeans": 1.0, "rank_vs_kmeans": 1.0, "coverage_vs_kmeans": 1.0, "excess_distortion": 0.0,
-        "shrunk_mode_share": 0.0, "dead_code_ratio": 0.0, "utilization": 0.9, "spread_cosine": 1.0,
+        "shrunk_mode_share": 0.0, "dead_code_ratio": 0.0, "stranded_codes": 0.0, "utilization": 0.9, "spread_cosine": 1.0,
         "offset_vs_spread": 0.0, "rank_share": 0.8}
 
 
@@ -114,9 +115,10 @@ def _judged(evidence, **values):
     return Judged(64, 16, evidence, {**GOOD, **values})
 
 
-@pytest.mark.parametrize("code,metric,thr,direction", FULL_RULES)
-def test_full_rule_cut_off(code, metric, thr, direction):
-    ev = ("codes", "latents", "labels")
+@pytest.mark.parametrize("code,metric,thr,direction,ev",
+                         [(*r, ("codes", "latents", "labels")) for r in FULL_RULES]
+                         + [(*r, ("codes", "usage", "latents", "labels")) for r in USAGE_RULES])
+def test_full_rule_cut_off(code, metric, thr, direction, ev):
     eps = 1e-6 * max(1.0, abs(thr))
     bad, fine = (thr - eps, thr + eps) if direction == "min" else (thr + eps, thr - eps)
     w_bad, v_bad = judge(_judged(ev, **{metric: bad}), T)
