@@ -250,21 +250,6 @@ def coverage_and_precision(codebook: Any, latents: Any, *, k: int = 5,
 
 def _coverage(codebook: Any, latents: Any, k: int, radii: torch.Tensor | None,
               *, precision: bool) -> tuple[float, float]:
-    covered, inside = _coverage_masks(codebook, latents, k, radii, precision=precision)
-    return float(covered.double().mean()), float(inside.double().mean()) if precision else float("nan")
-
-
-@torch.no_grad()
-def coverage_masks(codebook: Any, latents: Any, *, k: int = 5,
-                   radii: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-latent ``covered`` ``(N,)`` and per-code ``inside`` ``(K,)`` boolean masks (their means are
-    ``latent_coverage`` and ``codebook_precision``); ``codebook_health`` uses ``inside`` to tell codes that
-    sit off the data (stranded) from codes that merely went unused in a finite sample."""
-    return _coverage_masks(codebook, latents, k, radii, precision=True)
-
-
-def _coverage_masks(codebook: Any, latents: Any, k: int, radii: torch.Tensor | None,
-                    *, precision: bool) -> tuple[torch.Tensor, torch.Tensor]:
     cb, x = _check(codebook, latents, k)
     origin = x.double().mean(0)
     lat, codes = _Points(x, origin), _Points(cb, origin)
@@ -276,7 +261,8 @@ def _coverage_masks(codebook: Any, latents: Any, k: int, radii: torch.Tensor | N
             raise ValueError(f"radii: expected shape ({x.shape[0]},) (one per latent), got {tuple(r.shape)}")
         r2 = r * r
     res = _ball_pass(lat, codes, r2, None, columns=precision)
-    return res["covered"], res["inside"]
+    prec = float(res["inside"].double().mean()) if precision else float("nan")
+    return float(res["covered"].double().mean()), prec
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ._validate import as_counts, as_float, same_dim
-from .coverage import coverage_masks, knn_radii
+from .coverage import coverage_and_precision, knn_radii
 from .geometry import (
     DEFAULT_MAX_POINTS,
     mean_pairwise_distance,
@@ -162,6 +162,11 @@ def raise_warnings(h: CodebookHealth, t: HealthThresholds, all_zero: bool = Fals
     h.warnings = before + h.warnings
 
 
+STRANDED_RADIUS_QUANTILE = 0.99
+"""A stranded code is farther from its nearest latent than this quantile of the latents' k-NN radii (a
+quantile, not the maximum, so one outlying latent cannot hide every parked code)."""
+
+
 def expected_coverage(num_codes: int, num_latents: int, *, k: int = 5) -> float:
     """Coverage that K codes drawn from the latent distribution itself would reach on N latents.
 
@@ -265,16 +270,16 @@ def codebook_health(
         perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
         n_cov = x.shape[0] if coverage_max_latents is None else min(coverage_max_latents, x.shape[0])
         xs = x[perm[:n_cov].to(x.device)]
-        inside = None
         if xs.shape[0] > k:
             radii = knn_radii(xs, k=k)
-            covered, inside = coverage_masks(cb, xs, k=k, radii=radii)
-            h.latent_coverage, h.codebook_precision = float(covered.double().mean()), float(inside.double().mean())
+            h.latent_coverage, h.codebook_precision = coverage_and_precision(cb, xs, k=k, radii=radii)
         assigned = torch.bincount(idx, minlength=kk)
-        unused = assigned == 0
-        if inside is not None:
-            # unused *and* off the data: dead for a reason, not by the chance of a finite sample
-            h.stranded_codes = float((unused & ~inside).double().mean())
+        if radii is not None:
+            # unused *and* farther from every latent than 99% of latents are from their k-th neighbour: dead
+            # for a reason, not by the chance of a finite sample (with N / K small many codes go unused)
+            _, near = assign(xs, cb)
+            far = near.sqrt() > torch.quantile(radii.double(), STRANDED_RADIUS_QUANTILE)
+            h.stranded_codes = float(((assigned == 0) & far).double().mean())
         if c is None:
             c = assigned.double()
         if lab is not None:

@@ -105,7 +105,10 @@ def test_shrinkage_warning(latents):
     shrunk = mean + 0.1 * (latents[:64] - mean)
     h = codebook_health(shrunk, latents=latents)
     assert h.spread_ratio == pytest.approx(0.1, rel=0.15)
-    assert {"shrinkage", "poor_coverage"} <= codes_of(h)
+    # poor_coverage is off by default since #10 (the calibration switched it off; docs/verdicts.md)
+    assert {"shrinkage", "excess_distortion"} <= codes_of(h) and h.verdict.status == "shrunk"
+    assert "poor_coverage" in codes_of(codebook_health(shrunk, latents=latents,
+                                                       thresholds=HealthThresholds(min_coverage_vs_kmeans=0.5)))
     # thresholds are configurable (renamed in #10: they say min/max; the rules compare with k-means of the same K)
     relaxed = HealthThresholds(min_spread_vs_kmeans=0.05, min_coverage_vs_kmeans=0.0, max_excess_distortion=1e9)
     assert not {"shrinkage", "poor_coverage"} & codes_of(codebook_health(shrunk, latents=latents, thresholds=relaxed))
