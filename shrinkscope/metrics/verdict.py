@@ -21,6 +21,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["STATUSES", "WORDS", "HealthThresholds", "Judged", "Verdict", "judge", "verdict_line"]
+
+
 STATUSES: tuple[str, ...] = ("shrunk", "underused", "healthy", "cannot_tell", "uninitialized")
 """Verdict statuses. ``underused``: dead codes or low usage without geometric shrinkage."""
 
