@@ -2,7 +2,9 @@
 
 Prints a table of wall times and peak-memory growth with ratios:
 
-- full ``codebook_health`` for a K x D codebook with N latents (issue target: 16384 x 256, 200k, < 60 s);
+- full ``codebook_health`` for a K x D codebook with N latents, including the k-means reference (issue #10
+  target: 16384 x 256, 200k, < 60 s on 2 CPU cores), against the same call without the reference
+  (``reference=False``, the peer: what the suite cost before the reference) in the same run;
 - k-NN coverage/precision and PRDC vs ``prdc.compute_prdc`` at N = 10,000 (target: >= 5x faster, memory
   not growing with N^2; memory is also measured at N/2 to show the growth);
 - nearest-code ``assign`` vs sklearn ``NearestNeighbors(algorithm="brute")`` and scipy ``cdist`` + argmin
@@ -14,6 +16,10 @@ growth of that process's peak RSS over its RSS once the inputs were built (the p
 Usage:
     nice python bench/bench_metrics.py            # issue sizes (a few minutes on 2 cores)
     python bench/bench_metrics.py --small         # a quick run
+    python bench/bench_metrics.py --only health --device cuda --million   # GPU target: 1M latents < 1 s
+
+On CUDA the inputs are built on the host, moved to the device before the clock starts, and the clock stops
+after ``torch.cuda.synchronize()``; "peak MiB" is then the device's peak allocation.
 """
 from __future__ import annotations
 
@@ -85,8 +91,14 @@ def _inputs(kind: str, a: argparse.Namespace):
 def _child(name: str, a: argparse.Namespace) -> dict:
     """Run one measurement in this (fresh) process; return seconds and peak-RSS growth in MiB."""
     torch.set_num_threads(a.threads)
-    kind = {"health": "health", "assign": "assign", "sklearn": "assign", "cdist": "assign"}.get(name, "coverage")
+    kind = {"health": "health", "health_noref": "health", "assign": "assign", "sklearn": "assign",
+            "cdist": "assign"}.get(name, "coverage")
     p, q = _inputs(kind, a)
+    cuda = a.device.startswith("cuda")
+    if cuda:
+        if name not in ("health", "health_noref"):
+            raise SystemExit("--device cuda measures codebook_health only (use --only health)")
+        p, q = p.to(a.device), q.to(a.device)
     # import every library before the clock and the memory baseline start
     import prdc
     from scipy.spatial.distance import cdist
@@ -95,9 +107,10 @@ def _child(name: str, a: argparse.Namespace) -> dict:
     from shrinkscope.metrics import assign, codebook_health, coverage_and_precision, latent_coverage
     from shrinkscope.metrics import prdc as shrinkscope_prdc
 
-    def health(c, x):
-        h = codebook_health(c, latents=x)
-        return {"warnings": [w["code"] for w in h.warnings], "latent_coverage": h.latent_coverage}
+    def health(c, x, reference=True):
+        h = codebook_health(c, latents=x, reference=reference)
+        return {"warnings": [w["code"] for w in h.warnings], "latent_coverage": h.latent_coverage,
+                "status": h.verdict.status, "spread_vs_kmeans": h.spread_vs_kmeans}
 
     def pkg_prdc(real, fake):
         with contextlib.redirect_stdout(io.StringIO()):  # compute_prdc prints its sizes
@@ -113,6 +126,7 @@ def _child(name: str, a: argparse.Namespace) -> dict:
 
     fns = {
         "health": health,
+        "health_noref": lambda c, x: health(c, x, reference=False),
         "ours_cov": lambda real, fake: dict(zip(("coverage", "precision"), coverage_and_precision(fake, real))),
         "ours_lcov": lambda real, fake: {"coverage": latent_coverage(fake, real)},
         "ours_prdc": lambda real, fake: shrinkscope_prdc(real, fake)._asdict(),
@@ -124,17 +138,26 @@ def _child(name: str, a: argparse.Namespace) -> dict:
     if name not in fns:
         raise SystemExit(f"unknown measurement {name!r}")
     fns[name](p[:64], q[:64])  # warm-up on tiny inputs: BLAS and thread pools start outside the clock
-    base = _reset_peak()
+    if cuda:
+        fns[name](p[:1024], q[:20_000])  # and cuBLAS / kernel caches at a mid size
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = _reset_peak()
     t0 = time.perf_counter()
     extra = fns[name](p, q)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"name": name, "seconds": seconds, "peak_mib": _peak_mib() - base, **extra}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_mib()
+    return {"name": name, "seconds": seconds, "peak_mib": peak - base, **extra}
 
 
 def _measure(name: str, a: argparse.Namespace, *, half_n: bool = False) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--codes", str(a.codes), "--dim",
            str(a.dim), "--latents", str(a.latents), "--coverage-n", str(a.coverage_n), "--assign-n",
-           str(a.assign_n), "--seed", str(a.seed), "--threads", str(a.threads)]
+           str(a.assign_n), "--seed", str(a.seed), "--threads", str(a.threads), "--device", a.device]
     if half_n:
         cmd.append("--half-n")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -171,19 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", action="store_true", help="quick run: K=2048, D=64, N=20k, PRDC and assign at 2k")
     ap.add_argument("--only", help="comma-separated subset of: health,prdc,assign")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (cuda: codebook_health only)")
+    ap.add_argument("--million", action="store_true", help="N = 1,000,000 latents for codebook_health (GPU target)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--half-n", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.small:
         a.codes, a.dim, a.latents, a.coverage_n, a.assign_n = 2048, 64, 20_000, 2000, 2000
+    if a.million:
+        a.latents = 1_000_000
     if a.child:
         print(json.dumps(_child(a.child, a)))
         return 0
 
+    where = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
     print(f"# bench_metrics: K={a.codes} D={a.dim} N={a.latents}; PRDC N={a.coverage_n}; assign N={a.assign_n}; "
-          f"torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} CPUs")
+          f"torch {torch.__version__}, {a.threads} threads, device {a.device} ({where})")
     groups = {
-        "health": [("health", "health", False)],
+        "health": [("health_noref", "health_noref", False), ("health", "health", False)],
         "prdc": [("pkg", "pkg_prdc", False), ("ours", "ours_prdc", False), ("cov", "ours_cov", False),
                  ("lcov", "ours_lcov", False), ("pkg_half", "pkg_prdc", True), ("ours_half", "ours_prdc", True)],
         "assign": [("sk", "sklearn", False), ("cd", "cdist", False), ("asg", "assign", False)],
@@ -197,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| measurement | seconds | peak MiB | time ratio (peer / ours) | memory ratio (peer / ours) |")
     print("|---|---|---|---|---|")
     if "health" in r:
-        print(_row(f"codebook_health K={a.codes} D={a.dim} N={a.latents}", r["health"]))
+        print(_row(f"codebook_health K={a.codes} D={a.dim} N={a.latents}, reference=False (peer)", r["health_noref"]))
+        print(_row(f"codebook_health K={a.codes} D={a.dim} N={a.latents} (with the k-means reference)", r["health"],
+                   r["health_noref"]))
     if "pkg" in r:
         print(_row(f"prdc.compute_prdc N={n} (peer)", r["pkg"]))
         print(_row(f"shrinkscope prdc N={n}", r["ours"], r["pkg"]))
@@ -212,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         print(_row(f"shrinkscope assign vs scipy K={a.codes} N={a.assign_n}", r["asg"], r["cd"]))
     print()
     if "health" in r:
-        print(f"health: {r['health']['seconds']:.1f} s (target < 60 s); warnings on the synthetic codebook: "
-              f"{r['health']['warnings']}")
+        target = "1 s on one H200" if a.device.startswith("cuda") else "60 s on 2 CPU cores"
+        hr, h0 = r["health"], r["health_noref"]
+        print(f"health: {hr['seconds']:.2f} s with the reference (target < {target}), {h0['seconds']:.2f} s without: "
+              f"the reference costs {hr['seconds'] / h0['seconds']:.2f}x; verdict on the synthetic codebook: "
+              f"{hr['status']} {hr['warnings']} (spread_vs_kmeans {hr['spread_vs_kmeans']:.3f})")
     if "pkg" in r:
         pkg, ours = r["pkg"], r["ours"]
         keys = ("precision", "recall", "density", "coverage")

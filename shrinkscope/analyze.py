@@ -272,11 +272,13 @@ def _load_labels(labels: Any) -> torch.Tensor | None:
     if labels is None:
         return None
     if isinstance(labels, (str, os.PathLike)):
-        arr = load_arrays(labels)
-        if isinstance(arr, dict):
-            if len(arr) != 1:
-                raise CheckpointError(f"labels: expected one integer array, found {len(arr)} ({', '.join(arr)})")
-            arr = next(iter(arr.values()))
+        refs = list(load_checkpoint(labels).tensors.values())
+        named = [r for r in refs if r.key.split(".")[-1] in ("labels", "modes", "y")]
+        pick = named[:1] or (refs if len(refs) == 1 else [])
+        if not pick:
+            raise CheckpointError(f"labels: {os.fspath(labels)}: expected one integer array (or one named 'labels'), "
+                                  f"found {len(refs)}: {', '.join(r.key for r in refs[:6]) or 'none'}")
+        arr = pick[0].load()
     else:
         arr = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
     if arr.is_floating_point() or arr.is_complex() or arr.dtype == torch.bool:

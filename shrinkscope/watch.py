@@ -354,7 +354,7 @@ class Monitor:
     def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor) -> CodebookHealth:
         h = CodebookHealth(name=key, num_codes=k, dim=d)
         self._set_usage(h, counts.double())
-        judge_health(h, self.thresholds, all_zero=False)
+        judge_health(h, self.thresholds, all_zero=False, usage=True)
         return h
 
     def _set_usage(self, h: CodebookHealth, c: torch.Tensor) -> None:
@@ -372,7 +372,7 @@ class Monitor:
         hc = dataclasses.replace(h, warnings=[])
         self._set_usage(hc, counts.double())
         all_zero = any(wr["code"] == "uninitialized" for wr in h.warnings)
-        judge_health(hc, self.thresholds, all_zero=all_zero and not usage_only)
+        judge_health(hc, self.thresholds, all_zero=all_zero and not usage_only, usage=True)
         return hc
 
     def _record(self, step: int, now: float, scope: str, h: CodebookHealth, adapter: Family) -> dict[str, Any]:

@@ -26,21 +26,21 @@ from .health import (
 )
 from .modes import joint_counts, mode_perplexities, shrunk_mode_share, token_mode_entropy
 from .reference import KMeansReference, kmeans_reference
-from .verdict import STATUSES, Verdict
 from .spectrum import effective_dimension, effective_rank, singular_spectrum
 from .usage import assign, code_counts, dead_code_ratio, utilization, utilization_perplexity
+from .verdict import STATUSES, Verdict
 
 __all__ = [
     "HIGHER_IS_BETTER",
     "METRIC_KEYS",
     "PRDC",
+    "STATUSES",
     "WARNING_CODES",
     "CodebookHealth",
     "HealthThresholds",
     "KMeansReference",
-    "STATUSES",
-    "Verdict",
     "ModeCoverage",
+    "Verdict",
     "assign",
     "code_counts",
     "codebook_health",

@@ -32,9 +32,9 @@ METRIC_KEYS: tuple[str, ...] = (
     "effective_dimension", "latent_effective_rank", "latent_effective_dimension", "utilization_perplexity",
     "utilization", "dead_code_ratio", "latent_coverage", "codebook_precision", "quantization_error",
     "codes_used", "offset_vs_spread", "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans",
-    "excess_distortion", "token_mode_entropy", "shrunk_mode_share",
+    "excess_distortion", "stranded_codes", "token_mode_entropy", "shrunk_mode_share",
 )
-"""The metric keys of the JSON contract, in display order (the last eight were added in 0.2: docs/metrics.md)."""
+"""The metric keys of the JSON contract, in display order (the last nine were added with the verdicts, #10)."""
 
 HIGHER_IS_BETTER: dict[str, bool | None] = {
     "num_codes": None, "dim": None, "spread_cosine": True, "spread_euclidean": True, "spread_ratio": True,
@@ -42,7 +42,8 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "latent_effective_dimension": None, "utilization_perplexity": True, "utilization": True,
     "dead_code_ratio": False, "latent_coverage": True, "codebook_precision": True, "quantization_error": False,
     "codes_used": True, "offset_vs_spread": False, "spread_vs_kmeans": True, "rank_vs_kmeans": True,
-    "coverage_vs_kmeans": True, "excess_distortion": False, "token_mode_entropy": True, "shrunk_mode_share": False,
+    "coverage_vs_kmeans": True, "excess_distortion": False, "stranded_codes": False, "token_mode_entropy": True,
+    "shrunk_mode_share": False,
 }
 
 WARNING_CODES: tuple[str, ...] = (
@@ -77,6 +78,7 @@ class CodebookHealth:
     rank_vs_kmeans: float | None = None
     coverage_vs_kmeans: float | None = None
     excess_distortion: float | None = None
+    stranded_codes: float | None = None
     token_mode_entropy: float | None = None
     shrunk_mode_share: float | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -118,12 +120,18 @@ def judged_from(h: CodebookHealth, *, evidence: tuple[str, ...] | None = None, a
 
 
 def judge_health(h: CodebookHealth, thresholds: HealthThresholds | None = None, *,
-                 all_zero: bool | None = None) -> CodebookHealth:
+                 all_zero: bool | None = None, usage: bool = False) -> CodebookHealth:
     """Set ``h.warnings`` and ``h.verdict`` from ``h``'s measurements under ``thresholds`` (replacing both).
 
     ``codebook_health`` calls it; callers that assemble a ``CodebookHealth`` themselves (the monitor's
     cumulative and usage-only records) call it after changing the usage fields. The geometry that the
     verdict reads is the one ``codebook_health`` measured (``h.judged``); usage values are read afresh.
+
+    Args:
+        h: the record (its ``warnings``, ``verdict`` and ``judged`` are replaced).
+        thresholds: the cut-offs (``HealthThresholds()`` by default).
+        all_zero: override whether the codebook is all zeros (``uninitialized``).
+        usage: ``h``'s usage fields now come from counted code ids (hooks, buffers), not from latents.
 
     Returns:
         ``h`` itself.
@@ -135,7 +143,7 @@ def judge_health(h: CodebookHealth, thresholds: HealthThresholds | None = None, 
         j = replace(j, all_zero=all_zero)
     for k in ("dead_code_ratio", "utilization", "codes_used"):
         j.values[k] = getattr(h, k)
-    if h.utilization is not None and "usage" not in j.evidence and "latents" not in j.evidence:
+    if h.utilization is not None and "usage" not in j.evidence and (usage or "latents" not in j.evidence):
         j = replace(j, evidence=(*j.evidence, "usage"))
     h.judged = j
     h.warnings, h.verdict = judge(j, t)
@@ -152,6 +160,11 @@ def raise_warnings(h: CodebookHealth, t: HealthThresholds, all_zero: bool = Fals
     before = list(h.warnings)
     judge_health(h, t, all_zero=all_zero)
     h.warnings = before + h.warnings
+
+
+STRANDED_RADIUS_QUANTILE = 0.99
+"""A stranded code is farther from its nearest latent than this quantile of the latents' k-NN radii (a
+quantile, not the maximum, so one outlying latent cannot hide every parked code)."""
 
 
 def expected_coverage(num_codes: int, num_latents: int, *, k: int = 5) -> float:
@@ -260,8 +273,15 @@ def codebook_health(
         if xs.shape[0] > k:
             radii = knn_radii(xs, k=k)
             h.latent_coverage, h.codebook_precision = coverage_and_precision(cb, xs, k=k, radii=radii)
+        assigned = torch.bincount(idx, minlength=kk)
+        if radii is not None:
+            # unused *and* farther from every latent than 99% of latents are from their k-th neighbour: dead
+            # for a reason, not by the chance of a finite sample (with N / K small many codes go unused)
+            _, near = assign(xs, cb)
+            far = near.sqrt() > torch.quantile(radii.double(), STRANDED_RADIUS_QUANTILE)
+            h.stranded_codes = float(((assigned == 0) & far).double().mean())
         if c is None:
-            c = torch.bincount(idx, minlength=kk).double()
+            c = assigned.double()
         if lab is not None:
             h.token_mode_entropy = token_mode_entropy(joint_counts(idx, lab, kk))
     live = None
@@ -326,9 +346,9 @@ def _live_geometry(cb: torch.Tensor, live: torch.Tensor | None, h: CodebookHealt
         return {"spread_euclidean": h.spread_euclidean, "effective_rank": h.effective_rank,
                 "spread_cosine": h.spread_cosine, "offset_vs_spread": h.offset_vs_spread,
                 "rank_share": h.effective_rank / min(kk - 1, d), "live_codes": kk}
-    if n_live < 2:
-        return {"spread_euclidean": None, "effective_rank": None, "spread_cosine": None, "offset_vs_spread": None,
-                "rank_share": None, "live_codes": n_live}
+    if n_live < 2:  # one code in use: it spans nothing (spread 0, the effective rank of a point is 1)
+        return {"spread_euclidean": 0.0, "effective_rank": 1.0, "spread_cosine": 0.0, "offset_vs_spread": None,
+                "rank_share": 1.0 / min(kk - 1, d), "live_codes": n_live}
     sub = cb[live]
     spread = spread_euclidean(sub, max_points=max_points, seed=seed)
     rank = _effective_rank_from(singular_spectrum(sub))

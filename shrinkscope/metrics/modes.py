@@ -25,6 +25,8 @@ import torch
 
 from ._validate import to_tensor
 
+__all__ = ["as_labels", "joint_counts", "mode_perplexities", "shrunk_mode_share", "token_mode_entropy"]
+
 
 def as_labels(labels: Any, n: int, name: str = "labels") -> torch.Tensor:
     """Validate per-latent mode labels: ``(N,)`` integers (negative = no mode, ignored)."""

@@ -36,6 +36,8 @@ from .geometry import spread_euclidean
 from .spectrum import _effective_rank_from, singular_spectrum
 from .usage import assign
 
+__all__ = ["KMeansReference", "fit_size", "kmeans_reference", "reference_coverage"]
+
 POINTS_PER_CODE = 16
 """k-means fit rows per code when affordable (``n_fit`` is capped by ``ITER_WORK``)."""
 ITER_WORK = 1 << 34

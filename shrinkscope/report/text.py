@@ -10,15 +10,17 @@ if TYPE_CHECKING:
 
 # (metric key, column header, format) shown in the terminal table; the full set is in --json / health.json.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("spread_ratio", "spread", "{:.2f}"), ("effective_rank", "rank", "{:.1f}"),
-    ("latent_effective_rank", "z-rank", "{:.1f}"), ("utilization", "util", "{:.0%}"),
-    ("dead_code_ratio", "dead", "{:.0%}"), ("latent_coverage", "cover", "{:.0%}"),
-    ("quantization_error", "qerr", "{:.3f}")
+    ("spread_ratio", "spread/z", "{:.2f}"), ("spread_vs_kmeans", "spread/km", "{:.2f}"),
+    ("effective_rank", "rank", "{:.1f}"), ("rank_vs_kmeans", "rank/km", "{:.2f}"),
+    ("coverage_vs_kmeans", "cover/km", "{:.2f}"), ("excess_distortion", "+dist/km", "{:+.2f}"),
+    ("codes_used", "used", "{:.0%}"), ("utilization", "perp/K", "{:.0%}"), ("dead_code_ratio", "dead", "{:.0%}"),
 )
 LEGEND = (
-    "spread: code spread / latent spread (about 1 good, << 1 shrunk)   rank / z-rank: effective rank of "
-    "codes / latents\nutil: usage perplexity / K   dead: share of unused codes   cover: latents with a code "
-    "in their k-NN ball\nqerr: quantization error / latent variance   -: needs --latents or a usage buffer"
+    "spread/z: code spread / latent spread   spread/km, rank/km, cover/km: the live codes' spread, effective rank\n"
+    "and latent coverage / those of k-means with the same K on these latents (about 1 good, << 1 shrunk)\n"
+    "+dist/km: held-out quantization error / k-means's, minus 1   rank: effective rank of the codes\n"
+    "used: share of codes used at least once (the papers' \"codebook utilization\")   perp/K: usage perplexity / K\n"
+    "dead: share of dead codes   -: needs --latents (or a usage buffer for used, perp/K, dead)"
 )
 
 
@@ -43,13 +45,14 @@ def _name(name: str, width: int = 36) -> str:
 
 def health_table(healths: Sequence[CodebookHealth]) -> str:
     """The terminal table for a list of ``CodebookHealth``."""
-    header = ["codebook", "K", "D", *[c[1] for c in COLUMNS], "warnings"]
+    header = ["codebook", "K", "D", *[c[1] for c in COLUMNS], "verdict", "warnings"]
     rows = []
     for h in healths:
         m = h.metrics
-        warn = ",".join(w["code"] for w in h.warnings) or "ok"
+        warn = ",".join(w["code"] for w in h.warnings) or "-"
+        status = h.verdict.status if h.verdict is not None else "-"
         rows.append(
-            [_name(h.name), str(h.num_codes), str(h.dim), *[_fmt(m[k], f) for k, _, f in COLUMNS], warn]
+            [_name(h.name), str(h.num_codes), str(h.dim), *[_fmt(m[k], f) for k, _, f in COLUMNS], status, warn]
         )
     return format_rows(header, rows)
 
