@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .metrics._validate import as_float
-from .metrics.usage import assign
+from .metrics.usage import _assign
 
 __all__ = ["kmeans", "kmeans_plusplus"]
 
@@ -86,9 +86,11 @@ def kmeans(x: Any, k: int, *, iters: int = 20, seed: int = 0, tol: float = 1e-6,
     else:
         raise ValueError(f"init: expected 'kmeans++' or 'random', got {init!r}")
     prev = float("inf")
+    # Validated once above; the loop calls the unchecked search and reuses one float64 copy for the sums.
+    pts64 = pts if pts.dtype == torch.float64 else pts.double()
     for _ in range(iters):
-        idx, d2 = assign(centers, pts)
-        sums = torch.zeros_like(centers, dtype=torch.float64).index_add_(0, idx, pts.double())
+        idx, d2 = _assign(centers, pts)
+        sums = torch.zeros_like(centers, dtype=torch.float64).index_add_(0, idx, pts64)
         counts = torch.bincount(idx, minlength=k)
         empty = (counts == 0).nonzero().flatten()
         new = (sums / counts.clamp_min(1)[:, None]).to(pts.dtype)

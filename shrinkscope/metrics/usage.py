@@ -41,6 +41,15 @@ def assign(codebook: Any, latents: Any, *, chunk_size: int | None = None) -> tup
     x = as_float(latents, "latents")
     same_dim(cb, x)
     cb, x = common(cb, x)
+    return _assign(cb, x, chunk_size=chunk_size)
+
+
+def _assign(cb: torch.Tensor, x: torch.Tensor, *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``assign`` on inputs already validated and put on one device and dtype (inner loops, e.g. Lloyd's).
+
+    Skipping the checks matters there: the NaN/Inf scan reads every value and, on a GPU, waits for the
+    device on every call.
+    """
     n = x.shape[0]
     idx = torch.empty(n, dtype=torch.long, device=x.device)
     d2 = torch.empty(n, dtype=torch.float64, device=x.device)
