@@ -287,16 +287,21 @@ def _load_labels(labels: Any) -> torch.Tensor | None:
 
 
 def analyze(
-    source: Any, *, latents: Any = None, labels: Any = None, keys: list[str] | None = None, trust_checkpoint: bool = False,
+    source: Any, data: Any = None, *, latents: Any = None, labels: Any = None, keys: list[str] | None = None,
+    trust_checkpoint: bool = False,
     include_embeddings: bool = False, l2_normalize: bool | None = None,
     thresholds: HealthThresholds | None = None, max_latents: int | None = 20_000,
-    max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0,
+    max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0, **live: Any
 ) -> AnalysisResult:
     """Find every codebook in a checkpoint and measure its health.
 
     Args:
         source: checkpoint path (``.pt/.pth/.ckpt/.bin/.safetensors/.npy/.npz``), a (nested) state dict,
             or an ``nn.Module``.
+        data: with an ``nn.Module`` source: run the model over this data (a ``DataLoader``, an iterable of
+            batches, or a tensor/array) under the watch hooks to get its latents and exact usage
+            (``shrinkscope.live.analyze_model``; its options ``forward``, ``batch_size``, ``max_batches``,
+            ``device``, ``eval_mode``, ``adapter`` go in ``**live``).
         latents: optional pre-quantization encoder outputs: a path (``.npy/.npz/.pt/.safetensors``) or a
             tensor/array, ``(N, D)`` or channel-first maps ``(B, D, ...)``. Enable spread ratio, coverage,
             quantization error, and usage counts when the checkpoint stores none.
@@ -326,6 +331,14 @@ def analyze(
         64
     """
     _check_options(max_latents=max_latents, max_points=max_points, seed=seed)
+    if data is not None or live:
+        if data is None or not isinstance(source, torch.nn.Module) or latents is not None or keys or labels is not None:
+            raise TypeError("analyze: data=... (and its options) needs an nn.Module source, and replaces "
+                            "latents=, labels= and keys=")
+        from .live import analyze_model
+
+        return analyze_model(source, data, thresholds=thresholds, max_latents=max_latents, max_points=max_points,
+                             progress=progress, seed=seed, **live)
     ckpt = _open(source, trust_checkpoint)
     found = find_codebooks(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
     latents_note = None

@@ -31,6 +31,7 @@ EPILOG_ANALYZE = """examples:
   shrinkscope analyze vqgan.ckpt
   shrinkscope analyze tokenizer.pt --latents z.npy --out report/
   shrinkscope analyze model.safetensors --key quantizer.codebook --json
+  PYTHONPATH=src shrinkscope analyze run.ckpt --model mytok.models:build_tokenizer --data val.npy
 """
 
 
@@ -147,7 +148,35 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze
     from .report import analysis_text, write_analysis_report
 
+    if args.model or args.data:
+        return _emit(_live(args), args, analysis_text, write_analysis_report)
     return _emit(analyze(args.checkpoint, **_kwargs(args)), args, analysis_text, write_analysis_report)
+
+
+def _live(args: argparse.Namespace) -> Any:
+    """``--model`` + ``--data``: build the user's model, load the checkpoint into it, run the data."""
+    from . import live
+
+    if not (args.model and args.data):
+        raise ValueError("--model and --data go together: --model package.module:factory --data FILE")
+    if args.latents or args.key:
+        raise ValueError("--latents/--key do not apply with --model: the latents come from running the model")
+    if args.trust_checkpoint:
+        print("shrinkscope: warning: --trust-checkpoint: unpickling may run code stored in the file",
+              file=sys.stderr)
+    model = live.build_model(args.model)
+    if args.device:
+        model.to(args.device)
+    note = live.load_weights(model, args.checkpoint, trust=args.trust_checkpoint)
+    data = live.load_data(args.data)
+    result = live.analyze_model(
+        model, data, batch_size=args.batch_size, max_batches=args.max_batches, device=args.device,
+        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed, source=args.checkpoint
+    )
+    for e in result.entries:
+        e.notes.insert(0, note)
+    result.latents_source = f"live: {args.model} on {args.data}"
+    return result
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -212,6 +241,23 @@ def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="checkpoint file")
     _common(p)
+    live = p.add_argument_group(
+        "live model (runs YOUR code)",
+        "--model imports your module and calls its factory: an explicit opt-in to run that code (the "
+        "checkpoint itself is still loaded safely, without unpickling code). The weights are loaded strictly "
+        "into the model, which then runs in eval mode without gradients over --data; usage is counted "
+        "exactly over every batch and latents are sampled (at most --max-latents per codebook)."
+    )
+    live.add_argument("--model", metavar="PKG.MODULE:FACTORY",
+                      help="import PKG.MODULE and call FACTORY() to build the model (its folder must be on "
+                      "PYTHONPATH or be the current directory)")
+    live.add_argument("--data", metavar="FILE",
+                      help="model inputs, one float array (N, ...): .npy, .npz (one array or one named 'data'), "
+                      ".pt (a tensor, loaded with weights_only) or .safetensors")
+    live.add_argument("--batch-size", type=int, default=64, metavar="N", help="rows per forward (default: 64)")
+    live.add_argument("--max-batches", type=int, default=None, metavar="N",
+                      help="stop after N batches (default: all)")
+    live.add_argument("--device", default=None, help="where to run the model, e.g. cuda (default: cpu)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser(

@@ -1,0 +1,316 @@
+"""``analyze(model, data)``: diagnose a live model by running data through it under the watch hooks.
+
+A checkpoint alone holds the codes and, at best, an EMA of their usage. Running the model over data adds
+the two pieces of evidence a verdict needs: the encoder's latents (spread ratio, coverage, quantization
+error) and exact usage counts. This module does that with the same hooks ``watch`` uses:
+
+- every batch is seen (nothing is skipped); usage counts are exact integer histograms over all batches;
+- latents are a uniform reservoir sample (Algorithm R) of at most ``max_latents`` rows per codebook, so
+  memory stays ``max_latents x D`` floats whatever the size of the data;
+- the model runs under ``torch.no_grad()`` in eval mode by default (a training-mode forward would update
+  EMA codebooks and so change the model being measured); every module's own train/eval flag is restored
+  afterwards and the hooks are removed, also when the user's forward raises.
+
+The result is the ``AnalysisResult`` that ``analyze(checkpoint)`` returns (same table, JSON and report).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import Adapter, find_quantizers, get_adapter
+from .analyze import ANALYZE_MAX_POINTS, AnalysisResult, Entry
+from .checkpoint import FoundCodebook
+from .metrics import HealthThresholds, codebook_health
+from .watch import Monitor
+
+__all__ = ["analyze_model", "LiveError", "iter_batches"]
+
+
+class LiveError(ValueError):
+    """The model could not be run over the data (or nothing was captured); one line meant for the user."""
+
+
+def iter_batches(data: Any, *, batch_size: int = 64) -> Iterator[Any]:
+    """Batches of ``data``: a tensor or array is cut along its first axis; anything else is iterated.
+
+    Args:
+        data: ``torch.Tensor`` / ``np.ndarray`` ``(N, ...)`` (cut into ``batch_size`` rows), or any iterable
+            of batches (a ``DataLoader``, a list of tensors, a generator).
+        batch_size: rows per batch when ``data`` is one tensor or array.
+    """
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind not in "fiub":
+            raise LiveError(f"data: expected a numeric array, got dtype {data.dtype}")
+        data = torch.from_numpy(data)
+    if isinstance(data, torch.Tensor):
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise LiveError(f"data: expected a tensor (N, ...) with N >= 1, got shape {list(data.shape)}")
+        if int(batch_size) < 1:
+            raise LiveError(f"batch_size must be >= 1, got {batch_size}")
+        yield from data.split(int(batch_size))
+        return
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise LiveError(f"data: expected a tensor, an array or an iterable of batches (e.g. a DataLoader), "
+                        f"got {type(data).__name__}")
+    yield from data
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch) if not hasattr(batch, "_fields") \
+            else type(batch)(*(_to(b, device) for b in batch))
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """``model(batch)`` for a tensor, ``model(batch[0])`` for ``(inputs, targets, ...)``, ``model(**batch)``
+    for a dict: the usual shapes of a DataLoader's items."""
+    if isinstance(batch, (list, tuple)):
+        return model(batch[0])
+    if isinstance(batch, dict):
+        return model(**batch)
+    return model(batch)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _quantizers(model: nn.Module, adapter: Adapter | str | None) -> list[tuple[str, nn.Module, Adapter]]:
+    if adapter is not None:
+        a = get_adapter(adapter) if isinstance(adapter, str) else adapter
+        if not isinstance(a, Adapter):
+            raise TypeError(f"analyze: adapter must be an Adapter or a family name, got {type(adapter).__name__}")
+        return [("", model, a)]
+    found = find_quantizers(model)
+    if not found:
+        raise LiveError(f"no quantizer found inside {type(model).__name__}; pass adapter='generic' (or an "
+                        "Adapter) to read the model itself as a quantizer (docs/hooks.md)")
+    return found
+
+
+def analyze_model(
+    model: nn.Module, data: Any, *, forward: Callable[[nn.Module, Any], Any] | None = None,
+    batch_size: int = 64, max_batches: int | None = None, device: torch.device | str | None = None,
+    eval_mode: bool = True, adapter: Adapter | str | None = None, thresholds: HealthThresholds | None = None,
+    max_latents: int | None = 20_000, max_points: int | None = ANALYZE_MAX_POINTS,
+    progress: bool | None = None, seed: int = 0, source: str | None = None
+) -> AnalysisResult:
+    """Run ``model`` over ``data`` under the watch hooks and measure every codebook it uses.
+
+    Args:
+        model: the model (or just the part that ends in the quantizer); never modified.
+        data: a ``DataLoader`` or any iterable of batches, or one tensor/array ``(N, ...)``.
+        forward: ``forward(model, batch)`` runs one batch, e.g. ``lambda m, x: m.quantize(m.encode(x))`` to
+            skip a decoder; default: ``model(x)`` for a tensor, ``model(x)`` for ``(x, y, ...)``,
+            ``model(**batch)`` for a dict. Batches are moved to ``device`` first.
+        batch_size: rows per batch when ``data`` is one tensor or array.
+        max_batches: stop after this many batches (None: all of them).
+        device: where to run (default: the model's own device; the model is not moved).
+        eval_mode: run in eval mode (default). False keeps each module's current mode, so a model in
+            training mode updates its EMA codebooks as it would in training.
+        adapter: read ``model`` itself with this adapter instead of searching for quantizers.
+        thresholds: warning cut-offs (``HealthThresholds()`` by default).
+        max_latents: latents kept per codebook (a uniform reservoir sample of every latent seen).
+        max_points: pairwise spreads exact up to this many rows, estimated above (as in ``analyze``).
+        progress: tqdm progress bar on stderr (None: only when stderr is a terminal).
+        seed: seed of the reservoir and of every subsample.
+        source: label of the result (default: the model's class name).
+
+    Returns:
+        An ``AnalysisResult`` whose usage counts are exact over every batch run.
+
+    Raises:
+        LiveError (a ValueError): bad data, no quantizer, the forward failed, or no quantizer call was seen.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"analyze: expected an nn.Module, got {type(model).__name__}")
+    if max_latents is None or int(max_latents) < 2:
+        raise LiveError(f"max_latents: a live analysis keeps a bounded sample of latents; pass an integer >= 2, "
+                        f"got {max_latents}")
+    if max_batches is not None and int(max_batches) < 1:
+        raise LiveError(f"max_batches must be >= 1 (or None for all), got {max_batches}")
+    run = forward or default_forward
+    dev = torch.device(device) if device is not None else _device_of(model)
+    quantizers = _quantizers(model, adapter)
+    modes = [(m, m.training) for m in model.modules()]
+    monitor = Monitor(quantizers, every=0, sinks=[], reservoir_size=int(max_latents), collect="all",
+                      thresholds=thresholds, seed=seed)
+    batches = 0
+    try:
+        if eval_mode:
+            model.eval()
+        with torch.no_grad():
+            for batch in tqdm(iter_batches(data, batch_size=batch_size), desc="batches", unit="batch",
+                              disable=(None if progress is None else not progress), leave=False):
+                try:
+                    run(model, _to(batch, dev))
+                except Exception as exc:  # the user's model: name the batch, keep the cause
+                    raise LiveError(f"running the model on batch {batches} failed: {type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:300]}") from exc
+                batches += 1
+                if max_batches is not None and batches >= int(max_batches):
+                    break
+    finally:
+        monitor.remove()
+        for m, was in modes:
+            m.training = was  # each module's own flag: a frozen submodule stays in eval
+    if batches == 0:
+        raise LiveError("data: no batch to run (empty data)")
+    return _result(monitor, quantizers, thresholds or HealthThresholds(), max_points, seed,
+                   source or f"<{type(model).__name__}>", batches)
+
+
+def _display(qname: str, codebook: str, module: nn.Module) -> str:
+    """Dotted names like the checkpoint's (``rvq.layers.0``), so live and file analyses pair in ``compare``."""
+    return ".".join(p for p in (qname, codebook) if p) or type(module).__name__
+
+
+def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Adapter]], t: HealthThresholds,
+            max_points: int | None, seed: int, source: str, batches: int) -> AnalysisResult:
+    entries: list[Entry] = []
+    silent: list[str] = []
+    for (qname, module, adapter), w in zip(quantizers, monitor.watched):
+        cbs = {} if adapter.usage_only else adapter.codebooks(module)
+        for c, stream in w.streams.items():
+            key = w.key(c)
+            if key in monitor.disabled or w.name in monitor.disabled:
+                silent.append(f"{key} (its hook failed; see the shrinkscope log)")
+                continue
+            counts = stream.cumulative + stream.window_counts()
+            if stream.overflow() > 0:
+                raise LiveError(f"{key}: {stream.overflow()} captured ids >= K={stream.num_codes}: the "
+                                "adapter does not read code ids from this model")
+            lat = stream.reservoir()
+            n_ids, n_lat = int(counts.sum()), stream.seen()
+            if n_ids == 0 and n_lat < 2:
+                silent.append(key)
+                continue
+            name = _display(qname, c, module)
+            notes = [f"live: {batches} batch(es) run; usage counted exactly over {n_ids} code ids" if n_ids
+                     else f"live: {batches} batch(es) run; ids not exposed: usage from assigning the sampled "
+                          "latents to their nearest code"]
+            if lat is not None and lat.shape[0] >= 2:
+                notes.append(f"latents: uniform sample of {lat.shape[0]} of the {n_lat} seen")
+            cb = cbs.get(c)
+            if cb is None:  # codebook-free quantizer (FSQ, LFQ): usage only
+                h = monitor._usage_health(name, stream.num_codes, 0, counts)
+                found = FoundCodebook(name, torch.zeros(0, 0), h.counts, adapter.family, key,
+                                      usage_source="live hooks")
+                entries.append(Entry(h, found, None, notes + ["implicit codebook: usage metrics only"]))
+                continue
+            x = lat.to(cb.device) if lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1] else None
+            h = codebook_health(cb, latents=x, counts=counts.double() if n_ids else None, name=name,
+                                thresholds=t, seed=seed, max_points=max_points)
+            found = FoundCodebook(name, cb.cpu(), counts if n_ids else None, adapter.family, key,
+                                  usage_source="live hooks" if n_ids else None)
+            entries.append(Entry(h, found, None if x is None else x.cpu(), notes))
+    if not entries:
+        raise LiveError("no quantizer call was seen while running the data (" + ", ".join(silent) + "); "
+                        "check that forward reaches the quantizer")
+    return AnalysisResult(source, entries, "live model" if any(e.latents is not None for e in entries) else None)
+
+
+# ---- the CLI's `analyze CKPT --model package.module:factory --data FILE` ---------------------------------
+
+_CONTAINERS = ("state_dict", "model", "model_state_dict", "module", "net", "generator", "ema")
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def build_model(spec: str) -> nn.Module:
+    """Import ``package.module:factory`` and call ``factory()`` (the user's own code: an explicit opt-in).
+
+    Raises:
+        LiveError: a malformed spec, an import error, or a factory that does not return an ``nn.Module``.
+    """
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: a module in the current folder is found
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise LiveError(f"--model: expected package.module:factory (a function or class that builds the model "
+                        f"with no arguments), got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure of the user's module is one line
+        raise LiveError(f"--model: cannot import {mod_name!r} ({type(exc).__name__}: {exc}); is its folder on "
+                        "PYTHONPATH?") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise LiveError(f"--model: {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise LiveError(f"--model: {spec} is not callable")
+    try:
+        model = obj()
+    except Exception as exc:  # noqa: BLE001
+        raise LiveError(f"--model: {spec}() failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+                        ) from exc
+    if not isinstance(model, nn.Module):
+        raise LiveError(f"--model: {spec}() returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def _candidates(raw: Any) -> Iterator[dict[str, Any]]:
+    """State dicts a checkpoint may hold: itself or a usual container key, with wrapper prefixes stripped."""
+    if not isinstance(raw, dict):
+        return
+    for sd in [raw] + [raw[k] for k in _CONTAINERS if isinstance(raw.get(k), dict)]:
+        yield sd
+        for p in _PREFIXES:
+            if any(isinstance(k, str) and k.startswith(p) for k in sd):
+                yield {k[len(p):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(p)}
+
+
+def load_weights(model: nn.Module, path: str, *, trust: bool = False) -> str:
+    """Load a checkpoint's state dict into ``model`` (strict: every key must match). The file is read with
+    ``checkpoint.load_checkpoint``, so it is never unpickled unsafely unless ``trust`` is set.
+
+    Returns:
+        Where in the file the weights were found (for the report's notes).
+
+    Raises:
+        CheckpointError / LiveError (ValueErrors): unreadable file, or no state dict that fits the model.
+    """
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, trust=trust)
+    raw = ckpt.raw if isinstance(ckpt.raw, dict) else {k: r.load() for k, r in ckpt.tensors.items()}
+    want = set(model.state_dict())
+    best: tuple[int, int] | None = None
+    for sd in _candidates(raw):
+        keys = {k for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        if keys == want:
+            model.load_state_dict({k: sd[k] for k in keys}, strict=True)
+            return f"weights: {len(keys)} tensors from {path}"
+        miss = (len(want - keys), len(keys - want))
+        best = miss if best is None or sum(miss) < sum(best) else best
+    detail = "" if best is None else f" (closest: {best[0]} of the model's keys missing, {best[1]} unexpected)"
+    raise LiveError(f"{path}: no state dict in the file matches the model built by --model{detail}; the factory "
+                    "must build the same architecture the checkpoint was saved from")
+
+
+def load_data(path: str) -> torch.Tensor:
+    """One float array ``(N, ...)`` of model inputs from ``.npy``, ``.npz`` (one array, or one named ``data``),
+    ``.pt`` (a tensor, or a dict with one such tensor; loaded with ``weights_only=True``) or ``.safetensors``."""
+    from .checkpoint import load_array
+
+    return load_array(path, what="data")
