@@ -40,6 +40,7 @@ import weakref
 import torch
 from torch import nn
 
+from .divergence import rank_divergence
 from .families import Capture, Family, find_quantizers, get_family
 from .metrics import (
     CodebookHealth,
@@ -264,11 +265,13 @@ class Monitor:
     def _report(self, step: int | None) -> list[CodebookHealth]:
         step = self.step if step is None else int(step)
         distributed, rank = self._distributed()
+        diverged: dict[str, dict[str, Any]] = {}
         if distributed:
             for w in self.watched:
                 names = list(w.streams)
                 reduce_streams([w.streams[c] for c in names], [w.dims[c] for c in names],
                                device=self._device(w), group=self.group, seed=self.seed + step)
+                diverged.update(self._rank_divergence(w))
         now = time.time()
         window, cumulative, records = [], [], []
         dev_type = "cuda" if any(self._device(w).type == "cuda" for w in self.watched) else "cpu"
@@ -287,6 +290,8 @@ class Monitor:
                             pair = self._measure(w, c, key, cbs.get(c), stream)
                             if pair is not None:
                                 (hw, hc), wc = pair
+                                for h in (hw, hc):
+                                    h.warnings.extend([dict(diverged[key])] if key in diverged else [])
                                 window.append(hw)
                                 cumulative.append(hc)
                                 for scope, h in (("window", hw), ("cumulative", hc)):
@@ -322,6 +327,18 @@ class Monitor:
             if rank == 0:
                 self._emit({"step": step, "time": time.time(), "event": "no_data", "name": w.name,
                             "family": w.adapter.name, "message": msg})
+
+    def _rank_divergence(self, w: _Watched) -> dict[str, dict[str, Any]]:
+        """``{key: rank_divergence warning}`` for this quantizer's codebooks (collectives on every rank)."""
+        if w.adapter.usage_only:
+            return {}
+        try:
+            cbs = w.adapter.codebooks(w.module)
+        except Exception:  # noqa: BLE001 - this rank still joins the collectives (as "could not read")
+            cbs = {}
+        ks = {c: s.num_codes for c, s in w.streams.items()}
+        found = rank_divergence(cbs, ks, device=self._device(w), group=self.group)
+        return {w.key(c): v for c, v in found.items()}
 
     def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
         wc = stream.window_counts()
