@@ -40,7 +40,13 @@ def _clean(v: Any) -> Any:
 
 
 class Sink:
-    """Base sink: override ``write``; ``close`` releases resources."""
+    """Base sink: override ``write``; ``close`` releases resources.
+
+    A sink whose class sets ``wants_counts = True`` also gets ``record["counts"]``: the ``(K,)`` usage counts
+    of that record's scope as a CPU tensor (None for a codebook with no usage). Other sinks never see them.
+    """
+
+    wants_counts: bool = False
 
     def write(self, record: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -143,6 +149,38 @@ class LoggingSink(Sink):
         for w in record.get("warnings", []):
             self.log.warning("shrinkscope step %s %s [%s]: %s", record.get("step"), record.get("name"),
                              w.get("code"), w.get("message"))
+
+
+def usage_curve(counts: Any, *, max_points: int = 512) -> tuple[list[int], list[float]]:
+    """The rank-frequency curve of code usage: share of the r-th most used code against r (1-based).
+
+    Trackers cap histograms (W&B at 512 bins), which would merge codes; this curve keeps every code's exact
+    share at about ``max_points`` ranks, spaced evenly on a log scale and always including the first rank,
+    the last used code and the last rank, so the head, the dead tail and where it starts all show.
+
+    Args:
+        counts: ``(K,)`` usage counts (tensor or array).
+        max_points: points wanted (a few more when the last used code falls between them).
+
+    Returns:
+        ``(ranks, shares)``; empty lists when nothing was counted.
+    """
+    import numpy as np
+
+    c = np.asarray(counts.cpu() if hasattr(counts, "cpu") else counts, dtype=np.float64).reshape(-1)
+    total = c.sum()
+    if c.size == 0 or not total > 0:
+        return [], []
+    shares = np.sort(c)[::-1] / total
+    k = c.size
+    used = int((shares > 0).sum())
+    pts = np.unique(np.concatenate([
+        np.round(np.geomspace(1, k, num=max(2, int(max_points) - 3))).astype(np.int64),
+        [1, used, min(used + 1, k), k]]))
+    if pts.size > max_points:
+        keep = np.round(np.linspace(0, pts.size - 1, max_points)).astype(np.int64)
+        pts = np.unique(np.concatenate([pts[keep], [1, used, k]]))
+    return [int(r) for r in pts], [float(shares[r - 1]) for r in pts]
 
 
 def make_sinks(log_to: str | Path | None = None, sinks: Any = (), *, log_warnings: bool = True) -> list[Sink]:

@@ -295,14 +295,14 @@ class Monitor:
                                 window.append(hw)
                                 cumulative.append(hc)
                                 for scope, h in (("window", hw), ("cumulative", hc)):
-                                    records.append(self._record(step, now, scope, h, w.adapter))
+                                    records.append((self._record(step, now, scope, h, w.adapter), h.counts))
                     except Exception as e:  # noqa: BLE001 - must never raise into training
                         self._skip(key, e)
                     stream.close_window(wc)
         self.last_report = {"window": window, "cumulative": cumulative}
         if rank == 0:
-            for r in records:
-                self._emit(r)
+            for r, counts in records:
+                self._emit(r, counts)
         if self.step > 0:
             self._report_silent(rank, step)
         return window
@@ -400,10 +400,12 @@ class Monitor:
             rec["usage_only"] = True
         return rec
 
-    def _emit(self, record: dict[str, Any]) -> None:
+    def _emit(self, record: dict[str, Any], counts: torch.Tensor | None = None) -> None:
         for s in list(self.sinks):
             try:
-                s.write(record)
+                # usage counts only for sinks that draw them (W&B, MLflow): the JSONL stays one line per record
+                s.write({**record, "counts": counts} if counts is not None and getattr(s, "wants_counts", False)
+                        else record)
             except Exception as e:  # noqa: BLE001 - must never raise into training
                 self.sinks.remove(s)
                 logger.warning("shrinkscope: sink %s failed and was dropped: %r", type(s).__name__, e)
