@@ -23,13 +23,33 @@ except ImportError:  # pragma: no cover - depends on the environment
 from ..watch import Monitor, watch
 
 
+def logger_sinks(trainer: Any) -> list[Any]:
+    """Sinks for the trainer's own loggers: TensorBoard (its ``SummaryWriter``), W&B (its run) and MLflow
+    (its client and run id). Other loggers are left alone. Called on rank 0 only: other ranks' loggers
+    are dummies, and only rank 0 writes anyway."""
+    out: list[Any] = []
+    for lg in getattr(trainer, "loggers", None) or []:
+        kind = type(lg).__name__
+        if kind == "WandbLogger":
+            from .wandb import WandbSink
+
+            out.append(WandbSink(lg.experiment))
+        elif kind == "MLFlowLogger":
+            from .mlflow import MLflowSink
+
+            out.append(MLflowSink(lg.run_id, client=lg.experiment))
+        elif hasattr(getattr(lg, "experiment", None), "add_scalar"):
+            out.append(lg.experiment)
+    return out
+
+
 class ShrinkscopeCallback(Callback):
     """Attach ``shrinkscope.watch`` to the LightningModule on fit start, report and detach on fit end.
 
     Args:
         **watch_kwargs: arguments of ``shrinkscope.watch`` (``every``, ``log_to``, ``sinks``, ``adapter``, ...).
-            When ``sinks`` is not given and the trainer has a TensorBoard logger, its ``SummaryWriter``
-            receives the scalars too.
+            When ``sinks`` is not given, the trainer's TensorBoard, W&B and MLflow loggers receive the
+            records too (``logger_sinks``).
     """
 
     def __init__(self, **watch_kwargs: Any):
@@ -40,8 +60,7 @@ class ShrinkscopeCallback(Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         kwargs = dict(self.watch_kwargs)
         if "sinks" not in kwargs:
-            experiment = getattr(getattr(trainer, "logger", None), "experiment", None)
-            kwargs["sinks"] = [experiment] if hasattr(experiment, "add_scalar") else []
+            kwargs["sinks"] = logger_sinks(trainer) if trainer.is_global_zero else []
         self.monitor = watch(pl_module, **kwargs)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
