@@ -126,6 +126,15 @@ def test_implicit_codebook_usage_exact():
     p = p[p > 0]
     assert e.health.utilization_perplexity == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-9)
     assert e.health.spread_ratio is None
+    assert "latents" not in result.verdict()  # no latents to ask for: the codebook is implicit
+
+
+def test_implicit_codebook_report(tmp_path):
+    from shrinkscope.report import write_analysis_report
+
+    result = shrinkscope.analyze(vqp.LFQ(dim=4, codebook_size=16), torch.randn(8, 6, 4))
+    page = write_analysis_report(result, str(tmp_path), umap=False)
+    assert (tmp_path / "00_LFQ.png").stat().st_size > 0 and "LFQ" in open(page).read()
 
 
 def test_failing_forward_restores_model_and_raises_one_line():
