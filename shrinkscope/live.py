@@ -25,6 +25,7 @@ from torch import nn
 from .adapters import Adapter, find_quantizers, get_adapter
 from .analyze import ANALYZE_MAX_POINTS, AnalysisResult, Entry
 from .checkpoint import FoundCodebook
+from .implicit import BitUsageStream, bit_usage_health
 from .metrics import HealthThresholds, codebook_health
 from .watch import Monitor
 
@@ -181,6 +182,21 @@ def _display(qname: str, codebook: str, module: nn.Module) -> str:
     return ".".join(p for p in (qname, codebook) if p) or type(module).__name__
 
 
+def _bit_entry(name: str, key: str, adapter: Adapter, stream: BitUsageStream, t: HealthThresholds,
+               batches: int) -> Entry | None:
+    """An implicit codebook too large to count code by code: bounds from bit statistics (shrinkscope/implicit.py)."""
+    n, ones, pair = stream.window_stats()
+    if n == 0:
+        return None
+    h, est = bit_usage_health(name, stream.num_codes, n, ones, pair, t)
+    found = FoundCodebook(name, torch.zeros(0, 0), None, adapter.family, key, usage_source="live hooks")
+    return Entry(h, found, None, [
+        f"live: {batches} batch(es) run; K={stream.num_codes} is too many codes to count one by one",
+        f"usage from per-bit and pairwise statistics of {n} ids: perplexity <= {est['perplexity_bound']:.4g} "
+        f"(utilization <= {est['utilization_bound']:.2%}); {est['constant_bits']} of {stream.bits} id bits constant",
+    ])
+
+
 def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Adapter]], t: HealthThresholds,
             max_points: int | None, seed: int, source: str, batches: int) -> AnalysisResult:
     entries: list[Entry] = []
@@ -192,6 +208,12 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Adapter]], 
             if key in monitor.disabled or w.name in monitor.disabled:
                 silent.append(f"{key} (its hook failed; see the shrinkscope log)")
                 continue
+            name = _display(qname, c, module)
+            if isinstance(stream, BitUsageStream):
+                entry = _bit_entry(name, key, adapter, stream, t, batches)
+                silent += [] if entry else [key]
+                entries += [entry] if entry else []
+                continue
             counts = stream.cumulative + stream.window_counts()
             if stream.overflow() > 0:
                 raise LiveError(f"{key}: {stream.overflow()} captured ids >= K={stream.num_codes}: the "
@@ -201,7 +223,6 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Adapter]], 
             if n_ids == 0 and n_lat < 2:
                 silent.append(key)
                 continue
-            name = _display(qname, c, module)
             notes = [f"live: {batches} batch(es) run; usage counted exactly over {n_ids} code ids" if n_ids
                      else f"live: {batches} batch(es) run; ids not exposed: usage from assigning the sampled "
                           "latents to their nearest code"]

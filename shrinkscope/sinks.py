@@ -39,6 +39,15 @@ def _clean(v: Any) -> Any:
     return str(v)
 
 
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metric record: its ``metrics``, plus its ``estimates`` (bit-statistics bounds of
+    implicit codebooks too large to count, shrinkscope/implicit.py) as ``estimate_{key}``."""
+    items = list(record.get("metrics", {}).items())
+    items += [(f"estimate_{k}", v) for k, v in (record.get("estimates") or {}).items()]
+    return {k: float(v) for k, v in items
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
 class Sink:
     """Base sink: override ``write``; ``close`` releases resources.
 
@@ -110,9 +119,8 @@ class TensorBoardSink(Sink):
                 payload = {k: v for k, v in record.items() if k not in ("step", "time")}
                 self.writer.add_text("shrinkscope/events", json.dumps(_clean(payload)), step)
             return
-        for key, value in record.get("metrics", {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self.writer.add_scalar(f"shrinkscope/{record['name']}/{record['scope']}/{key}", value, step)
+        for key, value in scalars(record).items():
+            self.writer.add_scalar(f"shrinkscope/{record['name']}/{record['scope']}/{key}", value, step)
 
     def close(self) -> None:
         if self._own:

@@ -42,6 +42,7 @@ from torch import nn
 
 from .divergence import rank_divergence
 from .families import Capture, Family, find_quantizers, get_family
+from .implicit import EXACT_COUNT_LIMIT, BitUsageStream, bit_usage_health
 from .metrics import (
     CodebookHealth,
     HealthThresholds,
@@ -141,6 +142,7 @@ class Monitor:
         self.skipped: dict[str, int] = {}  # report-time failures per codebook
         self.nonfinite: dict[str, int] = {}  # sampled latent rows dropped for NaN/Inf, per codebook
         self._last_latents: dict[str, torch.Tensor] = {}
+        self._estimates: dict[str, dict[str, Any]] = {}
         self._removed = False
         self.watched: list[_Watched] = []
         for i, (name, module, adapter) in enumerate(quantizers):
@@ -148,7 +150,9 @@ class Monitor:
             ks = adapter.num_codes(module)
             cbs = adapter.codebooks(module)
             dims = {c: (None if adapter.usage_only or c not in cbs else int(cbs[c].shape[1])) for c in ks}
-            streams = {c: CodebookStream(k, reservoir_size=reservoir_size, seed=self.seed + 7919 * i + j)
+            # implicit codebooks too large for a histogram keep bit statistics instead (shrinkscope/implicit.py)
+            streams = {c: BitUsageStream(k) if adapter.usage_only and k > EXACT_COUNT_LIMIT else
+                       CodebookStream(k, reservoir_size=reservoir_size, seed=self.seed + 7919 * i + j)
                        for j, (c, k) in enumerate(ks.items())}
             w = _Watched(label, module, adapter, streams, dims)
             self._attach(w, first=(i == 0))
@@ -268,9 +272,12 @@ class Monitor:
         diverged: dict[str, dict[str, Any]] = {}
         if distributed:
             for w in self.watched:
-                names = list(w.streams)
+                names = [c for c, s in w.streams.items() if not isinstance(s, BitUsageStream)]
                 reduce_streams([w.streams[c] for c in names], [w.dims[c] for c in names],
                                device=self._device(w), group=self.group, seed=self.seed + step)
+                for s in w.streams.values():
+                    if isinstance(s, BitUsageStream):
+                        s.all_reduce(device=self._device(w), group=self.group)
                 diverged.update(self._rank_divergence(w))
         now = time.time()
         window, cumulative, records = [], [], []
@@ -341,6 +348,8 @@ class Monitor:
         return {w.key(c): v for c, v in found.items()}
 
     def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
+        if isinstance(stream, BitUsageStream):
+            return self._measure_bits(key, stream)
         wc = stream.window_counts()
         if stream.overflow() > 0:
             raise ValueError(f"{stream.overflow()} ids >= K={stream.num_codes}: the captured integers are not code ids")
@@ -367,6 +376,16 @@ class Monitor:
                 wc = hw.counts.round().to(torch.int64)  # ids not exposed: counts of the sampled latents
         hc = self._with_counts(hw, stream.cumulative + wc, w.adapter.usage_only or cb is None)
         return (hw, hc), wc
+
+    def _measure_bits(self, key: str, stream: BitUsageStream):
+        """Window health of an implicit codebook too large to count per code: bounds, no exact usage."""
+        n, ones, pair = stream.window_stats()
+        if n == 0:
+            return None
+        hw, est = bit_usage_health(key, stream.num_codes, n, ones, pair, self.thresholds)
+        self._estimates[key] = est
+        hc = dataclasses.replace(hw, warnings=[])  # no cumulative statistics: bits describe one window
+        return (hw, hc), None
 
     def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor) -> CodebookHealth:
         h = CodebookHealth(name=key, num_codes=k, dim=d)
@@ -398,6 +417,8 @@ class Monitor:
                "dim": d["dim"], "metrics": d["metrics"], "warnings": d["warnings"], "family": adapter.name}
         if adapter.usage_only:
             rec["usage_only"] = True
+        if scope == "window" and h.name in self._estimates:
+            rec["estimates"] = self._estimates.pop(h.name)
         return rec
 
     def _emit(self, record: dict[str, Any], counts: torch.Tensor | None = None) -> None:
@@ -440,6 +461,9 @@ class Monitor:
     def counts(self, name: str) -> torch.Tensor:
         """``(K,)`` int64 usage counts of codebook ``name`` since watching began (this rank's, on host)."""
         s = self._stream(name)
+        if isinstance(s, BitUsageStream):
+            raise ValueError(f"{name}: K={s.num_codes} codes are too many to count one by one "
+                             f"(> {EXACT_COUNT_LIMIT}); its reports carry bit-statistics estimates instead")
         return s.cumulative + s.window_counts()
 
     def save_latents(self, path: str | Path) -> Path:

@@ -15,7 +15,6 @@ event) and tags. Under DDP only rank 0 writes, as with every sink.
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -26,7 +25,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("shrinkscope.integrations.mlflow needs MLflow: pip install 'shrinkscope[mlflow]'") from e
 
-from ..sinks import Sink, _clean
+from ..sinks import Sink, _clean, scalars
 
 _BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -72,9 +71,7 @@ class MLflowSink(Sink):
             client.log_dict(run_id, {"events": self._events}, "shrinkscope/events.json")
             return
         name, scope = record["name"], record["scope"]
-        metrics = [Metric(metric_key("shrinkscope", name, scope, k), float(v), ts, step)
-                   for k, v in record.get("metrics", {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        metrics = [Metric(metric_key("shrinkscope", name, scope, k), v, ts, step) for k, v in scalars(record).items()]
         if metrics:
             client.log_batch(run_id, metrics=metrics)
         if scope == "window":

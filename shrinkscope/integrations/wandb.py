@@ -15,7 +15,6 @@ Under DDP only rank 0 writes, as with every sink.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 try:
@@ -23,7 +22,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("shrinkscope.integrations.wandb needs wandb: pip install 'shrinkscope[wandb]'") from e
 
-from ..sinks import Sink, _clean, usage_curve
+from ..sinks import Sink, _clean, scalars, usage_curve
 
 
 class WandbSink(Sink):
@@ -67,9 +66,8 @@ class WandbSink(Sink):
             return
         name, scope = record["name"], record["scope"]
         data: dict[str, Any] = {"shrinkscope/step": step}
-        for key, value in record.get("metrics", {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                data[f"shrinkscope/{name}/{scope}/{key}"] = value
+        for key, value in scalars(record).items():
+            data[f"shrinkscope/{name}/{scope}/{key}"] = value
         counts = record.get("counts")
         if scope == self.usage_scope and counts is not None:
             ranks, shares = usage_curve(counts, max_points=self.usage_points)
