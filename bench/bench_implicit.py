@@ -1,0 +1,145 @@
+"""Overhead of ``shrinkscope.watch`` on an implicit codebook of 2^18 codes (FSQ or LFQ): step ratio with / without.
+
+The protocol of bench_watch.py (interleaved A/B trial blocks, device sync at both ends, reports off while
+timing, report cost listed apart), on a conv autoencoder whose quantizer is vector-quantize-pytorch's
+``FSQ(levels=[8] * 6)`` or ``LFQ(codebook_size=2**18)``. ``--path exact`` (default) counts every one of the
+2^18 codes (a 2^18-bin histogram on the device); ``--path bits`` forces the per-bit and pairwise statistics used
+above ``shrinkscope.implicit.EXACT_COUNT_LIMIT``, to time that path at the same size.
+
+    python bench/bench_implicit.py --device cuda                      # batch 64, 16x16 tokens, 2^18 codes
+    python bench/bench_implicit.py --device cuda --path bits
+    python bench/bench_implicit.py --device cuda --quantizer lfq
+    python bench/bench_implicit.py --batch 4 --image 16 --grid 4 --trials 6   # CPU smoke test
+
+Target (issue #13): ratio <= 1.02 on an H200 at batch 64, 16x16 tokens, 2^18 codes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shrinkscope
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_watch import _block, _hook_cost, _sync  # noqa: E402  (same timing protocol)
+
+BITS = 18
+
+
+class ConvFSQAE(nn.Module):
+    """image (3, S, S) -> conv encoder -> (d, grid, grid) -> FSQ / LFQ (2^18 codes) -> conv decoder."""
+
+    def __init__(self, image: int, grid: int, width: int, quantizer: str):
+        super().__init__()
+        from vector_quantize_pytorch import FSQ, LFQ
+
+        if quantizer == "fsq":
+            self.quantizer, dim = FSQ(levels=[8] * (BITS // 3)), BITS // 3
+        else:
+            self.quantizer, dim = LFQ(dim=BITS, codebook_size=2 ** BITS), BITS
+        downs = (image // grid).bit_length() - 1
+        enc, ch = [], 3
+        for _ in range(downs):
+            enc += [nn.Conv2d(ch, width, 4, stride=2, padding=1), nn.ReLU()]
+            ch = width
+        self.encoder = nn.Sequential(*enc, nn.Conv2d(ch, dim, 1))
+        dec = [nn.Conv2d(dim, width, 1), nn.ReLU()]
+        for _ in range(downs):
+            dec += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.ReLU()]
+        self.decoder = nn.Sequential(*dec, nn.Conv2d(width, 3, 3, padding=1))
+
+    def forward(self, x):
+        z = self.encoder(x)
+        b, d, h, w = z.shape
+        out = self.quantizer(z.permute(0, 2, 3, 1).reshape(b, h * w, d))
+        q = out[0].reshape(b, h, w, d).permute(0, 3, 1, 2)
+        loss = F.mse_loss(self.decoder(q), x)
+        if len(out) > 2 and isinstance(out[2], torch.Tensor):
+            loss = loss + out[2].sum()  # LFQ's auxiliary loss
+        return loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="watch overhead on a 2^18-code implicit codebook")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quantizer", default="fsq", choices=["fsq", "lfq"])
+    p.add_argument("--path", default="exact", choices=["exact", "bits"],
+                   help="exact per-code counts (default) or the bit statistics used above the exact limit")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--image", type=int, default=64)
+    p.add_argument("--grid", type=int, default=16, help="token grid side (16: 16x16 tokens)")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--trials", type=int, default=31)
+    p.add_argument("--steps", type=int, default=10, help="steps per trial block")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    if args.path == "bits":
+        sys.modules["shrinkscope.watch"].EXACT_COUNT_LIMIT = 0  # every implicit codebook takes the bit path
+    torch.manual_seed(0)
+    plain = ConvFSQAE(args.image, args.grid, args.width, args.quantizer).to(device)
+    watched = copy.deepcopy(plain)
+    opts = {n: torch.optim.Adam(m.parameters(), lr=1e-4) for n, m in (("A", plain), ("B", watched))}
+    monitor = shrinkscope.watch(watched, every=0, log_warnings=False)
+    g = torch.Generator(device=device).manual_seed(0)
+    batches = [torch.rand(args.batch, 3, args.image, args.image, device=device, generator=g)
+               for _ in range(args.steps)]
+    models = {"A": plain, "B": watched}
+    for name in "AB":
+        for _ in range(max(1, -(-args.warmup // args.steps))):
+            _block(models[name], opts[name], batches, device)
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    for t in range(args.trials):
+        for name in ("AB" if t % 2 == 0 else "BA"):
+            times[name].append(_block(models[name], opts[name], batches, device))
+    med_a, med_b = statistics.median(times["A"]), statistics.median(times["B"])
+    hook_s = _hook_cost(monitor, watched, batches[0], device)
+    report_s = []
+    for _ in range(3):
+        _block(watched, opts["B"], batches[:1], device)
+        _sync(device)
+        t0 = time.perf_counter()
+        monitor.report()
+        _sync(device)
+        report_s.append(time.perf_counter() - t0)
+    stream = monitor.watched[0].streams[""]
+    monitor.remove()
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "quantizer": args.quantizer, "codes": 2 ** BITS, "path": args.path, "stream": type(stream).__name__,
+        "batch": args.batch, "tokens": args.grid * args.grid, "trials": args.trials, "steps_per_trial": args.steps,
+        "step_ms_without": med_a * 1e3, "step_ms_with": med_b * 1e3, "ratio": med_b / med_a,
+        "hook_ms": hook_s * 1e3, "report_ms": statistics.median(report_s) * 1e3,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"shrinkscope.watch on {result['device']}: {args.quantizer.upper()} with 2^{BITS} codes "
+          f"({result['stream']}), batch {args.batch}, {args.grid}x{args.grid} tokens")
+    print(f"{args.trials} interleaved A/B trials x {args.steps} steps; automatic reports off while timing\n")
+    rows = [("median step, no monitor", f"{result['step_ms_without']:.2f} ms"),
+            ("median step, with monitor", f"{result['step_ms_with']:.2f} ms"),
+            ("ratio (with / without)", f"{result['ratio']:.3f}"),
+            ("hook host time alone, per step", f"{result['hook_ms']:.3f} ms"),
+            ("one report", f"{result['report_ms']:.1f} ms")]
+    w = max(len(r[0]) for r in rows)
+    for name, val in rows:
+        print(f"  {name:<{w}}  {val:>12}")
+    print(f"\ntarget ratio <= 1.02: {'met' if result['ratio'] <= 1.02 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
