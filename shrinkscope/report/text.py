@@ -63,6 +63,11 @@ def analysis_text(result: AnalysisResult) -> str:
     notes = [(e.health.name, n) for e in result.entries for n in e.notes]
     if notes:
         parts += ["", "Notes:"] + [f"  {name}: {n}" for name, n in notes]
+    from ..stages import depth_summary
+
+    depth = depth_summary(result.codebooks)
+    if depth:
+        parts += ["", "Residual stages:"] + [f"  {line}" for line in depth]
     parts += ["", "Verdict:", *("  " + line for line in result.verdict().splitlines())]
     return "\n".join(parts)
 
