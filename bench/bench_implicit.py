@@ -19,9 +19,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +28,7 @@ from torch import nn
 import shrinkscope
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_watch import _block, _hook_cost, _sync  # noqa: E402  (same timing protocol)
+from bench_watch import _hook_cost, ab_medians, report_ms
 
 BITS = 18
 
@@ -97,23 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = [torch.rand(args.batch, 3, args.image, args.image, device=device, generator=g)
                for _ in range(args.steps)]
     models = {"A": plain, "B": watched}
-    for name in "AB":
-        for _ in range(max(1, -(-args.warmup // args.steps))):
-            _block(models[name], opts[name], batches, device)
-    times: dict[str, list[float]] = {"A": [], "B": []}
-    for t in range(args.trials):
-        for name in ("AB" if t % 2 == 0 else "BA"):
-            times[name].append(_block(models[name], opts[name], batches, device))
-    med_a, med_b = statistics.median(times["A"]), statistics.median(times["B"])
+    med_a, med_b = ab_medians(models, opts, batches, device, warmup=args.warmup, trials=args.trials)
     hook_s = _hook_cost(monitor, watched, batches[0], device)
-    report_s = []
-    for _ in range(3):
-        _block(watched, opts["B"], batches[:1], device)
-        _sync(device)
-        t0 = time.perf_counter()
-        monitor.report()
-        _sync(device)
-        report_s.append(time.perf_counter() - t0)
+    rep_ms = report_ms(monitor, watched, opts["B"], batches[:1], device)
     stream = monitor.watched[0].streams[""]
     monitor.remove()
     result = {
@@ -121,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "quantizer": args.quantizer, "codes": 2 ** BITS, "path": args.path, "stream": type(stream).__name__,
         "batch": args.batch, "tokens": args.grid * args.grid, "trials": args.trials, "steps_per_trial": args.steps,
         "step_ms_without": med_a * 1e3, "step_ms_with": med_b * 1e3, "ratio": med_b / med_a,
-        "hook_ms": hook_s * 1e3, "report_ms": statistics.median(report_s) * 1e3,
+        "hook_ms": hook_s * 1e3, "report_ms": rep_ms,
     }
     if args.json:
         print(json.dumps(result))
@@ -129,14 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shrinkscope.watch on {result['device']}: {args.quantizer.upper()} with 2^{BITS} codes "
           f"({result['stream']}), batch {args.batch}, {args.grid}x{args.grid} tokens")
     print(f"{args.trials} interleaved A/B trials x {args.steps} steps; automatic reports off while timing\n")
-    rows = [("median step, no monitor", f"{result['step_ms_without']:.2f} ms"),
-            ("median step, with monitor", f"{result['step_ms_with']:.2f} ms"),
-            ("ratio (with / without)", f"{result['ratio']:.3f}"),
-            ("hook host time alone, per step", f"{result['hook_ms']:.3f} ms"),
-            ("one report", f"{result['report_ms']:.1f} ms")]
-    w = max(len(r[0]) for r in rows)
-    for name, val in rows:
-        print(f"  {name:<{w}}  {val:>12}")
+    for key in ("step_ms_without", "step_ms_with", "ratio", "hook_ms", "report_ms"):
+        print(f"  {key:<16} {result[key]:>10.3f}")
     print(f"\ntarget ratio <= 1.02: {'met' if result['ratio'] <= 1.02 else 'NOT met'}")
     return 0
 

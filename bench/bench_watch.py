@@ -101,6 +101,31 @@ def _hook_cost(monitor, model, x, device, reps: int = 50) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def ab_medians(models: dict, opts: dict, batches: list, device, *, warmup: int, trials: int) -> tuple[float, float]:
+    """Median seconds per step of models ``"A"`` and ``"B"`` over interleaved trial blocks (order alternating)."""
+    for name in "AB":
+        for _ in range(max(1, -(-warmup // len(batches)))):
+            _block(models[name], opts[name], batches, device)
+    times = {"A": [], "B": []}
+    for t in range(trials):
+        for name in ("AB" if t % 2 == 0 else "BA"):
+            times[name].append(_block(models[name], opts[name], batches, device))
+    return statistics.median(times["A"]), statistics.median(times["B"])
+
+
+def report_ms(monitor, model, opt, batch: list, device, reps: int = 3) -> float:
+    """Median milliseconds of one ``monitor.report()`` after one watched step."""
+    out = []
+    for _ in range(reps):
+        _block(model, opt, batch, device)  # something in the window
+        _sync(device)
+        t0 = time.perf_counter()
+        monitor.report()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="median training-step time with vs without shrinkscope.watch")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -131,32 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     batches = [torch.rand(cfg["batch"], 3, cfg["image"], cfg["image"], device=device, generator=g)
                for _ in range(args.steps)]
     models = {"A": plain, "B": watched}
-    for name in "AB":
-        for _ in range(max(1, -(-args.warmup // args.steps))):
-            _block(models[name], opts[name], batches, device)
-
-    times = {"A": [], "B": []}
-    for t in range(args.trials):
-        for name in ("AB" if t % 2 == 0 else "BA"):
-            times[name].append(_block(models[name], opts[name], batches, device))
-    med_a, med_b = statistics.median(times["A"]), statistics.median(times["B"])
-
+    med_a, med_b = ab_medians(models, opts, batches, device, warmup=args.warmup, trials=args.trials)
     hook_s = _hook_cost(monitor, watched, batches[0], device)
-    report_s = []
-    for _ in range(3):
-        _block(watched, opts["B"], batches[:1], device)  # something in the window
-        _sync(device)
-        t0 = time.perf_counter()
-        monitor.report()
-        _sync(device)
-        report_s.append(time.perf_counter() - t0)
+    rep_ms = report_ms(monitor, watched, opts["B"], batches[:1], device)
     monitor.remove()
 
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} thread)",
         "config": cfg, "reservoir": args.reservoir, "trials": args.trials, "steps_per_trial": args.steps,
         "step_ms_without": med_a * 1e3, "step_ms_with": med_b * 1e3, "ratio": med_b / med_a,
-        "report_ms": statistics.median(report_s) * 1e3, "hook_ms": hook_s * 1e3,
+        "report_ms": rep_ms, "hook_ms": hook_s * 1e3,
         "hook_share": hook_s / med_a,
     }
     if args.json:

@@ -29,7 +29,7 @@ from .implicit import BitUsageStream, bit_usage_health
 from .metrics import HealthThresholds, codebook_health
 from .watch import Monitor
 
-__all__ = ["analyze_model", "LiveError", "iter_batches"]
+__all__ = ["LiveError", "analyze_model", "iter_batches"]
 
 
 class LiveError(ValueError):
@@ -192,8 +192,9 @@ def _bit_entry(name: str, key: str, adapter: Adapter, stream: BitUsageStream, t:
     found = FoundCodebook(name, torch.zeros(0, 0), None, adapter.family, key, usage_source="live hooks")
     return Entry(h, found, None, [
         f"live: {batches} batch(es) run; K={stream.num_codes} is too many codes to count one by one",
-        f"usage from per-bit and pairwise statistics of {n} ids: perplexity <= {est['perplexity_bound']:.4g} "
-        f"(utilization <= {est['utilization_bound']:.2%}); {est['constant_bits']} of {stream.bits} id bits constant",
+        (f"usage from per-bit and pairwise statistics of {n} ids: perplexity <= {est['perplexity_bound']:.4g} "
+         f"(utilization <= {est['utilization_bound']:.2%}); {est['constant_bits']} of {stream.bits} id bits "
+         "constant"),
     ])
 
 
@@ -271,7 +272,7 @@ def build_model(spec: str) -> nn.Module:
                         f"with no arguments), got {spec!r}")
     try:
         obj: Any = importlib.import_module(mod_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure of the user's module is one line
+    except Exception as exc:
         raise LiveError(f"--model: cannot import {mod_name!r} ({type(exc).__name__}: {exc}); is its folder on "
                         "PYTHONPATH?") from exc
     for part in attr.split("."):
@@ -282,7 +283,7 @@ def build_model(spec: str) -> nn.Module:
         raise LiveError(f"--model: {spec} is not callable")
     try:
         model = obj()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LiveError(f"--model: {spec}() failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
                         ) from exc
     if not isinstance(model, nn.Module):

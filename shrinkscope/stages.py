@@ -14,7 +14,7 @@ from typing import Any
 
 from .analyze import _RESIDUAL
 
-__all__ = ["StageGroup", "stage_groups", "depth_summary"]
+__all__ = ["StageGroup", "depth_summary", "stage_groups"]
 
 TRENDS = (  # metric key, label, format, whether higher is better
     ("utilization", "utilization", "{:.0%}", True),

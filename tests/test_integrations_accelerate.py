@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 pytest.importorskip("accelerate")
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
-from shrinkscope import watch  # noqa: E402
+from shrinkscope import watch
 
 STEPS, EVERY = 4, 2
 

@@ -11,7 +11,7 @@ from torch import nn
 L = pytest.importorskip("lightning")
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
-from shrinkscope.integrations.lightning import ShrinkscopeCallback  # noqa: E402
+from shrinkscope.integrations.lightning import ShrinkscopeCallback
 
 STEPS, EVERY, BATCH, TOKENS = 6, 3, 4, 16
 

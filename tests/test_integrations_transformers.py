@@ -10,8 +10,8 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
-from shrinkscope.integrations.transformers import ShrinkscopeTrainerCallback  # noqa: E402
-from shrinkscope.sinks import Sink  # noqa: E402
+from shrinkscope.integrations.transformers import ShrinkscopeTrainerCallback
+from shrinkscope.sinks import Sink
 
 BATCH, TOKENS = 4, 16
 

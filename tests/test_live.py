@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def test_implicit_codebook_report(tmp_path):
 
     result = shrinkscope.analyze(vqp.LFQ(dim=4, codebook_size=16), torch.randn(8, 6, 4))
     page = write_analysis_report(result, str(tmp_path), umap=False)
-    assert (tmp_path / "00_LFQ.png").stat().st_size > 0 and "LFQ" in open(page).read()
+    assert (tmp_path / "00_LFQ.png").stat().st_size > 0 and "LFQ" in Path(page).read_text()
 
 
 def test_failing_forward_restores_model_and_raises_one_line():

@@ -53,7 +53,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
     run = wandb.init(project="shrinkscope-test", mode="offline", dir=str(tmp_path))
     try:
         recs, counts = _train([WandbSink(run)], tmp_path)
-        summary = {k: run.summary[k] for k in run.summary.keys()}
+        summary = {k: run.summary[k] for k in run.summary}
         run_dir = run.dir
     finally:
         run.finish()

@@ -79,5 +79,5 @@ class MLflowSink(Sink):
             client.set_tag(run_id, metric_key("shrinkscope", name, "warnings"), ",".join(codes) or "none")
         counts = record.get("counts")
         if self.log_usage and scope == "cumulative" and counts is not None:
-            client.log_dict(run_id, {"step": step, "name": name, "counts": [int(round(c)) for c in counts.tolist()]},
+            client.log_dict(run_id, {"step": step, "name": name, "counts": [round(c) for c in counts.tolist()]},
                             metric_key("shrinkscope", "usage", name, f"step_{step:08d}.json"))
