@@ -191,18 +191,19 @@ def bit_usage_estimates(n: float, ones: torch.Tensor, pair: torch.Tensor, num_co
 
 def bit_usage_health(name: str, num_codes: int, n: float, ones: torch.Tensor, pair: torch.Tensor,
                      thresholds: Any) -> tuple[Any, dict[str, Any]]:
-    """A usage-only ``CodebookHealth`` (exact metrics None) plus the estimates, with a ``low_utilization`` warning
-    when even the upper bound on utilization is below ``thresholds.low_utilization`` (conclusive: a bound)."""
-    from .metrics import CodebookHealth
+    """A usage-only ``CodebookHealth`` (exact usage metrics None, so its verdict cannot tell) plus the estimates,
+    with a ``low_utilization`` warning when even the upper bound on utilization is below
+    ``thresholds.min_utilization`` (conclusive, because it is a bound)."""
+    from .metrics import CodebookHealth, judge_health
 
-    h = CodebookHealth(name=name, num_codes=num_codes, dim=0)
+    h = judge_health(CodebookHealth(name=name, num_codes=num_codes, dim=0), thresholds, all_zero=False)
     est = bit_usage_estimates(n, ones, pair, num_codes)
     u = est["utilization_bound"]
-    if u is not None and u < thresholds.low_utilization:
+    if u is not None and u < thresholds.min_utilization:
         const = f"; {est['constant_bits']} of {len(est['bit_entropy'])} id bits are constant" \
             if est["constant_bits"] else ""
         h.warnings.append({"code": "low_utilization", "message":
                            f"usage perplexity is at most {est['perplexity_bound']:.4g}, {u:.2%} of K={num_codes} "
-                           f"(< {thresholds.low_utilization:.0%}; an upper bound from per-bit and pairwise "
+                           f"(< {thresholds.min_utilization:.0%}; an upper bound from per-bit and pairwise "
                            f"statistics of {est['ids']} ids{const})"})
     return h, est

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from shrinkscope import watch
 from shrinkscope.divergence import compare_fingerprints, fingerprint
+from shrinkscope.metrics import WARNING_CODES
 
 vqp = pytest.importorskip("vector_quantize_pytorch")
 
@@ -82,6 +83,7 @@ def test_unsynced_learnable_codebook_warns(tmp_path):
     assert [r["scope"] for r in recs] == ["window", "cumulative"]
     for r in recs:
         (w,) = [w for w in r["warnings"] if w["code"] == "rank_divergence"]
+        assert w["code"] in WARNING_CODES
         assert w["ranks"] == [1]
         expected = float((e1 - e0).norm(dim=1).max() / e0.norm(dim=1).mean())
         # the fingerprint distance of a code is at most its full distance (norm and one projection)

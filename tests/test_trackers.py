@@ -53,7 +53,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
     run = wandb.init(project="shrinkscope-test", mode="offline", dir=str(tmp_path))
     try:
         recs, counts = _train([WandbSink(run)], tmp_path)
-        summary = {k: run.summary[k] for k in run.summary}
+        summary = {k: run.summary[k] for k in run.summary.keys()}  # noqa: SIM118 - a Summary iterates by index
         run_dir = run.dir
     finally:
         run.finish()

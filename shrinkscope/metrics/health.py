@@ -49,6 +49,7 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
 WARNING_CODES: tuple[str, ...] = (
     "shrinkage", "dimensional_collapse", "dead_codes", "low_utilization", "poor_coverage", "uninitialized",
     "excess_distortion", "mode_shrinkage",
+    "rank_divergence",  # raised by watch reports under DDP only (shrinkscope/divergence.py)
 )
 
 
