@@ -169,3 +169,37 @@ def test_exact_counts_at_2_18_codes():
     (h,) = m.report()
     assert h.utilization_perplexity == pytest.approx(_exact_perplexity(ids), rel=1e-9)
     m.remove()
+
+
+def _ddp_worker(rank, world, port, out_dir, shards):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        q = HugeBinaryQuantizer()
+        m = watch(q, adapter=HugeAdapter(), every=0, log_to=f"{out_dir}/run_{rank}.jsonl", log_warnings=False)
+        q(shards[rank])
+        m.report()
+        m.remove()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_bit_statistics_reduce_across_ranks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(6)
+    shards = [torch.randn(9, 40, generator=g), torch.randn(5, 40, generator=g)]
+    for s in shards:
+        s[:, :20] = s[:, :1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), shards), nprocs=2, join=True)
+    assert not (tmp_path / "run_1.jsonl").exists()
+    got = json.loads((tmp_path / "run_0.jsonl").read_text().splitlines()[0])["estimates"]
+    ids = HugeBinaryQuantizer()(torch.cat(shards))[1]
+    assert got == _estimates(ids, 2 ** 40)  # the merged window is the union of the shards
