@@ -159,8 +159,8 @@ def _live(args: argparse.Namespace) -> Any:
 
     if not (args.model and args.data):
         raise ValueError("--model and --data go together: --model package.module:factory --data FILE")
-    if args.latents or args.key:
-        raise ValueError("--latents/--key do not apply with --model: the latents come from running the model")
+    if args.latents or args.key or args.labels:
+        raise ValueError("--latents/--labels/--key do not apply with --model: the latents come from running the model")
     if args.trust_checkpoint:
         print("shrinkscope: warning: --trust-checkpoint: unpickling may run code stored in the file",
               file=sys.stderr)
