@@ -8,8 +8,11 @@ error) and exact usage counts. This module does that with the same hooks ``watch
 - latents are a uniform reservoir sample (Algorithm R) of at most ``max_latents`` rows per codebook, so
   memory stays ``max_latents x D`` floats whatever the size of the data;
 - the model runs under ``torch.no_grad()`` in eval mode by default (a training-mode forward would update
-  EMA codebooks and so change the model being measured); every module's own train/eval flag is restored
-  afterwards and the hooks are removed, also when the user's forward raises.
+  EMA codebooks and so change the model being measured); every module's own train/eval flag and every
+  quantizer's state are restored afterwards and the hooks are removed, also when the user's forward raises.
+  Some libraries change a quantizer even in eval mode (vector-quantize-pytorch k-means-initialises an untrained
+  codebook on its first forward): the measurement would then describe a codebook fitted to the analysis data,
+  so that is an error, not a result.
 
 The result is the ``AnalysisResult`` that ``analyze(checkpoint)`` returns (same table, JSON and report).
 """
@@ -122,7 +125,9 @@ def analyze_model(
         max_batches: stop after this many batches (None: all of them).
         device: where to run (default: the model's own device; the model is not moved).
         eval_mode: run in eval mode (default). False keeps each module's current mode, so a model in
-            training mode updates its EMA codebooks as it would in training.
+            training mode updates its EMA codebooks during the run as in training (measured after the run).
+            Either way the quantizers' state is restored afterwards; in eval mode a change of it (a library
+            that k-means-initialises an untrained codebook on its first forward) is an error.
         adapter: read ``model`` itself with this adapter instead of searching for quantizers.
         thresholds: warning cut-offs (``HealthThresholds()`` by default).
         max_latents: latents kept per codebook (a uniform reservoir sample of every latent seen).
@@ -150,6 +155,7 @@ def analyze_model(
     dev = torch.device(device) if device is not None else _device_of(model)
     quantizers = _quantizers(model, adapter)
     modes = [(m, m.training) for m in model.modules()]
+    saved = _snapshot(quantizers)
     monitor = Monitor(quantizers, every=0, sinks=[], reservoir_size=int(max_latents), collect="all",
                       thresholds=thresholds, seed=seed)
     batches = 0
@@ -167,14 +173,47 @@ def analyze_model(
                 batches += 1
                 if max_batches is not None and batches >= int(max_batches):
                     break
+        monitor.remove()
+        changed = [name or type(q).__name__ for (name, q, _), before in zip(quantizers, saved)
+                   if _changed(q, before)]
+        if changed and eval_mode:
+            raise LiveError(
+                f"running the data changed the state of {', '.join(changed)} even in eval mode (e.g. "
+                "vector-quantize-pytorch k-means-initialises an untrained codebook on its first forward); the "
+                "model was restored. An uninitialised codebook cannot be diagnosed on data: analyze the "
+                "checkpoint itself, or train first")
+        if batches == 0:
+            raise LiveError("data: no batch to run (empty data)")
+        result = _result(monitor, quantizers, thresholds or HealthThresholds(), max_points, seed,
+                         source or f"<{type(model).__name__}>", batches)
+        for e in result.entries if changed else []:
+            e.notes.append("the codebook changed during the run (training-mode forwards); measured after the run; "
+                           "the model was then restored")
+        return result
     finally:
         monitor.remove()
         for m, was in modes:
             m.training = was  # each module's own flag: a frozen submodule stays in eval
-    if batches == 0:
-        raise LiveError("data: no batch to run (empty data)")
-    return _result(monitor, quantizers, thresholds or HealthThresholds(), max_points, seed,
-                   source or f"<{type(model).__name__}>", batches)
+        _restore(quantizers, saved)
+
+
+def _snapshot(quantizers: list[tuple[str, nn.Module, Adapter]]) -> list[dict[str, torch.Tensor]]:
+    """Copies of each quantizer's state: some libraries change it even in eval mode (k-means init on the
+    first forward), and a diagnosis must leave the model as it found it. Quantizer states are small."""
+    return [{k: v.detach().clone() for k, v in q.state_dict().items()} for _, q, _ in quantizers]
+
+
+def _changed(q: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    now = q.state_dict()
+    return set(now) != set(before) or any(
+        v.shape != before[k].shape or not torch.equal(v.detach(), before[k]) for k, v in now.items())
+
+
+def _restore(quantizers: list[tuple[str, nn.Module, Adapter]], saved: list[dict[str, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for (_, q, _), before in zip(quantizers, saved):
+            if _changed(q, before):
+                q.load_state_dict(before)
 
 
 def _display(qname: str, codebook: str, module: nn.Module) -> str:

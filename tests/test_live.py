@@ -246,3 +246,23 @@ def test_cli_checkpoint_still_loaded_safely(user_code, capsys):
     rc = main(["analyze", str(tmp / "evil.pt"), "--model", "usertok:build", "--data", str(tmp / "val.npy")])
     captured = capsys.readouterr()
     assert rc == 2 and "PWNED" not in captured.out
+
+
+def test_untrained_kmeans_codebook_is_refused_and_restored():
+    vq = vqp.VectorQuantize(dim=4, codebook_size=16, kmeans_init=True)  # initialised on its first forward
+    before = _snapshot(vq)
+    with pytest.raises(LiveError, match="changed the state of VectorQuantize even in eval mode"):
+        shrinkscope.analyze(vq, torch.randn(8, 10, 4))
+    assert all(torch.equal(before[k], v) for k, v in vq.state_dict().items())
+    assert not bool(vq._codebook.initted)
+
+
+def test_training_mode_run_is_measured_after_and_restored():
+    torch.manual_seed(0)
+    vq = vqp.VectorQuantize(dim=4, codebook_size=16, decay=0.5)  # EMA updates in training mode
+    vq.train()
+    before = _snapshot(vq)
+    result = shrinkscope.analyze(vq, torch.randn(8, 10, 4), eval_mode=False, batch_size=2)
+    assert "changed during the run" in result.entries[0].notes[-1]
+    assert int(result.entries[0].found.counts.sum()) == 80
+    assert all(torch.equal(before[k], v) for k, v in vq.state_dict().items()) and vq.training
