@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import Adapter, find_quantizers, get_adapter
+from .families import Family, find_quantizers, get_family
 from .analyze import ANALYZE_MAX_POINTS, AnalysisResult, Entry
 from .checkpoint import FoundCodebook
 from .implicit import BitUsageStream, bit_usage_health
@@ -93,23 +93,23 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _quantizers(model: nn.Module, adapter: Adapter | str | None) -> list[tuple[str, nn.Module, Adapter]]:
+def _quantizers(model: nn.Module, adapter: Family | str | None) -> list[tuple[str, nn.Module, Family]]:
     if adapter is not None:
-        a = get_adapter(adapter) if isinstance(adapter, str) else adapter
-        if not isinstance(a, Adapter):
-            raise TypeError(f"analyze: adapter must be an Adapter or a family name, got {type(adapter).__name__}")
+        a = get_family(adapter) if isinstance(adapter, str) else adapter
+        if not isinstance(a, Family):
+            raise TypeError(f"analyze: adapter must be a Family or a family name, got {type(adapter).__name__}")
         return [("", model, a)]
     found = find_quantizers(model)
     if not found:
-        raise LiveError(f"no quantizer found inside {type(model).__name__}; pass adapter='generic' (or an "
-                        "Adapter) to read the model itself as a quantizer (docs/hooks.md)")
+        raise LiveError(f"no quantizer found inside {type(model).__name__}; pass adapter='generic' (or a "
+                        "Family) to read the model itself as a quantizer (docs/hooks.md)")
     return found
 
 
 def analyze_model(
     model: nn.Module, data: Any, *, forward: Callable[[nn.Module, Any], Any] | None = None,
     batch_size: int = 64, max_batches: int | None = None, device: torch.device | str | None = None,
-    eval_mode: bool = True, adapter: Adapter | str | None = None, thresholds: HealthThresholds | None = None,
+    eval_mode: bool = True, adapter: Family | str | None = None, thresholds: HealthThresholds | None = None,
     max_latents: int | None = 20_000, max_points: int | None = ANALYZE_MAX_POINTS,
     progress: bool | None = None, seed: int = 0, source: str | None = None
 ) -> AnalysisResult:
@@ -197,7 +197,7 @@ def analyze_model(
         _restore(quantizers, saved)
 
 
-def _snapshot(quantizers: list[tuple[str, nn.Module, Adapter]]) -> list[dict[str, torch.Tensor]]:
+def _snapshot(quantizers: list[tuple[str, nn.Module, Family]]) -> list[dict[str, torch.Tensor]]:
     """Copies of each quantizer's state: some libraries change it even in eval mode (k-means init on the
     first forward), and a diagnosis must leave the model as it found it. Quantizer states are small."""
     return [{k: v.detach().clone() for k, v in q.state_dict().items()} for _, q, _ in quantizers]
@@ -209,7 +209,7 @@ def _changed(q: nn.Module, before: dict[str, torch.Tensor]) -> bool:
         v.shape != before[k].shape or not torch.equal(v.detach(), before[k]) for k, v in now.items())
 
 
-def _restore(quantizers: list[tuple[str, nn.Module, Adapter]], saved: list[dict[str, torch.Tensor]]) -> None:
+def _restore(quantizers: list[tuple[str, nn.Module, Family]], saved: list[dict[str, torch.Tensor]]) -> None:
     with torch.no_grad():
         for (_, q, _), before in zip(quantizers, saved):
             if _changed(q, before):
@@ -221,14 +221,14 @@ def _display(qname: str, codebook: str, module: nn.Module) -> str:
     return ".".join(p for p in (qname, codebook) if p) or type(module).__name__
 
 
-def _bit_entry(name: str, key: str, adapter: Adapter, stream: BitUsageStream, t: HealthThresholds,
+def _bit_entry(name: str, key: str, adapter: Family, stream: BitUsageStream, t: HealthThresholds,
                batches: int) -> Entry | None:
     """An implicit codebook too large to count code by code: bounds from bit statistics (shrinkscope/implicit.py)."""
     n, ones, pair = stream.window_stats()
     if n == 0:
         return None
     h, est = bit_usage_health(name, stream.num_codes, n, ones, pair, t)
-    found = FoundCodebook(name, torch.zeros(0, 0), None, adapter.family, key, usage_source="live hooks")
+    found = FoundCodebook(name, torch.zeros(0, 0), None, adapter.name, key, usage_source="live hooks")
     return Entry(h, found, None, [
         f"live: {batches} batch(es) run; K={stream.num_codes} is too many codes to count one by one",
         (f"usage from per-bit and pairwise statistics of {n} ids: perplexity <= {est['perplexity_bound']:.4g} "
@@ -237,7 +237,7 @@ def _bit_entry(name: str, key: str, adapter: Adapter, stream: BitUsageStream, t:
     ])
 
 
-def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Adapter]], t: HealthThresholds,
+def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t: HealthThresholds,
             max_points: int | None, seed: int, source: str, batches: int) -> AnalysisResult:
     entries: list[Entry] = []
     silent: list[str] = []
@@ -271,14 +271,14 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Adapter]], 
             cb = cbs.get(c)
             if cb is None:  # codebook-free quantizer (FSQ, LFQ): usage only
                 h = monitor._usage_health(name, stream.num_codes, 0, counts)
-                found = FoundCodebook(name, torch.zeros(0, 0), h.counts, adapter.family, key,
+                found = FoundCodebook(name, torch.zeros(0, 0), h.counts, adapter.name, key,
                                       usage_source="live hooks")
                 entries.append(Entry(h, found, None, notes + ["implicit codebook: usage metrics only"]))
                 continue
             x = lat.to(cb.device) if lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1] else None
             h = codebook_health(cb, latents=x, counts=counts.double() if n_ids else None, name=name,
                                 thresholds=t, seed=seed, max_points=max_points)
-            found = FoundCodebook(name, cb.cpu(), counts if n_ids else None, adapter.family, key,
+            found = FoundCodebook(name, cb.cpu(), counts if n_ids else None, adapter.name, key,
                                   usage_source="live hooks" if n_ids else None)
             entries.append(Entry(h, found, None if x is None else x.cpu(), notes))
     if not entries:

@@ -16,7 +16,7 @@ from torch import nn
 
 import shrinkscope
 from shrinkscope import watch
-from shrinkscope.adapters import Adapter, Capture
+from shrinkscope.families import Capture, Family
 from shrinkscope.implicit import (
     BitUsageStream,
     bit_usage_estimates,
@@ -112,8 +112,8 @@ class HugeBinaryQuantizer(nn.Module):
         return torch.sign(x), (bits << torch.arange(x.shape[-1])).sum(-1)
 
 
-class HugeAdapter(Adapter):
-    family = "test.huge"
+class HugeAdapter(Family):
+    name = "test.huge"
     usage_only = True
 
     def codebooks(self, module):
