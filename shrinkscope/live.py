@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .families import Family, find_quantizers, get_family
 from .analyze import ANALYZE_MAX_POINTS, AnalysisResult, Entry
 from .checkpoint import FoundCodebook
+from .families import Family, find_quantizers, get_family
 from .implicit import BitUsageStream, bit_usage_health
 from .metrics import HealthThresholds, codebook_health
 from .watch import Monitor

@@ -1,29 +1,21 @@
 """shrinkscope.defer under torch.distributed: 2 CPU processes (gloo) end with identical codebooks."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
-
-from defer_testutil import TinyAE  # noqa: E402
+from ddp_testutil import free_port, init_gloo
+from defer_testutil import TinyAE
 from optional import vqp
+from torch import nn
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         for switch in (5, "auto"):  # one spawn for both modes: starting processes is the slow part
             _train_one(rank, out_dir, switch)
@@ -59,7 +51,7 @@ def _train_one(rank: int, out_dir: str, switch) -> None:
 
 def test_ranks_hold_identical_codebooks(tmp_path):
     world = 2
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     for switch in (5, "auto"):
         a, b = (torch.load(tmp_path / f"{switch}-rank{r}.pt", weights_only=True) for r in range(world))
         _check_identical(a, b)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("accelerate")
 vqp = pytest.importorskip("vector_quantize_pytorch")
+
+from ddp_testutil import free_port
 
 from shrinkscope import watch
 
@@ -38,12 +39,6 @@ def _shards():
     return [(torch.randn(3, 8, 4, generator=g), torch.randn(2, 8, 4, generator=g)) for _ in range(STEPS)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
@@ -63,7 +58,7 @@ def _worker(rank, world, port, out_dir):
 
 @pytest.mark.slow
 def test_accelerate_two_cpu_processes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     vq = _model()
     m = watch(vq, every=EVERY, log_to=tmp_path / "single.jsonl", log_warnings=False)
     for a, b in _shards():

@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_testutil import free_port, init_gloo
 
 from shrinkscope import watch
 from shrinkscope.divergence import compare_fingerprints, fingerprint
@@ -45,14 +45,8 @@ def test_fingerprint_equal_iff_codebooks_equal():
     assert compare_fingerprints([fingerprint(cb), nan])["relative_difference"] == math.inf
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         for synced in (False, True):  # both runs in one process group: one spawn, half the start-up cost
             torch.manual_seed(0)  # the same initial codebook on every rank
@@ -72,7 +66,7 @@ def _worker(rank, world, port, out_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
 
     def load(synced):
         recs = [json.loads(x) for x in (out / f"{synced}_run_0.jsonl").read_text().splitlines()]

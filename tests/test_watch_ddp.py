@@ -3,12 +3,12 @@ every report match the single-process run, reservoirs are gathered, and only ran
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_testutil import free_port, init_gloo
 from torch import nn
 
 from shrinkscope import watch
@@ -34,14 +34,8 @@ def _data():
     return [(torch.randn(9, 3, generator=g), torch.randn(5, 3, generator=g)) for _ in range(STEPS)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         q = FrozenQuantizer()
         m = watch(q, adapter="generic", every=EVERY, log_to=f"{out_dir}/run_{rank}.jsonl", reservoir_size=8,
@@ -68,7 +62,7 @@ def _usage(path):
 def test_ddp_counts_equal_single_process(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed not available")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
 
     q = FrozenQuantizer()
     m = watch(q, adapter="generic", every=EVERY, log_to=tmp_path / "single.jsonl", reservoir_size=8,
