@@ -28,7 +28,7 @@ from torch import nn
 import shrinkscope
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_watch import _hook_cost, ab_medians, report_ms
+from bench_watch import _hook_cost, ab_medians, conv_codec, report_ms
 
 BITS = 18
 
@@ -44,16 +44,7 @@ class ConvFSQAE(nn.Module):
             self.quantizer, dim = FSQ(levels=[8] * (BITS // 3)), BITS // 3
         else:
             self.quantizer, dim = LFQ(dim=BITS, codebook_size=2 ** BITS), BITS
-        downs = (image // grid).bit_length() - 1
-        enc, ch = [], 3
-        for _ in range(downs):
-            enc += [nn.Conv2d(ch, width, 4, stride=2, padding=1), nn.ReLU()]
-            ch = width
-        self.encoder = nn.Sequential(*enc, nn.Conv2d(ch, dim, 1))
-        dec = [nn.Conv2d(dim, width, 1), nn.ReLU()]
-        for _ in range(downs):
-            dec += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.ReLU()]
-        self.decoder = nn.Sequential(*dec, nn.Conv2d(width, 3, 3, padding=1))
+        self.encoder, self.decoder = conv_codec(image, grid, width, dim)
 
     def forward(self, x):
         z = self.encoder(x)

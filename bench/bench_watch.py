@@ -32,6 +32,19 @@ PRESETS = {
 }
 
 
+def conv_codec(image: int, grid: int, width: int, dim: int) -> tuple[nn.Module, nn.Module]:
+    """Conv encoder (3, S, S) -> (dim, grid, grid) and the mirrored decoder (stride-2 stages)."""
+    downs = (image // grid).bit_length() - 1
+    enc, ch = [], 3
+    for _ in range(downs):
+        enc += [nn.Conv2d(ch, width, 4, stride=2, padding=1), nn.ReLU()]
+        ch = width
+    dec = [nn.Conv2d(dim, width, 1), nn.ReLU()]
+    for _ in range(downs):
+        dec += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.ReLU()]
+    return nn.Sequential(*enc, nn.Conv2d(ch, dim, 1)), nn.Sequential(*dec, nn.Conv2d(width, 3, 3, padding=1))
+
+
 class ConvVQVAE(nn.Module):
     """image (3, S, S) -> conv encoder -> (dim, grid, grid) -> VectorQuantize -> conv decoder."""
 
@@ -39,18 +52,9 @@ class ConvVQVAE(nn.Module):
         super().__init__()
         from vector_quantize_pytorch import VectorQuantize
 
-        downs = (image // grid).bit_length() - 1
-        enc, ch = [], 3
-        for _ in range(downs):
-            enc += [nn.Conv2d(ch, width, 4, stride=2, padding=1), nn.ReLU()]
-            ch = width
-        self.encoder = nn.Sequential(*enc, nn.Conv2d(ch, dim, 1))
+        self.encoder, self.decoder = conv_codec(image, grid, width, dim)
         self.quantizer = VectorQuantize(dim=dim, codebook_size=codes, decay=0.99, commitment_weight=0.25,
                                         accept_image_fmap=True)
-        dec, ch = [nn.Conv2d(dim, width, 1), nn.ReLU()], width
-        for _ in range(downs):
-            dec += [nn.ConvTranspose2d(ch, width, 4, stride=2, padding=1), nn.ReLU()]
-        self.decoder = nn.Sequential(*dec, nn.Conv2d(width, 3, 3, padding=1))
 
     def forward(self, x):
         q, _, commit = self.quantizer(self.encoder(x))
