@@ -69,7 +69,7 @@ def test_lightning_callback_reports_and_detaches(tmp_path):
 
 
 def test_lightning_callback_to_wandb_logger(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -83,3 +83,4 @@ def test_lightning_callback_to_wandb_logger(tmp_path, monkeypatch):
             recs[-1]["metrics"]["dead_code_ratio"], rel=1e-12)
     finally:
         wl.experiment.finish()
+        wandb.teardown()  # stop W&B's service and its threads: nothing of it outlives the test

@@ -57,6 +57,7 @@ def test_wandb_offline(tmp_path, monkeypatch):
         run_dir = run.dir
     finally:
         run.finish()
+        wandb.teardown()  # stop W&B's service and its threads: nothing of it outlives the test
     last = {r["scope"]: r for r in recs if "metrics" in r and r["step"] == 4}
     for scope, r in last.items():
         for key, value in r["metrics"].items():
