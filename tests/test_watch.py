@@ -169,13 +169,20 @@ def test_memory_flat_over_20000_steps():
     for _ in range(2000):
         q(x)
     gc.collect()
-    rss0, objs0 = _rss_kib(), len(gc.get_objects())
-    for _ in range(18000):
-        q(x)
-    gc.collect()
-    rss1, objs1 = _rss_kib(), len(gc.get_objects())
+    objs0 = len(gc.get_objects())
+    # RSS is sampled after each of 9 blocks of 2,000 steps: single samples swing by +-2.5 MiB with the
+    # allocator (more so once numpy and friends are loaded), a leak grows with the steps, so the medians of
+    # the first and the last three samples are compared.
+    rss = []
+    for _ in range(9):
+        for _ in range(2000):
+            q(x)
+        gc.collect()
+        rss.append(_rss_kib())
+    objs1 = len(gc.get_objects())
     assert m.step == 20000
-    assert rss1 - rss0 < 2048, (rss0, rss1)  # < 2 MiB over 18,000 steps and 18 reports
+    early, late = sorted(rss[:3])[1], sorted(rss[-3:])[1]
+    assert late - early < 2048, rss  # < 2 MiB over 12,000 steps and 12 reports
     assert objs1 - objs0 < 200, (objs0, objs1)
     assert int(m.counts("TinyQuantizer").sum()) == 20000 * 16
     m.remove()
