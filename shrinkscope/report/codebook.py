@@ -93,9 +93,8 @@ class CodebookDisplay:
     @classmethod
     def from_entry(cls, entry: Entry, *, title: str | None = None, seed: int = 0) -> CodebookDisplay:
         """Panels of one codebook of an ``AnalysisResult`` (``result.entries[i]``)."""
-        return cls.from_health(
-            entry.health, codebook=entry.found.codebook, latents=entry.latents, title=title, seed=seed
-        )
+        cb = entry.found.codebook if entry.found.codebook.numel() else None  # implicit (FSQ/LFQ): no geometry
+        return cls.from_health(entry.health, codebook=cb, latents=entry.latents, title=title, seed=seed)
 
     @classmethod
     def from_comparison(

@@ -129,7 +129,7 @@ def write_analysis_report(
                 "of codes over latents, distance distributions.",
             ),
         ]
-        if umap and i < max_umap:
+        if umap and i < max_umap and e.found.codebook.numel():  # an implicit codebook has no points to map
             png = _umap_figure({"codes": e.found.codebook}, e.latents, seed)
             with open(os.path.join(out_dir, stem + "_umap.png"), "wb") as f:
                 f.write(png)
