@@ -415,6 +415,8 @@ class Monitor:
         d = h.to_dict()
         rec = {"step": step, "time": now, "name": d["name"], "scope": scope, "num_codes": d["num_codes"],
                "dim": d["dim"], "metrics": d["metrics"], "warnings": d["warnings"], "family": adapter.name}
+        if d.get("verdict") is not None:  # the report's timeline cards show the verdict at the last step
+            rec["verdict"] = d["verdict"]
         if adapter.usage_only:
             rec["usage_only"] = True
         if scope == "window" and h.name in self._estimates:

@@ -58,6 +58,9 @@ def test_two_line_integration_writes_jsonl(tmp_path):
         assert r["name"] == "1" and r["num_codes"] == 16 and r["dim"] == 4
         assert set(r["metrics"]) == set(shrinkscope.metrics.METRIC_KEYS)
         assert isinstance(r["time"], float)
+        # the verdict travels with each record (the timeline report's cards read it)
+        assert r["verdict"]["status"] in {"shrunk", "healthy", "cannot_tell", "uninitialized", "underused"}
+        assert set(r["verdict"]) >= {"status", "evidence", "summary", "reasons", "missing"}
     # window counts cover steps 4..6 only; cumulative covers 1..6
     w6, c6 = lines[2]["metrics"], lines[3]["metrics"]
     assert w6["utilization_perplexity"] != c6["utilization_perplexity"]
