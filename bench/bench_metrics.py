@@ -99,10 +99,14 @@ def _child(name: str, a: argparse.Namespace) -> dict:
         if name not in ("health", "health_noref"):
             raise SystemExit("--device cuda measures codebook_health only (use --only health)")
         p, q = p.to(a.device), q.to(a.device)
-    # import every library before the clock and the memory baseline start
-    import prdc
-    from scipy.spatial.distance import cdist
-    from sklearn.neighbors import NearestNeighbors
+    # import every library the measurement uses before the clock and the memory baseline start (the peers
+    # only where they are measured: a GPU machine measuring codebook_health need not have prdc)
+    if name == "pkg_prdc":
+        import prdc
+    if name == "cdist":
+        from scipy.spatial.distance import cdist
+    if name == "sklearn":
+        from sklearn.neighbors import NearestNeighbors
 
     from shrinkscope.metrics import assign, codebook_health, coverage_and_precision, latent_coverage
     from shrinkscope.metrics import prdc as shrinkscope_prdc
@@ -160,7 +164,10 @@ def _measure(name: str, a: argparse.Namespace, *, half_n: bool = False) -> dict:
            str(a.assign_n), "--seed", str(a.seed), "--threads", str(a.threads), "--device", a.device]
     if half_n:
         cmd.append("--half-n")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"measurement {name!r} failed (exit {run.returncode}):\n{run.stderr[-2000:]}")
+    out = run.stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
