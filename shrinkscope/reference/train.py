@@ -97,7 +97,10 @@ def _observe_untrained(model: VQTokenizer, deferred: DeferredQuantizer, data: Da
     """The early recipe: hand the untrained encoder's outputs on ``kmeans_items`` training items to the
     deferral wrapper (one pass-through forward), so its switch k-means-initialises on them."""
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    pick = torch.randperm(len(data.train), generator=g)[: cfg.kmeans_items]
+    h, w = model.grid
+    # as many latents as the deferred arm's reservoir holds, so both arms' k-means see the same amount
+    n_items = max(cfg.kmeans_items, -(-deferred.reservoir_size // (h * w)))
+    pick = torch.randperm(len(data.train), generator=g)[:n_items]
     deferred.train()
     deferred(model.encode(data.train[pick].to(device)))
 
