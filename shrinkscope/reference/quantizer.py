@@ -57,7 +57,7 @@ class EMAQuantizer(nn.Module):
         beta: commitment-loss weight.
         l2_normalize: look up (and return) l2-normalised codes and latents (cosine-similarity VQ).
         dead_code_threshold: expire codes whose EMA usage is below this many hits per batch (0: never).
-        eps: Laplace smoothing of cluster sizes.
+        eps: Laplace smoothing of cluster sizes, in hits per batch (as in VQ-VAE / vector-quantize-pytorch).
 
     Example:
         >>> q = EMAQuantizer(16, 4)
@@ -131,7 +131,11 @@ class EMAQuantizer(nn.Module):
         self.cluster_size.mul_(self.decay).add_(onehot_sum / n_local, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(embed_sum / n_local, alpha=1 - self.decay)
         total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        # eps is in hits per batch, like the count-based EMA it comes from; added to shares unscaled it would
+        # outweigh a rarely hit code's share at large K and drag that code towards the origin within a few
+        # hundred steps (measured: every arm collapsed at K = 16,384 before this scaling)
+        eps = self.eps / n_local
+        smoothed = (self.cluster_size + eps) / (total + self.num_codes * eps) * total
         self.embed.copy_(self.embed_avg / smoothed[:, None])
         if self.dead_code_threshold > 0:
             self._expire(flat, float(n_local))
