@@ -68,10 +68,11 @@ def tune_grid(name: str) -> list[ArmSettings]:
     return [replace(arm_base(name), lr=lr, **{knob: v}) for lr in LRS for v in values]
 
 
-#: The configurations the tuning run chose (lowest validation MSE), see docs/results.md "Tuning".
+#: The configurations the tuning run chose (lowest validation MSE; docs/results.md "Tuning", from
+#: docs/study-h200-repro.jsonl). Every arm chose the largest learning rate of the grid.
 TUNED: dict[str, ArmSettings] = {
-    "early": ArmSettings(lr=1e-3, decay=0.99),
-    "deferred": ArmSettings(lr=1e-3, fraction=0.25),
-    "l2": ArmSettings(lr=1e-3, l2_normalize=True),
-    "expiry": ArmSettings(lr=1e-3, dead_code_threshold=1.0),
+    "early": ArmSettings(lr=2e-3, decay=0.95),
+    "deferred": ArmSettings(lr=2e-3, fraction=0.25),
+    "l2": ArmSettings(lr=2e-3, decay=0.95, l2_normalize=True),
+    "expiry": ArmSettings(lr=2e-3, dead_code_threshold=0.5),
 }

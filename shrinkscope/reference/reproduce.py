@@ -65,6 +65,12 @@ def paper_cells() -> list[dict]:
     return cells
 
 
+def warmup_cells() -> list[dict]:
+    """A longer warm-up (50%) at D = 256: does the deferred codebook's dimension reach Paper B's 17-19?"""
+    return [{"plan": "paper", "code_dim": 256, "num_codes": k, "arm": "deferred", "seed": seed,
+             "settings": asdict(replace(arm_base("deferred"), fraction=0.5))} for k in (1024, 16384) for seed in SEEDS]
+
+
 def tune_cells() -> list[dict]:
     return [{"plan": "tune", "code_dim": TUNE["code_dim"], "num_codes": TUNE["num_codes"], "arm": arm, "seed": 0,
              "settings": asdict(s)} for arm in ARM_NAMES for s in tune_grid(arm)]
@@ -160,10 +166,12 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
             ("recon MSE", "recon_mse", ".4f")]
     out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | shrinkage flagged |",
             "|" + "---|" * (len(cols) + 4)]
-    keys = sorted({(r["code_dim"], r["num_codes"], r["arm"]) for r in done},
-                  key=lambda t: (-t[0], t[1], ARM_NAMES.index(t[2])))
-    for d, k, arm in keys:
-        g = _group(done, code_dim=d, num_codes=k, arm=arm)
+    keys = sorted({(r["code_dim"], r["num_codes"], r["arm"], r["settings"]["fraction"]) for r in done},
+                  key=lambda t: (-t[0], t[1], ARM_NAMES.index(t[2]), t[3]))
+    for d, k, arm, frac in keys:
+        g = [r for r in _group(done, code_dim=d, num_codes=k, arm=arm) if r["settings"]["fraction"] == frac]
+        if arm == "deferred":
+            arm = f"deferred {frac:.0%}"
         flagged = sum("shrinkage" in r["warnings"] for r in g)
         out.append(f"| {d} | {k:,} | {arm} | " + " | ".join(_cell([r["metrics"].get(c) for r in g], f)
                                                             for _, c, f in cols) + f" | {flagged}/{len(g)} |")
@@ -203,12 +211,13 @@ def write_tables(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shrinkscope.reference.reproduce", description=__doc__.splitlines()[0])
-    p.add_argument("--plan", nargs="+", default=["paper"], choices=("paper", "tune", "smoke"))
+    p.add_argument("--plan", nargs="+", default=["paper"], choices=("paper", "warmup", "tune", "smoke"))
     p.add_argument("--out", default="shrinkscope-repro")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--workers", type=int, default=None, help="concurrent cells (default: 8 per GPU, 1 on cpu)")
     p.add_argument("--budget-minutes", type=float, default=8.0, help="no cell starts after this many minutes")
     p.add_argument("--tables-only", action="store_true", help="rewrite OUT/tables.md from OUT/cells.jsonl")
+
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             p.error("--device cuda: CUDA is not available")
         gpus = torch.cuda.device_count()
-    todo = [c for plan in a.plan for c in {"paper": paper_cells, "tune": tune_cells, "smoke": smoke_cells}[plan]()]
+    makers = {"paper": paper_cells, "warmup": warmup_cells, "tune": tune_cells, "smoke": smoke_cells}
+    todo = [c for plan in a.plan for c in makers[plan]()]
     # tuning cells are cheap and the demo depends on them: run them between the first two paper blocks
     if "tune" in a.plan and "paper" in a.plan:
         paper, tune = [c for c in todo if c["plan"] == "paper"], [c for c in todo if c["plan"] == "tune"]
