@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -92,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ignored since 0.2: each arm fixes its own normalisation (the l2 arm is the "
                              "normalised one); kept so old command lines still run")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="arms trained side by side in separate processes (default: 2 on cpu, where "
+                             "each arm uses one core; 1 on cuda)")
 
 
 def _preset(args: argparse.Namespace) -> DemoPreset:
@@ -102,7 +106,7 @@ def _preset(args: argparse.Namespace) -> DemoPreset:
 
 
 def run_arm(name: str, settings: ArmSettings, data, preset: DemoPreset, cfg: TrainConfig, out: Path, *,
-            classifier=None, progress: bool = True, auto: bool = False) -> dict[str, Any]:
+            classifier=None, progress: bool = True, auto: bool = False, bar_position: int = 0) -> dict[str, Any]:
     """Train, evaluate and save one arm; returns its results (``evaluate.evaluate_arm`` + timings).
 
     Args:
@@ -122,13 +126,14 @@ def run_arm(name: str, settings: ArmSettings, data, preset: DemoPreset, cfg: Tra
     (out / f"{name}.jsonl").unlink(missing_ok=True)
     auto_switch = auto_switch_options(preset.steps) if auto else None
     tok, hist = train_tokenizer(tcfg, data, cfg, log_to=out / f"{name}.jsonl", progress=progress, desc=name,
-                                auto_switch=auto_switch)
+                                auto_switch=auto_switch, bar_position=bar_position)
     t_tok = time.time() - t0
     tokens = tok.tokenize(data.train.to(cfg.device))
     h, w = tok.grid
     pcfg = PriorConfig(num_codes=tcfg.num_codes, seq_len=h * w, n_embd=preset.n_embd,
                        n_layer=2 if h * w > 1 else 1)
-    prior, phist = train_prior(tokens, pcfg, cfg, progress=progress, desc=f"{name} prior")
+    prior, phist = train_prior(tokens, pcfg, cfg, progress=progress, desc=f"{name} prior",
+                               bar_position=bar_position)
     res = evaluate_arm(tok, prior, data, num_samples=preset.num_samples, seed=cfg.seed, classifier=classifier)
     save_checkpoint(out / f"{name}.pt", tok, data, cfg, prior=prior,
                     extra={"arm": name, "quantize_start": tok.config.quantize_start})
@@ -139,6 +144,11 @@ def run_arm(name: str, settings: ArmSettings, data, preset: DemoPreset, cfg: Tra
                 "_latents": tok.latents(data.test[:1000].to(cfg.device)).cpu(),
                 "_codebook": tok.quantizer.effective_codebook().cpu()})
     return res
+
+
+def _run_arm_worker(job: dict) -> dict[str, Any]:
+    torch.set_num_threads(1)  # one core per arm: see main()
+    return run_arm(**job)
 
 
 def _m(key: str):
@@ -329,8 +339,19 @@ def _run(args: argparse.Namespace) -> int:
     auto_arm = args.device == "cuda" if args.auto_arm is None else args.auto_arm
     if auto_arm:
         arms.append(("deferred-auto", replace(TUNED["deferred"], fraction=0.0), True))
-    results = [run_arm(name, st, data, preset, cfg, out, classifier=classifier, progress=args.progress, auto=auto)
-               for name, st, auto in arms]
+    workers = args.workers or (min(2, os.cpu_count() or 1) if args.device == "cpu" else 1)
+    jobs = [dict(name=name, settings=st, data=data, preset=preset, cfg=cfg, out=out, classifier=classifier,
+                 progress=args.progress, auto=auto) for name, st, auto in arms]
+    if workers <= 1 or len(jobs) == 1:
+        results = [run_arm(**job) for job in jobs]
+    else:
+        # arms are independent and seeded on their own, so running them side by side gives the same table
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
+            futs = [ex.submit(_run_arm_worker, {**job, "bar_position": i % workers}) for i, job in enumerate(jobs)]
+            results = [f.result() for f in futs]
     rows = comparison_rows(results, rank=not args.quick)
     names = [r["arm"] for r in results]
     starts = ", ".join(f"{r['arm']} {r['quantize_start']}" for r in results)

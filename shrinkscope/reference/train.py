@@ -79,10 +79,10 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, position: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, position=position)
 
 
 def _open_monitor(model: VQTokenizer, log_to: str | Path, every: int):
@@ -107,7 +107,7 @@ def _observe_untrained(model: VQTokenizer, deferred: DeferredQuantizer, data: Da
 
 def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *, log_to: str | Path | None = None,
                     progress: bool = True, desc: str = "tokenizer",
-                    auto_switch: dict | None = None) -> tuple[VQTokenizer, list[dict]]:
+                    auto_switch: dict | None = None, bar_position: int = 0) -> tuple[VQTokenizer, list[dict]]:
     """Train a tokenizer with the quantization schedule of ``config.quantize_start``.
 
     Args:
@@ -117,6 +117,7 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
         log_to: JSONL path for the health timeline (None: no logging).
         progress: show a tqdm bar (rank 0 only).
         desc: label of the bar.
+        bar_position: terminal line of the bar (several arms training in parallel processes).
         auto_switch: when given (a dict of ``shrinkscope.defer`` options, e.g. ``{}``), the quantizer is wrapped
             in ``shrinkscope.defer(quantizer, switch="auto", **auto_switch)``, which decides the switch step
             itself; ``config.quantize_start`` is then ignored and set to the step the switch happened at.
@@ -156,7 +157,7 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
     if log_to is not None and rank == 0:
         monitor = deferred.monitor = _open_monitor(model, log_to, cfg.watch_every)
     history: list[dict] = []
-    bar = _progress(cfg.steps, desc, progress and rank == 0)
+    bar = _progress(cfg.steps, desc, progress and rank == 0, bar_position)
     model.train()
     try:
         for step in range(cfg.steps):
@@ -187,7 +188,7 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
 
 
 def train_prior(tokens: torch.Tensor, config: PriorConfig, cfg: TrainConfig, *, progress: bool = True,
-                desc: str = "prior") -> tuple[TokenPrior, list[dict]]:
+                desc: str = "prior", bar_position: int = 0) -> tuple[TokenPrior, list[dict]]:
     """Train the autoregressive prior on ``(N, h, w)`` (or ``(N, T)``) token grids.
 
     Returns:
@@ -208,7 +209,7 @@ def train_prior(tokens: torch.Tensor, config: PriorConfig, cfg: TrainConfig, *, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.prior_steps))
     g = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + rank)
     history: list[dict] = []
-    bar = _progress(cfg.prior_steps, desc, progress and rank == 0)
+    bar = _progress(cfg.prior_steps, desc, progress and rank == 0, bar_position)
     for step in range(cfg.prior_steps):
         b = seqs[torch.randint(0, len(seqs), (cfg.prior_batch_size,), generator=g).to(device)]
         logits = wrapped(b[:, :-1])
