@@ -158,13 +158,13 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
     sp = _spec(plan)
     out = [f"Stacked digits, {sp['steps']} tokenizer steps, batch {sp['batch_size']}, conv tokenizer width "
            f"{sp['hidden']}, 4x4 token grid, Euclidean EMA codebook (decay 0.99, beta 0.25, Adam 1e-3), "
-           f"deferred = continuous for the first 25%. Metrics on {sp['n_test']:,} held-out images "
+           f"deferred N% = continuous for the first N% of the steps. Metrics on {sp['n_test']:,} held-out images "
            f"({16 * sp['n_test']:,} latents); mean ± std over seeds 0, 1, 2 (n shown when fewer finished).", ""]
     cols = [("codebook eff. dim", "effective_dimension", ".3g"), ("latent eff. dim", "latent_effective_dimension_all",
             ".3g"), ("cosine spread", "spread_cosine", ".3f"), ("usage perplexity", "usage_perplexity_all", ".4g"),
             ("spread ratio", "spread_ratio", ".2f"), ("dead codes", "dead_code_ratio", ".2f"),
             ("recon MSE", "recon_mse", ".4f")]
-    out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | shrinkage flagged |",
+    out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | `shrinkage` warning |",
             "|" + "---|" * (len(cols) + 4)]
     keys = sorted({(r["code_dim"], r["num_codes"], r["arm"], r["settings"]["fraction"]) for r in done},
                   key=lambda t: (-t[0], t[1], ARM_NAMES.index(t[2]), t[3]))
