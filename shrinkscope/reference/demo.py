@@ -186,6 +186,7 @@ ROWS = [
     ("codebook vs its own latents and k-means", "dead_code_ratio", _m("dead_code_ratio"), False),
     ("codebook vs its own latents and k-means", "utilization", _m("utilization"), True),
     ("codebook vs its own latents and k-means", "token_mode_entropy", _m("token_mode_entropy"), True),
+    ("codebook vs its own latents and k-means", "shrunk_mode_share", _m("shrunk_mode_share"), False),
     ("reconstruction", "held-out recon MSE", lambda r: r["recon_mse"], False),
     ("reconstruction", "quantization_error", _m("quantization_error"), False),
     ("generative diversity (prior samples)", "modes covered", _d("modes_covered"), True),

@@ -3,7 +3,9 @@
 Setting: the bundled Gaussian mixture (16-d, 10 modes) through the MLP tokenizer with 64-d codes, K = 256,
 400 steps, each arm with its tuned settings (``arms.TUNED``). Measured on three seeds when these tests were
 written: early spread ratio 0.07-0.10 (flagged ``shrinkage``), deferred 0.71-0.74, l2 0.56-0.62, expiry
-0.95-0.96 (none flagged).
+0.95-0.96 (none flagged). The k-means-referenced verdict (seed 0) agrees on early (shrunk) and deferred (not
+shrunk), but calls the l2 arm shrunk: its codes keep their spread, yet cover the latents far worse than
+k-means does (coverage_vs_kmeans 0.16, excess distortion 1.3). The tests pin both readings.
 """
 import pytest
 import torch
@@ -49,6 +51,7 @@ def _flags(health):
 def test_standard_early_arm_is_flagged_shrunk(arms):
     _, h = arms["early"]
     assert "shrinkage" in _flags(h) and h.spread_ratio < 0.5
+    assert h.verdict.status == "shrunk"
 
 
 @pytest.mark.parametrize("name", ["deferred", "l2"])
@@ -56,6 +59,14 @@ def test_deferred_and_l2_arms_are_not_flagged_shrunk(arms, name):
     _, h = arms[name]
     assert "shrinkage" not in _flags(h) and h.spread_ratio > 0.5
     assert h.spread_ratio > 3 * arms["early"][1].spread_ratio  # not a near miss of the same codebook
+
+
+def test_verdict_deferred_not_shrunk_l2_shrunk_by_coverage(arms):
+    deferred, l2 = arms["deferred"][1], arms["l2"][1]
+    assert deferred.verdict.status != "shrunk" and deferred.excess_distortion < 0.2
+    # l2: spread like k-means, but poor coverage and high excess distortion: the verdict's shrinkage
+    assert l2.verdict.status == "shrunk" and l2.spread_vs_kmeans > 0.75
+    assert l2.coverage_vs_kmeans < 0.5 and l2.excess_distortion > 0.5
 
 
 def test_same_seed_same_table_other_seed_other_table(data, arms):
