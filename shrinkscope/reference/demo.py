@@ -267,6 +267,31 @@ def format_table(rows: list[dict], arms: list[str], *, better: bool = True) -> s
     return "\n".join(lines)
 
 
+def seed_table(folders: list[str]) -> str:
+    """Markdown table of several demo runs (one ``results.json`` per folder): mean ± std per arm, and in how
+    many runs each arm was best (text rows: the values per run)."""
+    runs = [json.loads((Path(f) / "results.json").read_text()) for f in folders]
+    arms = [a["arm"] for a in runs[0]["arms"]]
+    lines = ["| section | metric | good | " + " | ".join(arms) + " | best (runs) |",
+             "|---|---|---|" + "---|" * len(arms) + "---|"]
+    for i, row in enumerate(runs[0]["table"]):
+        per = [r["table"][i] for r in runs if i < len(r["table"]) and r["table"][i]["metric"] == row["metric"]]
+        cells = []
+        for j in range(len(arms)):
+            vals = [p["values"][j] for p in per]
+            if any(isinstance(v, str) or v is None for v in vals):
+                cells.append(" / ".join("-" if v is None else str(v) for v in vals))
+                continue
+            m = sum(vals) / len(vals)
+            sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+            cells.append(f"{m:.4g} ± {sd:.2g}")
+        wins = {a: sum(a in p["better"].split(" = ") or p["better"] == "tie" for p in per) for a in arms}
+        best = ", ".join(f"{a} {n}" for a, n in wins.items() if n) if row["direction"] else ""
+        lines.append(f"| {row.get('section', '')} | {row['metric']} | {row['direction']} | " + " | ".join(cells)
+                     + f" | {best} |")
+    return "\n".join(lines)
+
+
 def auto_switch_options(steps: int) -> dict:
     """``shrinkscope.defer`` options for the auto arm: check 40 times per budget, switch within 5-50% of it."""
     return {"check_every": max(5, steps // 40), "min_steps": max(1, steps // 20), "max_steps": max(2, steps // 2)}
@@ -341,8 +366,8 @@ def _run(args: argparse.Namespace) -> int:
     if auto_arm:
         arms.append(("deferred-auto", replace(TUNED["deferred"], fraction=0.0), True))
     workers = args.workers or (min(2, os.cpu_count() or 1) if args.device == "cpu" else 1)
-    jobs = [dict(name=name, settings=st, data=data, preset=preset, cfg=cfg, out=out, classifier=classifier,
-                 progress=args.progress, auto=auto) for name, st, auto in arms]
+    jobs = [{"name": name, "settings": st, "data": data, "preset": preset, "cfg": cfg, "out": out, "classifier": classifier,
+                 "progress": args.progress, "auto": auto} for name, st, auto in arms]
     if workers <= 1 or len(jobs) == 1:
         results = [run_arm(**job) for job in jobs]
     else:

@@ -114,7 +114,8 @@ def generative_diversity(samples: torch.Tensor, data: Dataset, *, classifier=Non
         dict with ``num_samples``, ``modes_covered``, ``num_modes``, ``mode_kl`` (KL of the generated mode
         histogram to the data's, nats), ``mode_entropy`` (entropy of the samples' mode histogram, nats; not
         Paper A's entropy of tokens per mode), ``mean_pairwise_l2`` (mean pairwise L2 distance of flattened
-        samples in [0, 1] units; not Paper A's "Pixel Dist." scale), and PRDC ``precision``/``recall``/``density``/``coverage`` (k=5, at
+        samples in [0, 1] units; not Paper A's "Pixel Dist." scale), and PRDC
+        ``precision``/``recall``/``density``/``coverage`` (k=5, at
         most ``PRDC_MAX_ITEMS`` items per side). Mode entries are None when the data has no known modes.
     """
     from ..metrics.diversity import mean_pairwise_l2, mode_coverage, prdc

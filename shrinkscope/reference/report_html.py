@@ -171,7 +171,8 @@ def write_report(path: str | Path, results: list[dict], rows: list[dict], meta: 
     for r in rows:
         if r.get("section") != section:
             section = r.get("section")
-            body.append(f"<tr><th colspan={len(arms) + 3} style='text-align:left'>{html.escape(section or '')}</th></tr>")
+            body.append(f"<tr><th colspan={len(arms) + 3} style='text-align:left'>"
+                        f"{html.escape(section or '')}</th></tr>")
         body.append(f"<tr><td>{html.escape(r['metric'])}</td><td class=d>{r['direction']}</td>"
                     + "".join(f"<td>{_fmt(v)}</td>" for v in r["values"])
                     + f"<td><b>{html.escape(r['better'])}</b></td></tr>")

@@ -127,7 +127,7 @@ def run_cell(cell: dict, device: str, deadline: float) -> dict:
                "usage_perplexity_all": float(utilization_perplexity(counts)),
                "latent_effective_dimension_all": int(effective_dimension(lat.cpu()))}
     return {**cell, "skipped": False, "quantize_start": tok.config.quantize_start, "seconds": time.time() - t0,
-            "held_out_latents": int(len(lat)), "metrics": metrics, "warnings": [w["code"] for w in h["warnings"]],
+            "held_out_latents": len(lat), "metrics": metrics, "warnings": [w["code"] for w in h["warnings"]],
             "verdict": h.get("verdict")}
 
 
@@ -156,10 +156,10 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
     """Markdown: Paper B and Paper A side by side with ours, then the alternative fixes and code dimension."""
     done = [r for r in rows if r.get("plan") == plan and not r.get("skipped") and "metrics" in r]
     sp = _spec(plan)
-    out = [f"Stacked digits, {sp['steps']} tokenizer steps, batch {sp['batch_size']}, conv tokenizer width "
+    out = [(f"Stacked digits, {sp['steps']} tokenizer steps, batch {sp['batch_size']}, conv tokenizer width "
            f"{sp['hidden']}, 4x4 token grid, Euclidean EMA codebook (decay 0.99, beta 0.25, Adam 1e-3), "
            f"deferred N% = continuous for the first N% of the steps. Metrics on {sp['n_test']:,} held-out images "
-           f"({16 * sp['n_test']:,} latents); mean ± std over seeds 0, 1, 2 (n shown when fewer finished).", ""]
+           f"({16 * sp['n_test']:,} latents); mean ± std over seeds 0, 1, 2 (n shown when fewer finished)."), ""]
     cols = [("codebook eff. dim", "effective_dimension", ".3g"), ("latent eff. dim", "latent_effective_dimension_all",
             ".3g"), ("cosine spread", "spread_cosine", ".3f"), ("usage perplexity", "usage_perplexity_all", ".4g"),
             ("spread ratio", "spread_ratio", ".2f"), ("dead codes", "dead_code_ratio", ".2f"),
