@@ -164,7 +164,7 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
             ".3g"), ("cosine spread", "spread_cosine", ".3f"), ("usage perplexity", "usage_perplexity_all", ".4g"),
             ("spread ratio", "spread_ratio", ".2f"), ("dead codes", "dead_code_ratio", ".2f"),
             ("recon MSE", "recon_mse", ".4f")]
-    out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | `shrinkage` warning |",
+    out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | spread ratio < 0.5 |",
             "|" + "---|" * (len(cols) + 4)]
     keys = sorted({(r["code_dim"], r["num_codes"], r["arm"], r["settings"]["fraction"]) for r in done},
                   key=lambda t: (-t[0], t[1], ARM_NAMES.index(t[2]), t[3]))
@@ -172,7 +172,9 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
         g = [r for r in _group(done, code_dim=d, num_codes=k, arm=arm) if r["settings"]["fraction"] == frac]
         if arm == "deferred":
             arm = f"deferred {frac:.0%}"
-        flagged = sum("shrinkage" in r["warnings"] for r in g)
+        # the pre-verdict `shrinkage` rule, computed from the metric so old and new cells read alike
+        flagged = sum(r["metrics"].get("spread_ratio") is not None and r["metrics"]["spread_ratio"] < 0.5
+                      for r in g)
         out.append(f"| {d} | {k:,} | {arm} | " + " | ".join(_cell([r["metrics"].get(c) for r in g], f)
                                                             for _, c, f in cols) + f" | {flagged}/{len(g)} |")
     out += ["", "Published: Paper B codebook effective dimension " + PUBLISHED["paper_b_codebook_dim"] + "; Paper A "

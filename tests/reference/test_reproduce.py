@@ -26,8 +26,8 @@ def test_every_arm_gets_the_same_tuning_budget():
 
 def _row(arm, seed, dim, frac=0.0):
     return {"plan": "paper", "code_dim": 256, "num_codes": 1024, "arm": arm, "seed": seed,
-            "settings": {"fraction": frac}, "warnings": ["shrinkage"] if arm == "early" else [],
-            "metrics": {"effective_dimension": dim, "recon_mse": 0.01}}
+            "settings": {"fraction": frac}, "warnings": [],
+            "metrics": {"effective_dimension": dim, "recon_mse": 0.01, "spread_ratio": 0.3 if arm == "early" else 0.9}}
 
 
 def test_tables_mean_std_and_flag_counts(tmp_path):
