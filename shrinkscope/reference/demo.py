@@ -284,7 +284,7 @@ def seed_table(folders: list[str]) -> str:
                 continue
             m = sum(vals) / len(vals)
             sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-            cells.append(f"{m:.4g} ± {sd:.2g}")
+            cells.append(f"{m:.4g} ± {sd:.2g}" if len(vals) > 1 else f"{m:.4g}")
         wins = {a: sum(a in p["better"].split(" = ") or p["better"] == "tie" for p in per) for a in arms}
         best = ", ".join(f"{a} {n}" for a, n in wins.items() if n) if row["direction"] else ""
         lines.append(f"| {row.get('section', '')} | {row['metric']} | {row['direction']} | " + " | ".join(cells)
