@@ -2,8 +2,9 @@
 
 The pieces of ``shrinkscope demo`` one at a time, for readers who want to change them:
 
-    python examples/train_reference.py                       # stacked digits, K=512, 25% continuous
-    python examples/train_reference.py --defer 0             # the early-quantization baseline
+    python examples/train_reference.py                       # stacked digits, K=512, the tuned deferred arm
+    python examples/train_reference.py --arm early           # the standard early recipe (Euclidean codes)
+    python examples/train_reference.py --arm expiry          # early + dead-code expiry (also: --arm l2)
     python examples/train_reference.py --dataset gaussians --num-codes 64
     torchrun --nproc_per_node 2 -m shrinkscope.reference.train --steps 200   # the same loop under DDP
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from shrinkscope.reference.arms import ARM_NAMES, TUNED
 from shrinkscope.reference.data import DATASETS, load_dataset
 from shrinkscope.reference.evaluate import evaluate_arm
 from shrinkscope.reference.prior import PriorConfig
@@ -34,8 +36,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="stacked-digits", choices=DATASETS)
     p.add_argument("--num-codes", type=int, default=512)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--defer", type=float, default=0.25, help="share of steps trained continuously (0 = early VQ)")
+    p.add_argument("--code-dim", type=int, default=64)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--arm", default="deferred", choices=ARM_NAMES, help="settings from shrinkscope.reference.arms")
     p.add_argument("--samples", type=int, default=2000, help="prior samples for the diversity metrics")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -44,9 +47,11 @@ def main() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
     data = load_dataset(a.dataset, seed=a.seed)
-    # l2-normalised codes, EMA 0.99, beta 0.25, Adam 1e-3: the shared settings of docs/reference.md
-    tcfg = tokenizer_config_for(data, num_codes=a.num_codes, quantize_start=int(a.defer * a.steps), l2_normalize=True)
-    cfg = TrainConfig(steps=a.steps, prior_steps=a.steps, seed=a.seed, device=a.device)
+    # each arm's own tuned settings (docs/results.md "Tuning of the demo's arms")
+    s = TUNED[a.arm]
+    tcfg = tokenizer_config_for(data, num_codes=a.num_codes, code_dim=a.code_dim,
+                                quantize_start=round(s.fraction * a.steps), decay=s.decay, l2_normalize=s.l2_normalize, dead_code_threshold=s.dead_code_threshold)
+    cfg = TrainConfig(steps=a.steps, prior_steps=a.steps // 2, seed=a.seed, device=a.device, lr=s.lr)
     out = Path(a.out)
     tok, _ = train_tokenizer(tcfg, data, cfg, log_to=out / "train.jsonl")
     h, w = tok.grid

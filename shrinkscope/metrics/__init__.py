@@ -3,7 +3,7 @@
 Direction of every metric: ``HIGHER_IS_BETTER``. Definitions, formulas and sources: docs/metrics.md.
 """
 from .coverage import codebook_precision, coverage_and_precision, knn_radii, latent_coverage
-from .diversity import PRDC, ModeCoverage, mode_coverage, pixel_diversity, prdc, vendi_score
+from .diversity import PRDC, ModeCoverage, mean_pairwise_l2, mode_coverage, pixel_diversity, prdc, vendi_score
 from .geometry import (
     mean_pairwise_distance,
     pairwise_distance_sample,
@@ -56,6 +56,7 @@ __all__ = [
     "knn_radii",
     "latent_coverage",
     "mean_pairwise_distance",
+    "mean_pairwise_l2",
     "mode_coverage",
     "mode_perplexities",
     "pairwise_distance_sample",

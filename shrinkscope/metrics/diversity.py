@@ -1,11 +1,16 @@
-"""Diversity of generated samples: mode coverage, pixel diversity, PRDC and the Vendi score.
+"""Diversity of generated samples: mode coverage, mean pairwise L2, PRDC and the Vendi score.
 
 These measure what codebook shrinkage costs downstream: a generator fed by a shrunk codebook hits
 fewer modes of the data, and its samples are closer to each other.
 
-- ``mode_coverage``: on data with M known modes (e.g. a Gaussian mixture), how many modes the samples
-  hit, the KL divergence of the sample mode histogram from the reference one, and its entropy.
-- ``pixel_diversity``: mean pairwise Euclidean distance between flattened samples (Zhao et al. 2026).
+- ``mode_coverage``: on data with M known modes (e.g. a Gaussian mixture), how many modes the *generated
+  samples* hit, the KL divergence of their mode histogram from the reference one, and its entropy. This is
+  not Paper A's mode-coverage entropy, which is over the *codebook's tokens* per data mode
+  (``shrinkscope.metrics.token_mode_entropy`` where available).
+- ``mean_pairwise_l2`` (alias ``pixel_diversity``): mean pairwise Euclidean distance between flattened
+  samples, in the samples' own units. Paper A (Zhao et al. 2026) reports an "average pairwise pixel-level
+  distance" ("Pixel Dist.", 70-81 on 128x128 RGB) whose scaling it does not state; this function is one
+  plain reading of it, so its values are not comparable with the paper's numbers, only its direction.
 - ``prdc``: precision, recall, density and coverage of k-NN manifolds (Naeem et al. 2020), blocked
   and certified in float64 like ``latent_coverage`` (never an N x N matrix).
 - ``vendi_score``: exp of the entropy of the eigenvalues of the normalised similarity matrix
@@ -117,8 +122,10 @@ def _flatten_samples(samples: Any, name: str) -> torch.Tensor:
     return as_float(t.reshape(t.shape[0], -1), name, min_rows=2)
 
 
-def pixel_diversity(samples: Any, *, max_samples: int | None = DEFAULT_MAX_POINTS, seed: int = 0) -> float:
-    """Mean pairwise Euclidean distance between flattened samples (Zhao et al. 2026); higher is more diverse.
+def mean_pairwise_l2(samples: Any, *, max_samples: int | None = DEFAULT_MAX_POINTS, seed: int = 0) -> float:
+    """Mean pairwise Euclidean distance between flattened samples; higher is more diverse.
+
+    Not Paper A's "Pixel Dist." number: the paper does not state its scaling (see the module docstring).
 
     Args:
         samples: ``(N, ...)`` samples (e.g. ``(N, C, H, W)`` images), N >= 2; integer images are measured
@@ -131,11 +138,15 @@ def pixel_diversity(samples: Any, *, max_samples: int | None = DEFAULT_MAX_POINT
         The mean distance over ordered pairs ``i != j``.
 
     Example:
-        >>> pixel_diversity(torch.eye(3).reshape(3, 1, 3))
+        >>> mean_pairwise_l2(torch.eye(3).reshape(3, 1, 3))
         1.4142135623730951
     """
     x = _flatten_samples(samples, "samples")
     return mean_pairwise_distance(x, max_points=max_samples, seed=seed, name="samples")
+
+
+#: The earlier name of ``mean_pairwise_l2`` (kept for callers; same function, same values).
+pixel_diversity = mean_pairwise_l2
 
 
 class PRDC(NamedTuple):

@@ -1,7 +1,7 @@
 """Evaluation of one arm: held-out reconstruction, codebook health, generative diversity of the prior.
 
 All metrics come from ``shrinkscope.metrics`` (health) and ``shrinkscope.metrics.diversity`` (mode
-coverage, pixel diversity, PRDC); this module only produces the inputs: held-out latents, prior samples
+coverage, mean pairwise L2, PRDC); this module only produces the inputs: held-out latents, prior samples
 decoded to items, and their modes/features.
 
 - stacked digits: the digit classifier labels the three channels (exact modes out of 1,000); PRDC runs in
@@ -11,6 +11,7 @@ decoded to items, and their modes/features.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -37,8 +38,10 @@ def recon_mse(tokenizer: VQTokenizer, x: torch.Tensor, *, batch: int = 1024) -> 
 
 @torch.no_grad()
 def tokenizer_health(tokenizer: VQTokenizer, x: torch.Tensor, *, name: str = "quantizer",
-                     max_latents: int = 20_000, seed: int = 0):
+                     max_latents: int = 20_000, seed: int = 0, modes: torch.Tensor | None = None):
     """Full ``codebook_health`` of the tokenizer's codebook on the held-out latents of ``x``.
+
+    ``modes``: optional ``(N,)`` data-mode id of each item of ``x``, passed on as per-latent labels.
 
     Returns:
         A ``CodebookHealth`` (counts come from assigning the latents to their nearest codes).
@@ -46,9 +49,19 @@ def tokenizer_health(tokenizer: VQTokenizer, x: torch.Tensor, *, name: str = "qu
     from ..metrics import codebook_health
 
     lat = tokenizer.latents(x.to(next(tokenizer.parameters()).device)).cpu()
+    labels = None
+    if modes is not None:  # one label per latent: every token of an item belongs to the item's mode
+        h, w = tokenizer.grid
+        labels = modes.reshape(-1).repeat_interleave(h * w)
     if len(lat) > max_latents:
-        lat = lat[torch.randperm(len(lat), generator=torch.Generator().manual_seed(seed))[:max_latents]]
-    return codebook_health(tokenizer.quantizer.effective_codebook().cpu(), latents=lat, name=name, seed=seed)
+        keep = torch.randperm(len(lat), generator=torch.Generator().manual_seed(seed))[:max_latents]
+        lat = lat[keep]
+        labels = None if labels is None else labels[keep]
+    kwargs = {}
+    if labels is not None and "labels" in inspect.signature(codebook_health).parameters:
+        kwargs["labels"] = labels  # mode-level metrics (token_mode_entropy) where this version has them
+    return codebook_health(tokenizer.quantizer.effective_codebook().cpu(), latents=lat, name=name, seed=seed,
+                           **kwargs)
 
 
 def _mode_centroids(data: Dataset) -> torch.Tensor:
@@ -99,11 +112,13 @@ def generative_diversity(samples: torch.Tensor, data: Dataset, *, classifier=Non
 
     Returns:
         dict with ``num_samples``, ``modes_covered``, ``num_modes``, ``mode_kl`` (KL of the generated mode
-        histogram to the data's, nats), ``mode_entropy`` (nats), ``pixel_diversity`` (mean pairwise L2
-        distance of flattened samples), and PRDC ``precision``/``recall``/``density``/``coverage`` (k=5, at
+        histogram to the data's, nats), ``mode_entropy`` (entropy of the samples' mode histogram, nats; not
+        Paper A's entropy of tokens per mode), ``mean_pairwise_l2`` (mean pairwise L2 distance of flattened
+        samples in [0, 1] units; not Paper A's "Pixel Dist." scale), and PRDC
+        ``precision``/``recall``/``density``/``coverage`` (k=5, at
         most ``PRDC_MAX_ITEMS`` items per side). Mode entries are None when the data has no known modes.
     """
-    from ..metrics.diversity import mode_coverage, pixel_diversity, prdc
+    from ..metrics.diversity import mean_pairwise_l2, mode_coverage, prdc
 
     modes, feats = modes_and_features(samples, data, classifier)
     _, real_feats = modes_and_features(data.test, data, classifier)
@@ -115,7 +130,7 @@ def generative_diversity(samples: torch.Tensor, data: Dataset, *, classifier=Non
         # noisily at 1,000 modes, so the exact uniform reference is used for stacked digits
         mc = mode_coverage(modes, data.num_modes, reference=None if data.name == "stacked-digits" else ref)
         out.update(_as_dict(mc, ("modes_hit", "kl", "entropy"), ("modes_covered", "mode_kl", "mode_entropy")))
-    out["pixel_diversity"] = float(pixel_diversity(samples.reshape(len(samples), -1)))
+    out["mean_pairwise_l2"] = float(mean_pairwise_l2(samples.reshape(len(samples), -1)))
     g = torch.Generator().manual_seed(seed)
     fk = feats[torch.randperm(len(feats), generator=g)[:PRDC_MAX_ITEMS]]
     rl = real_feats[torch.randperm(len(real_feats), generator=g)[:PRDC_MAX_ITEMS]]
@@ -140,7 +155,7 @@ def evaluate_arm(tokenizer: VQTokenizer, prior: TokenPrior | None, data: Dataset
         ``{"recon_mse": float, "health": CodebookHealth.to_dict(), "diversity": dict | None}`` (the
         ``CodebookHealth`` object itself under ``"_health"`` for plots, and the samples under ``"_samples"``).
     """
-    health = tokenizer_health(tokenizer, data.test, name=name, seed=seed)
+    health = tokenizer_health(tokenizer, data.test, name=name, seed=seed, modes=data.test_modes)
     res: dict[str, Any] = {"recon_mse": recon_mse(tokenizer, data.test), "health": health.to_dict(),
                            "diversity": None, "_health": health}
     if prior is not None and num_samples > 0:

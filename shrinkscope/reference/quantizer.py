@@ -7,7 +7,12 @@ cluster sizes. The encoder gets the straight-through gradient plus ``beta * ||z 
 The quantizer can be *inactive*: it then passes latents through unchanged (the continuous phase of
 deferred quantization) while still reporting the indices a nearest-code lookup would give, so
 ``shrinkscope.watch`` sees the same kind of output in both phases. ``init_codebook`` runs k-means on
-latents (``shrinkscope.kmeans``) and resets the EMA state; switching ``active`` on is the caller's move.
+latents (``shrinkscope.kmeans``) and resets the EMA state; switching ``active`` on is the caller's move
+(``shrinkscope.defer`` does both: the reference training loop defers through it and nothing else).
+
+Dead-code expiry (``dead_code_threshold > 0``) is the common fix people reach for before deferral: a code whose
+EMA usage falls below the threshold (expected hits per batch, as ``threshold_ema_dead_code`` in
+vector-quantize-pytorch) is moved onto a random latent of the current batch.
 """
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ class EMAQuantizer(nn.Module):
         decay: EMA decay of cluster sizes and code sums.
         beta: commitment-loss weight.
         l2_normalize: look up (and return) l2-normalised codes and latents (cosine-similarity VQ).
-        eps: Laplace smoothing of cluster sizes.
+        dead_code_threshold: expire codes whose EMA usage is below this many hits per batch (0: never).
+        eps: Laplace smoothing of cluster sizes, in hits per batch (as in VQ-VAE / vector-quantize-pytorch).
 
     Example:
         >>> q = EMAQuantizer(16, 4)
@@ -65,12 +71,15 @@ class EMAQuantizer(nn.Module):
     shrinkscope_family = "reference"
 
     def __init__(self, num_codes: int, dim: int, *, decay: float = 0.99, beta: float = 0.25,
-                 l2_normalize: bool = False, eps: float = 1e-5):
+                 l2_normalize: bool = False, dead_code_threshold: float = 0.0, eps: float = 1e-5):
         super().__init__()
         if num_codes < 2 or dim < 1:
             raise ValueError(f"EMAQuantizer: expected num_codes >= 2 and dim >= 1, got {num_codes}, {dim}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMAQuantizer: expected 0 <= decay < 1, got {decay}")
+        if not dead_code_threshold >= 0:
+            raise ValueError(f"EMAQuantizer: expected dead_code_threshold >= 0, got {dead_code_threshold}")
+        self.dead_code_threshold = float(dead_code_threshold)
         self.num_codes, self.dim = num_codes, dim
         self.decay, self.beta, self.l2_normalize, self.eps = decay, beta, l2_normalize, eps
         self.register_buffer("embed", torch.randn(num_codes, dim))
@@ -122,8 +131,27 @@ class EMAQuantizer(nn.Module):
         self.cluster_size.mul_(self.decay).add_(onehot_sum / n_local, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(embed_sum / n_local, alpha=1 - self.decay)
         total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        # eps is in hits per batch, like the count-based EMA it comes from; added to shares unscaled it would
+        # outweigh a rarely hit code's share at large K and drag that code towards the origin within a few
+        # hundred steps (measured: every arm collapsed at K = 16,384 before this scaling)
+        eps = self.eps / n_local
+        smoothed = (self.cluster_size + eps) / (total + self.num_codes * eps) * total
         self.embed.copy_(self.embed_avg / smoothed[:, None])
+        if self.dead_code_threshold > 0:
+            self._expire(flat, float(n_local))
+
+    @torch.no_grad()
+    def _expire(self, flat: torch.Tensor, n: float) -> None:
+        # a where() over all K rows instead of indexing the dead ones: no host sync per step
+        dead = self.cluster_size * n < self.dead_code_threshold
+        pick = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device)
+        fresh = flat[pick].to(self.embed.dtype)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(fresh, 0)  # the dead mask agrees on every rank (summed statistics); the rows must too
+        size = torch.full_like(self.cluster_size, self.dead_code_threshold / n)
+        self.embed.copy_(torch.where(dead[:, None], fresh, self.embed))
+        self.cluster_size.copy_(torch.where(dead, size, self.cluster_size))
+        self.embed_avg.copy_(torch.where(dead[:, None], fresh * size[:, None], self.embed_avg))
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize a latent grid.

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-ARM_COLORS = {"early": "tab:red", "deferred": "tab:blue", "deferred-auto": "tab:green"}
+ARM_COLORS = {"early": "tab:red", "deferred": "tab:blue", "l2": "tab:orange", "expiry": "tab:purple",
+              "deferred-auto": "tab:green"}
 TIMELINE_KEYS = ("utilization_perplexity", "dead_code_ratio", "spread_cosine", "effective_rank",
                  "latent_coverage", "quantization_error")
 
@@ -149,8 +150,11 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
 
-def verdict(rows: list[dict], arms: list[str]) -> str:
-    """One honest sentence: how many metrics each arm won, and which ones."""
+def verdict(rows: list[dict], arms: list[str], *, quick: bool = False) -> str:
+    """One honest sentence: how many metrics each arm won, and which ones (none for a smoke run)."""
+    if quick:
+        return "Smoke run (--quick): too short to compare the arms; no winner is named."
+    rows = [r for r in rows if r["direction"]]  # ranked rows only
     wins = {a: [r["metric"] for r in rows if r["better"] == a] for a in arms}
     ties = [r["metric"] for r in rows if r["better"] == "tie" or " = " in r["better"]]
     parts = [f"{a} won {len(w)} of {len(rows)} metrics" + (f" ({', '.join(w)})" if w else "")
@@ -163,22 +167,30 @@ def write_report(path: str | Path, results: list[dict], rows: list[dict], meta: 
     path = Path(path)
     arms = [r["arm"] for r in results]
     head = "".join(f"<th>{html.escape(a)}</th>" for a in arms)
-    body = "".join(
-        f"<tr><td>{html.escape(r['metric'])}</td><td class=d>{r['direction']}</td>"
-        + "".join(f"<td>{_fmt(v)}</td>" for v in r["values"]) + f"<td><b>{html.escape(r['better'])}</b></td></tr>"
-        for r in rows)
+    body, section = [], None
+    for r in rows:
+        if r.get("section") != section:
+            section = r.get("section")
+            body.append(f"<tr><th colspan={len(arms) + 3} style='text-align:left'>"
+                        f"{html.escape(section or '')}</th></tr>")
+        body.append(f"<tr><td>{html.escape(r['metric'])}</td><td class=d>{r['direction']}</td>"
+                    + "".join(f"<td>{_fmt(v)}</td>" for v in r["values"])
+                    + f"<td><b>{html.escape(r['better'])}</b></td></tr>")
+    body = "".join(body)
     table = (f"<table><tr><th>metric</th><th>good</th>{head}<th>better</th></tr>{body}</table>")
     preset = meta["preset"]
+    settings = "; ".join(f"<i>{html.escape(r['arm'])}</i>: {html.escape(json.dumps(r.get('settings', {})))}, "
+                         f"quantization from step {r['quantize_start']}" for r in results)
     intro = (f"<p>Dataset <b>{html.escape(meta['dataset'])}</b>, K={preset['num_codes']} codes of dim "
              f"{preset['code_dim']}, {preset['steps']} tokenizer steps per arm, seed {meta['seed']}, device "
-             f"{html.escape(meta['device'])}. The arms share every hyperparameter "
-             f"({html.escape(json.dumps(meta['shared']))}) and the step budget; <i>early</i> k-means-initialises "
-             f"its codebook on the untrained encoder and quantizes from step 0, <i>deferred</i> trains a "
-             f"continuous autoencoder for {meta['defer_at']} steps, then k-means-initialises on the mature "
-             f"encoder and quantizes for the rest. Diversity uses {preset['num_samples']} prior samples per arm."
-             f" Run time {meta['seconds']:.0f} s.</p>")
-    sections = [f"<h1>shrinkscope demo: early vs deferred quantization</h1>{intro}",
-                f"<h2>Before / after</h2><p>{html.escape(verdict(rows, arms))}</p>{table}"]
+             f"{html.escape(meta['device'])}. The arms share the data, model, seed and step budget; each runs "
+             f"with the settings its own validation grid chose ({settings}). <i>early</i> k-means-initialises "
+             f"its codebook on the untrained encoder; <i>deferred</i> first trains a continuous autoencoder, "
+             f"then k-means-initialises on the mature encoder. Diversity uses {preset['num_samples']} prior "
+             f"samples per arm. Run time {meta['seconds']:.0f} s.</p>")
+    quick = bool(meta.get("quick"))
+    sections = [f"<h1>shrinkscope demo: early quantization, deferral and the common fixes</h1>{intro}",
+                f"<h2>Before / after</h2><p>{html.escape(verdict(rows, arms, quick=quick))}</p>{table}"]
     tl = timeline_figure(results, path.parent)
     if tl:
         sections.append("<h2>Codebook health during training</h2><p>From the JSONL written by "

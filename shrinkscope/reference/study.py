@@ -33,7 +33,7 @@ SMOKE = {"steps": 30, "prior_steps": 20, "samples": 200, "batch_size": 32, "n_tr
          "hidden": 16, "n_embd": 32, "seeds": 1, "sizes": (16, 32), "fractions": (0.0, 0.25)}
 REPORTED = ("recon_mse", "utilization_perplexity", "utilization", "dead_code_ratio", "spread_cosine", "spread_ratio",
             "effective_rank", "latent_coverage", "quantization_error", "modes_covered", "mode_kl", "mode_entropy",
-            "pixel_diversity", "precision", "recall", "coverage")
+            "mean_pairwise_l2", "precision", "recall", "coverage")
 
 
 def tasks(plan: dict) -> list[dict]:
@@ -107,7 +107,7 @@ def markdown(results: list[dict], plan: dict, seconds: float) -> str:
     done = [r for r in results if not r.get("skipped")]
     failed = sum(1 for r in results if r.get("error"))
     cols = ("recon_mse", "utilization_perplexity", "spread_cosine", "effective_rank", "latent_coverage",
-            "modes_covered", "mode_kl", "mode_entropy", "pixel_diversity", "recall", "coverage")
+            "modes_covered", "mode_kl", "mode_entropy", "mean_pairwise_l2", "recall", "coverage")
     head = (f"Runs: {len(done)} done, {len(results) - len(done) - failed} skipped by the deadline, {failed} failed "
             f"(see study.json); {seconds:.0f} s. "
             f"{plan['steps']} tokenizer steps, {plan['prior_steps']} prior steps, {plan['samples']} samples per run; "

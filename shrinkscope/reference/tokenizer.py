@@ -34,6 +34,7 @@ class TokenizerConfig:
         decay: EMA decay of the codebook.
         beta: commitment-loss weight.
         l2_normalize: cosine-similarity VQ (unit-norm latents and codes).
+        dead_code_threshold: dead-code expiry (EMA hits per batch below which a code moves to a latent; 0: off).
         quantize_start: step at which quantization starts (0 = early baseline; > 0 = deferred).
     """
 
@@ -47,6 +48,7 @@ class TokenizerConfig:
     decay: float = 0.99
     beta: float = 0.25
     l2_normalize: bool = False
+    dead_code_threshold: float = 0.0
     quantize_start: int = 0
 
     def to_dict(self) -> dict:
@@ -113,7 +115,7 @@ class VQTokenizer(nn.Module):
             self.encoder = _mlp(c.input_dim, c.hidden, c.code_dim)
             self.decoder = _mlp(c.code_dim, c.hidden, c.input_dim)
         self.quantizer = EMAQuantizer(c.num_codes, c.code_dim, decay=c.decay, beta=c.beta,
-                                      l2_normalize=c.l2_normalize)
+                                      l2_normalize=c.l2_normalize, dead_code_threshold=c.dead_code_threshold)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -9,15 +9,16 @@ Under ``torchrun`` (``torch.distributed`` initialised before the call) the token
 DistributedDataParallel, each rank draws its own batches, and the quantizer's EMA statistics are summed
 over ranks, so all ranks hold the same codebook. Run ``python -m shrinkscope.reference.train --help``.
 
-The tokenizer is watched by ``shrinkscope.watch`` (dogfooding) when ``log_to`` is given; if that module is
-unavailable, the same JSONL schema is written from ``codebook_health`` directly.
+Both schedules run through ``shrinkscope.defer`` (dogfooding; the quantizer has no other switch): the
+deferred arm wraps it with ``switch=quantize_start``; the early arm hands the wrapper one pass of the untrained
+encoder's outputs and switches at once. The tokenizer is watched by ``shrinkscope.watch`` when ``log_to`` is
+given; the switch lands in the same timeline as a ``defer_switch`` event.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..defer import DeferredQuantizer, defer, unwrap
+from ..watch import watch
 from .data import Dataset, load_dataset
 from .prior import PriorConfig, TokenPrior
 from .tokenizer import TokenizerConfig, VQTokenizer
@@ -76,69 +79,35 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, position: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, position=position)
 
 
-class _HealthLog:
-    """Fallback JSONL writer with the ``shrinkscope.watch`` line schema (used when watch is unavailable)."""
-
-    def __init__(self, model: VQTokenizer, path: str | Path, every: int, probe: torch.Tensor):
-        self.model, self.path, self.every, self.probe = model, Path(path), every, probe
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = self.path.open("w")
-
-    def log_event(self, event: str, step: int, **payload: Any) -> None:
-        self.fh.write(json.dumps({"step": step, "time": time.time(), "event": event, **payload}) + "\n")
-
-    def maybe_log(self, step: int) -> None:
-        if step % self.every:
-            return
-        from ..metrics import codebook_health
-
-        q = self.model.quantizer
-        if not bool(q.initted):
-            return
-        lat = self.model.latents(self.probe)
-        h = codebook_health(q.effective_codebook(), latents=lat.cpu(), name="quantizer",
-                            coverage_max_latents=2000).to_dict()
-        self.fh.write(json.dumps({"step": step, "time": time.time(), "name": "quantizer", "scope": "window",
-                                  "num_codes": h["num_codes"], "dim": h["dim"], "metrics": h["metrics"],
-                                  "warnings": h["warnings"]}) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def _open_monitor(model: VQTokenizer, log_to, every: int, probe: torch.Tensor):
-    """``shrinkscope.watch`` if it is importable, else the fallback logger; returns (monitor, kind)."""
-    try:
-        from ..watch import watch
-    except ImportError:
-        return _HealthLog(model, log_to, every, probe), "fallback"
+def _open_monitor(model: VQTokenizer, log_to: str | Path, every: int):
     Path(log_to).parent.mkdir(parents=True, exist_ok=True)
     # warnings go to the JSONL and the report, not to the terminal under the progress bar
-    return watch(model, every=every, log_to=str(log_to), log_warnings=False), "watch"
+    return watch(model, every=every, log_to=str(log_to), log_warnings=False)
 
 
 @torch.no_grad()
-def _switch_on(model: VQTokenizer, data: Dataset, cfg: TrainConfig, device) -> None:
+def _observe_untrained(model: VQTokenizer, deferred: DeferredQuantizer, data: Dataset, cfg: TrainConfig,
+                       device) -> None:
+    """The early recipe: hand the untrained encoder's outputs on ``kmeans_items`` training items to the
+    deferral wrapper (one pass-through forward), so its switch k-means-initialises on them."""
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    pick = torch.randperm(len(data.train), generator=g)[: cfg.kmeans_items]
-    was = model.training
-    model.eval()
-    lat = model.latents(data.train[pick].to(device))
-    model.train(was)
-    model.quantizer.init_codebook(lat, seed=cfg.seed, iters=cfg.kmeans_iters)
-    model.quantizer.active.fill_(True)
+    h, w = model.grid
+    # as many latents as the deferred arm's reservoir holds, so both arms' k-means see the same amount
+    n_items = max(cfg.kmeans_items, -(-deferred.reservoir_size // (h * w)))
+    pick = torch.randperm(len(data.train), generator=g)[:n_items]
+    deferred.train()
+    deferred(model.encode(data.train[pick].to(device)))
 
 
 def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *, log_to: str | Path | None = None,
                     progress: bool = True, desc: str = "tokenizer",
-                    auto_switch: dict | None = None) -> tuple[VQTokenizer, list[dict]]:
+                    auto_switch: dict | None = None, bar_position: int = 0) -> tuple[VQTokenizer, list[dict]]:
     """Train a tokenizer with the quantization schedule of ``config.quantize_start``.
 
     Args:
@@ -148,6 +117,7 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
         log_to: JSONL path for the health timeline (None: no logging).
         progress: show a tqdm bar (rank 0 only).
         desc: label of the bar.
+        bar_position: terminal line of the bar (several arms training in parallel processes).
         auto_switch: when given (a dict of ``shrinkscope.defer`` options, e.g. ``{}``), the quantizer is wrapped
             in ``shrinkscope.defer(quantizer, switch="auto", **auto_switch)``, which decides the switch step
             itself; ``config.quantize_start`` is then ignored and set to the step the switch happened at.
@@ -162,12 +132,20 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
     device = torch.device(cfg.device)
     seed_everything(cfg.seed)
     model = VQTokenizer(config).to(device)
-    deferred = None
+    h, w = model.grid
+    # k-means sees as many latents as kmeans_items items give, whichever arm (and at least 4 per code)
+    reservoir = max(cfg.kmeans_items * h * w, 4 * config.num_codes)
     if auto_switch is not None:
-        from ..defer import defer
-
-        deferred = model.quantizer = defer(model.quantizer, switch="auto", seed=cfg.seed, **auto_switch)
-        switched_at = None
+        opts = {"reservoir_size": reservoir, "kmeans_iters": cfg.kmeans_iters, **auto_switch}
+        deferred = defer(model.quantizer, switch="auto", seed=cfg.seed, **opts)
+    else:
+        deferred = defer(model.quantizer, switch=max(1, config.quantize_start), seed=cfg.seed,
+                         reservoir_size=reservoir, kmeans_iters=cfg.kmeans_iters)
+        if config.quantize_start == 0:
+            _observe_untrained(model, deferred, data, cfg, device)
+            deferred.switch_now(reason="early")
+    model.quantizer = deferred
+    switched_at = 0 if deferred.switched else None
     wrapped: nn.Module = model
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -175,22 +153,14 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     train_x = data.train
-    monitor, kind = (None, None)
+    monitor = None
     if log_to is not None and rank == 0:
-        monitor, kind = _open_monitor(model, log_to, cfg.watch_every, data.test[:1000].to(device))
-        if deferred is not None and kind == "watch":
-            deferred.monitor = monitor  # the defer_switch event lands in the same timeline
+        monitor = deferred.monitor = _open_monitor(model, log_to, cfg.watch_every)
     history: list[dict] = []
-    bar = _progress(cfg.steps, desc, progress and rank == 0)
+    bar = _progress(cfg.steps, desc, progress and rank == 0, bar_position)
+    model.train()
     try:
         for step in range(cfg.steps):
-            if deferred is None and step == config.quantize_start:
-                _switch_on(model, data, cfg, device)
-                if monitor is not None:
-                    if kind == "watch":
-                        monitor.log_event("quantize_start")  # the monitor stamps its own step
-                    else:
-                        monitor.log_event("quantize_start", step)
             idx = torch.randint(0, len(train_x), (cfg.batch_size,), generator=g)
             x = train_x[idx].to(device, non_blocking=True)
             out = wrapped(x)
@@ -199,34 +169,26 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if deferred is not None and switched_at is None and deferred.switched:
+            if switched_at is None and deferred.switched:
                 switched_at = step  # the switch happened inside this step's forward
-            if monitor is not None and kind == "fallback":
-                monitor.maybe_log(step)
             if step % cfg.watch_every == 0 or step == cfg.steps - 1:
                 history.append({"step": step, "recon_mse": rec.item(), "commit_loss": out["commit_loss"].item()})
-                bar.set_postfix(mse=f"{rec.item():.4f}", vq=bool(out["commit_loss"].requires_grad))
+                bar.set_postfix(mse=f"{rec.item():.4f}", vq=deferred.switched)
             bar.update(1)
     finally:
         bar.close()
         if monitor is not None:
-            if kind == "watch":
-                monitor.remove()
-            else:
-                monitor.close()
-    if deferred is not None:
-        from ..defer import unwrap
-
-        unwrap(model)
-        if switched_at is None:
-            raise RuntimeError(f"auto switch did not fire within {cfg.steps} steps; raise steps or lower max_steps")
-        model.config.quantize_start = switched_at
+            monitor.remove()
+    unwrap(model)
+    if switched_at is None:
+        raise RuntimeError(f"auto switch did not fire within {cfg.steps} steps; raise steps or lower max_steps")
+    model.config.quantize_start = switched_at
     model.eval()
     return model, history
 
 
 def train_prior(tokens: torch.Tensor, config: PriorConfig, cfg: TrainConfig, *, progress: bool = True,
-                desc: str = "prior") -> tuple[TokenPrior, list[dict]]:
+                desc: str = "prior", bar_position: int = 0) -> tuple[TokenPrior, list[dict]]:
     """Train the autoregressive prior on ``(N, h, w)`` (or ``(N, T)``) token grids.
 
     Returns:
@@ -247,7 +209,7 @@ def train_prior(tokens: torch.Tensor, config: PriorConfig, cfg: TrainConfig, *, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.prior_steps))
     g = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + rank)
     history: list[dict] = []
-    bar = _progress(cfg.prior_steps, desc, progress and rank == 0)
+    bar = _progress(cfg.prior_steps, desc, progress and rank == 0, bar_position)
     for step in range(cfg.prior_steps):
         b = seqs[torch.randint(0, len(seqs), (cfg.prior_batch_size,), generator=g).to(device)]
         logits = wrapped(b[:, :-1])

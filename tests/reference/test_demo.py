@@ -18,6 +18,8 @@ def test_demo_quick(tmp_path, monkeypatch, capsys):
     assert demo.main(args) == 0
     printed = capsys.readouterr().out
     assert "held-out recon MSE" in printed and "early" in printed and "deferred" in printed
+    assert printed.count("SMOKE RUN") == 2 and "better" not in printed  # says so, names no winner
+    assert all(arm in printed for arm in ("l2", "expiry"))
     html = (out / "report.html").read_text()
     for fragment in ("Before / after", "Codebook health during training", "Codebook over held-out latents",
                      "Generated samples", "modes covered", "data:image/png;base64,"):
@@ -33,6 +35,8 @@ def test_demo_quick(tmp_path, monkeypatch, capsys):
         lines = (out / f"{name}.jsonl").read_text().splitlines()
         assert any('"metrics"' in ln for ln in lines)
     assert res["arms"][0]["diversity"]["num_samples"] == 300
+    assert res["meta"]["quick"] and all(r["better"] == "" for r in res["table"])
+    assert "no winner is named" in html
 
 
 def test_comparison_rows_pick_winners():
@@ -49,6 +53,8 @@ def test_bad_options(tmp_path, capsys):
     demo.add_arguments(p)
     assert demo.main(p.parse_args(["--out", str(tmp_path), "--defer-fraction", "1.5"])) == 2
     assert "defer-fraction" in capsys.readouterr().err
+    assert demo.main(p.parse_args(["--out", str(tmp_path), "--arms", "early,vqgan"])) == 2
+    assert "--arms" in capsys.readouterr().err
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")
     assert demo.main(p.parse_args(["--out", str(blocker), "--quick"])) == 2

@@ -90,3 +90,26 @@ def test_bad_input():
         EMAQuantizer(1, 4)
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
         EMAQuantizer(8, 4)(torch.randn(2, 3, 4, 4))
+
+
+def test_dead_code_expiry_moves_unused_codes_onto_latents():
+    torch.manual_seed(0)
+    z = torch.randn(4, 2, 4, 4)
+    lat = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    moved = {}
+    for threshold in (1.0, 0.0):
+        q = EMAQuantizer(8, 2, dead_code_threshold=threshold)
+        q.init_codebook(torch.randn(200, 2))
+        with torch.no_grad():  # code 0: far from every latent and never used
+            q.embed[0] = torch.tensor([100.0, 100.0])
+            q.cluster_size[0] = 0.0
+            q.embed_avg[0] = 0.0
+        q.active.fill_(True)
+        q.train()
+        q(z)
+        moved[threshold] = bool((torch.cdist(q.embed[:1], lat).min() == 0).item())
+        if threshold:
+            assert float(q.cluster_size[0]) == pytest.approx(threshold / len(lat))
+    assert moved == {1.0: True, 0.0: False}  # expiry copies a latent of the batch; without it nothing does
+    with pytest.raises(ValueError, match="dead_code_threshold"):
+        EMAQuantizer(8, 2, dead_code_threshold=-1.0)

@@ -30,16 +30,20 @@ def _small(data, qs, steps=12):
 def test_quantize_start_zero_initialises_on_untrained_encoder(monkeypatch):
     data = stacked_digits(n_train=300, n_test=50)
     seen = {}
-    orig = VQTokenizer.latents
+    orig = VQTokenizer.encode
+    tc, cfg = _small(data, 0)
+    torch.manual_seed(cfg.seed)  # train_tokenizer seeds the same way before building its model
+    init = {k: v.clone() for k, v in VQTokenizer(tc).state_dict().items() if k.startswith("encoder")}
 
     def spy(self, x, **kw):
-        seen.setdefault("steps_trained", self.quantizer.active.item())
+        if "steps_trained" not in seen:
+            now = {k: v for k, v in self.state_dict().items() if k.startswith("encoder")}
+            seen["steps_trained"] = not all(torch.equal(init[k], now[k]) for k in init)
         return orig(self, x, **kw)
 
-    monkeypatch.setattr(VQTokenizer, "latents", spy)
-    tc, cfg = _small(data, 0)
+    monkeypatch.setattr(VQTokenizer, "encode", spy)
     tok, hist = train_tokenizer(tc, data, cfg, progress=False)
-    assert seen["steps_trained"] is False  # k-means ran before any quantized step
+    assert seen["steps_trained"] is False  # the first latents (the k-means input) came from the untrained encoder
     assert bool(tok.quantizer.initted) and bool(tok.quantizer.active)
     assert all(h["commit_loss"] > 0 for h in hist)
 
@@ -59,12 +63,13 @@ def test_continuous_phase_does_not_touch_codebook(monkeypatch):
     data = gaussians(n_train=300, n_test=50, dim=4)
     tc, cfg = _small(data, 11)
     calls = []
-    from shrinkscope.reference import quantizer as qmod
+    from shrinkscope.defer import DeferredQuantizer
 
-    orig = qmod.EMAQuantizer.init_codebook
-    monkeypatch.setattr(qmod.EMAQuantizer, "init_codebook", lambda self, *a, **k: (calls.append(1), orig(self, *a, **k)))
-    train_tokenizer(tc, data, cfg, progress=False)
-    assert calls == [1]  # exactly one k-means init, at the switch
+    orig = DeferredQuantizer.switch_now
+    monkeypatch.setattr(DeferredQuantizer, "switch_now",
+                        lambda self, *a, **k: (calls.append(self.step), orig(self, *a, **k)))
+    tok, _ = train_tokenizer(tc, data, cfg, progress=False)
+    assert calls == [11] and tok.config.quantize_start == 11  # one k-means init, through shrinkscope.defer
 
 
 def test_quantize_start_out_of_range():
