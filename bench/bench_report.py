@@ -124,9 +124,9 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=ROOT)
         base = [sys.executable, "-m", "shrinkscope.cli", "analyze", ckpt, "--latents", lat]
         cli = {"analyze --json (the analysis alone)": lambda: fresh_process(base + ["--json"], env),
-               "analyze --out (default plots)": lambda: fresh_process(base + ["--out", out], env)}
+               "analyze --out (default plots)": lambda: fresh_process(base + ["--out", out, "--force"], env)}
         if args.with_umap:
-            cli["analyze --out --umap"] = lambda: fresh_process(base + ["--out", out, "--umap"], env)
+            cli["analyze --out --umap"] = lambda: fresh_process(base + ["--out", out, "--force", "--umap"], env)
         cli_runs = interleaved(cli, args.repeat)
     load = os.getloadavg()[0]
     print(f"{os.cpu_count()} CPUs, load average {load:.1f} at the end; medians of {args.repeat} runs")
