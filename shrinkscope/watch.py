@@ -20,6 +20,10 @@ Hooks survive what training code does to models (why each rule exists):
   monitor's: a copy's forwards are never counted by the original monitor, and nothing of the monitor (an
   open JSONL file) is copied or pickled; every hook also checks that it was called by the module it was
   put on;
+- a family that quantizes outside ``forward`` (``Family.hook_method``, e.g. transformers' Encodec/Mimi
+  ``.encode()``) gets a per-instance wrapper of that method instead of a forward hook: it returns the
+  library's own return value untouched, is restored on ``remove()``, and a deep copy or unpickled copy of
+  the model gets the plain method back (bound to the copy);
 - a non-finite latent is dropped from the report in which it was sampled (and counted), not allowed to
   disable its codebook; a report that fails for one codebook skips that codebook in that report only.
 
@@ -30,10 +34,12 @@ and whenever ``monitor.report()`` is called.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
 from pathlib import Path
+import types
 from typing import Any, Callable
 import weakref
 
@@ -93,6 +99,67 @@ class _Hook:
 
     def __reduce__(self) -> tuple:
         return (_Inert, ())
+
+
+class _MethodTap:
+    """A per-instance wrapper of ``module.<name>`` that calls the class's method, then the hooks with
+    ``(module, args, kwargs, output)``; the output is returned as the library made it.
+
+    Put in the instance ``__dict__`` (an instance attribute shadows the class method). A deep copy or an
+    unpickled copy gets the class method bound to the copy, so copies run exactly as before, unwatched.
+    """
+
+    def __init__(self, module: nn.Module, name: str):
+        self.owner = weakref.ref(module)
+        self.name = name
+        self.func = getattr(type(module), name)
+        self.hooks: list[Callable[..., None]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        mod = self.owner()
+        out = self.func(mod, *args, **kwargs)
+        for h in list(self.hooks):
+            try:
+                h(mod, args, kwargs, out)
+            except Exception as e:  # noqa: BLE001 - must never raise into training
+                logger.warning("shrinkscope: a %s() hook failed (training is not affected): %r", self.name, e)
+        return out
+
+    def __deepcopy__(self, memo: dict) -> types.MethodType:
+        mod = self.owner()
+        twin = memo.get(id(mod)) if mod is not None else None
+        return types.MethodType(self.func, twin if twin is not None else copy.deepcopy(mod, memo))
+
+    def __reduce__(self) -> tuple:
+        return (getattr, (self.owner(), self.name))  # unpickles to the class method bound to the copy
+
+
+class _TapHandle:
+    """``remove()`` takes one hook off a ``_MethodTap``; the last one restores the class method."""
+
+    def __init__(self, tap: _MethodTap, hook: Callable[..., None]):
+        self.tap, self.hook = tap, hook
+
+    def remove(self) -> None:
+        if self.hook in self.tap.hooks:
+            self.tap.hooks.remove(self.hook)
+        mod = self.tap.owner()
+        if not self.tap.hooks and mod is not None and mod.__dict__.get(self.tap.name) is self.tap:
+            del mod.__dict__[self.tap.name]
+
+
+def _hook_method(module: nn.Module, method: str, hook: Callable[..., None]) -> Any:
+    """Call ``hook(module, args, kwargs, output)`` after every call of ``module.<method>``; returns a handle."""
+    if method == "forward":
+        return module.register_forward_hook(hook, with_kwargs=True)
+    tap = module.__dict__.get(method)
+    if not isinstance(tap, _MethodTap):
+        if method in module.__dict__:
+            raise ValueError(f"watch: {type(module).__name__}.{method} is already replaced on the instance")
+        tap = _MethodTap(module, method)
+        module.__dict__[method] = tap
+    tap.hooks.append(hook)
+    return _TapHandle(tap, hook)
 
 
 @dataclasses.dataclass
@@ -167,21 +234,22 @@ class Monitor:
 
     def _attach(self, w: _Watched, *, first: bool) -> None:
         taps = w.adapter.taps(w.module)
+        method = w.adapter.hook_method
         if taps:
             for prefix, sub in taps.items():
                 def tap_hook(mod, args, kwargs, output, prefix=prefix):
                     if self._wanted(mod):
                         self._collect(w, lambda: w.adapter.extract_tap(prefix, mod, args, kwargs, output))
-                w.handles.append(sub.register_forward_hook(_Hook(tap_hook, sub), with_kwargs=True))
+                w.handles.append(_hook_method(sub, method, _Hook(tap_hook, sub)))
         else:
             def hook(mod, args, kwargs, output):
                 if self._wanted(mod):
                     self._collect(w, lambda: w.adapter.extract(mod, args, kwargs, output))
-            w.handles.append(w.module.register_forward_hook(_Hook(hook, w.module), with_kwargs=True))
+            w.handles.append(_hook_method(w.module, method, _Hook(hook, w.module)))
         if first:
-            w.handles.append(w.module.register_forward_hook(_Hook(self._step_hook, w.module)))
+            w.handles.append(_hook_method(w.module, method, _Hook(self._step_hook, w.module)))
 
-    def _step_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _step_hook(self, module: nn.Module, *_: Any) -> None:
         if self._removed or not module.training:
             return
         self.step += 1
@@ -317,17 +385,16 @@ class Monitor:
     def _report_silent(self, rank: int, step: int) -> None:
         """One warning and one ``no_data`` event per quantizer that is hooked but has yielded nothing.
 
-        A hook can attach and still see nothing: the library may quantize outside ``forward`` (transformers'
-        EncodecModel and MimiModel call ``.encode()``), or the output may not be the structure the adapter
-        reads. An empty log would look like a quiet codebook, so say it.
+        A hook can attach and still see nothing: the library may quantize through a method the family does
+        not wrap (``Family.hook_method``), or the output may not be the structure the adapter reads. An empty log would look like a quiet codebook, so say it.
         """
         for w in self.watched:
             if w.captured or w.silent_reported or w.name in self._disabled:
                 continue
             w.silent_reported = True
             msg = (f"{w.name} ({w.adapter.name}) is hooked but yielded no data after {self.step} training "
-                   "steps: its library may quantize outside forward() (transformers' EncodecModel and "
-                   "MimiModel call .encode()), or its output is not the structure this adapter reads. "
+                   "steps: its library may quantize through a method other than the one watched "
+                   f"({w.adapter.hook_method}()), or its output is not the structure this adapter reads. "
                    "Training is not affected; point watch at the module whose forward() quantizes, or pass "
                    "adapter=... (docs/adding-a-library.md)")
             logger.warning("shrinkscope: %s", msg)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .audio import DacRVQ, DacVQ, EncodecCodebook, EncodecRVQ, EncodecRVQWrapper, EncodecVQ, MoshiCodebook
+from .audio import (DacRVQ, DacVQ, EncodecCodebook, EncodecRVQ, EncodecRVQWrapper, EncodecVQ, HfCodecRVQ, HfCodecVQ,
+                    MoshiCodebook)
 from .base import Capture, Family
 from .deferred import Deferred
 from .generic import EMACodebook, Generic
@@ -24,7 +25,7 @@ _LIBRARIES: tuple[Family, ...] = (
     Reference(),
     LucidGroupedRVQ(), LucidResidualVQ(), LucidVQ(), LucidSimVQ(), LucidFSQ(), LucidLFQ(),
     LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(), VarVQ(),
-    EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiCodebook(),
+    EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiCodebook(), HfCodecRVQ(), HfCodecVQ(),
     DacRVQ(), DacVQ(),
     EMACodebook(),
 )

@@ -1,6 +1,7 @@
 """Audio-codec residual quantizers: EnCodec-style ``EuclideanCodebook`` / ``VectorQuantization`` /
 ``ResidualVectorQuantization`` (facebookresearch/encodec, audiocraft), DAC ``VectorQuantize`` /
-``ResidualVectorQuantize`` (descript-audio-codec) and Moshi/Mimi codebooks (checkpoints only).
+``ResidualVectorQuantize`` (descript-audio-codec), Moshi/Mimi codebooks (checkpoints) and transformers'
+Encodec/Mimi quantizers (read through ``.encode()``).
 
 Facts used (research/ecosystem.md §1): EnCodec's ``VectorQuantization.forward(x (B, D, T))`` moves
 channels last, applies ``project_in`` and looks up ``_codebook.embed (K, D)``; it returns
@@ -10,7 +11,9 @@ channels last, applies ``project_in`` and looks up ``_codebook.embed (K, D)``; i
 ``z_e = in_proj(z)`` (``(B, d, T)``) is compared with ``codebook.weight`` after l2-normalising both; the
 residual wrapper holds stages in ``quantizers``. In DAC training every stage runs on every sample and
 dropout masks the sum, so per-stage usage includes samples whose stage was dropped. Moshi stores
-``embedding_sum`` and ``cluster_usage``; the codebook is their ratio.
+``embedding_sum`` and ``cluster_usage``; the codebook is their ratio. transformers' ``EncodecModel`` and
+``MimiModel`` never call their quantizers' ``forward``: the model calls ``quantizer.encode(embeddings)``,
+which runs each stage's ``encode(residual (B, D, T)) -> ids (B, T)`` then ``decode``.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, cha
                    ema_embed_key, first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema,
                    zero_loss)
 
-__all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "MoshiCodebook"]
+__all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "HfCodecRVQ",
+           "HfCodecVQ", "MoshiCodebook"]
 
 
 class EncodecCodebook(Family):
@@ -214,3 +218,63 @@ class MoshiCodebook(Family):
     def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
         usage = tensors[join(key.rsplit(".", 1)[0] if "." in key else "", "cluster_usage")].load().to(cb.dtype)
         return cb / usage.clamp(min=1e-5)[:, None], ["codebook derived as embedding_sum / cluster_usage (Moshi/Mimi)"]
+
+
+def _hf_embed(book: nn.Module) -> torch.Tensor:
+    """The codebook a transformers Encodec/Mimi stage looks up, computed here: Mimi's ``embed`` property
+    caches its first value, so reading it early would freeze a codebook the model later reloads."""
+    embed_sum = getattr(book, "embed_sum", None)
+    if isinstance(embed_sum, torch.Tensor):
+        eps = float(getattr(book, "epsilon", 1e-5))
+        return embed_sum / book.cluster_usage.clamp(min=eps)[:, None]
+    return book.embed
+
+
+class HfCodecVQ(Family):
+    """transformers' ``EncodecVectorQuantization`` / ``MimiVectorQuantization``, read through
+    ``encode(hidden (B, D, T)) -> ids (B, T)``; codebook ``codebook.embed`` (Mimi: ``embed_sum /
+    cluster_usage``). Latents are the stage input (after Mimi's ``input_proj``; a residual after stage 0)."""
+
+    name = "transformers.codec_vq"
+    hook_method = "encode"
+    _classes = ("EncodecVectorQuantization", "MimiVectorQuantization")
+
+    def matches(self, module: nn.Module) -> bool:
+        book = getattr(module, "codebook", None)
+        if class_name(module) not in self._classes or not isinstance(book, nn.Module):
+            return False
+        bufs = dict(book.named_buffers(recurse=False))
+        cb = bufs.get("embed_sum", bufs.get("embed"))
+        return isinstance(cb, torch.Tensor) and cb.ndim == 2
+
+    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {"": own_codebook(_hf_embed(module.codebook))}
+
+    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
+        x = first_arg(args, kwargs, "hidden_states")
+        if not isinstance(x, torch.Tensor) or x.ndim != 3:
+            return []
+        return [Capture("", as_index_tensor(output), channels_last(x, 1))]
+
+
+class HfCodecRVQ(_Staged):
+    """transformers' ``EncodecResidualVectorQuantizer`` / ``MimiResidualVectorQuantizer`` (stages
+    ``layers.{i}``) and ``MimiSplitResidualVectorQuantizer`` (stages
+    ``{semantic,acoustic}_residual_vector_quantizer.layers.{i}``), all read through ``.encode()``. Stages
+    past the bandwidth/``num_quantizers`` of a call see no data in it."""
+
+    name = "transformers.codec_rvq"
+    hook_method = "encode"
+    _stage = HfCodecVQ()
+    _names = ("EncodecResidualVectorQuantizer", "MimiResidualVectorQuantizer")
+    _halves = ("semantic_residual_vector_quantizer", "acoustic_residual_vector_quantizer")
+
+    def matches(self, module: nn.Module) -> bool:
+        if class_name(module) == "MimiSplitResidualVectorQuantizer":
+            return all(super(HfCodecRVQ, self).matches(getattr(module, h, nn.Module())) for h in self._halves)
+        return super().matches(module)
+
+    def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
+        if class_name(module) == "MimiSplitResidualVectorQuantizer":
+            return {f"{h}.layers.{i}": s for h in self._halves for i, s in enumerate(getattr(module, h).layers)}
+        return super()._stages(module)

@@ -66,6 +66,10 @@ class Family:
         latent_layout: where the code axis of the encoder output this family quantizes lies:
             ``"channels_first"`` (``(B, D, ...)``), ``"channels_last"`` (``(..., D)``) or None (either:
             ``analyze`` accepts whichever axis has size D).
+        hook_method: the module method whose calls ``watch`` reads (``extract`` gets that call's arguments
+            and return value): ``"forward"`` (a forward hook), or another method name for libraries that
+            quantize outside ``forward`` (transformers' Encodec/Mimi call ``.encode()``), which ``watch``
+            wraps on the instance and restores on ``remove()``.
     """
 
     name: str = "base"
@@ -73,6 +77,7 @@ class Family:
     usage_written: bool = True
     checkpoint_normalized: str = ""
     latent_layout: str | None = None
+    hook_method: str = "forward"
 
     # -- reading a live module -------------------------------------------------------------------------
 

@@ -5,7 +5,11 @@ The ``encodec`` package's top level imports torchaudio, whose PyPI wheels do not
 (CPU); its ``encodec.quantization`` subpackage needs only torch and einops, so it is imported here without
 running the top-level ``__init__`` (the package object is created from its spec, not executed).
 """
+import copy
+import dataclasses
 import importlib.util
+import io
+import json
 import sys
 
 import pytest
@@ -189,23 +193,54 @@ def test_hf_watch(kind, tmp_path):
     check_watch(_hf_case(kind), tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["encodec", "mimi"])
-def test_hf_watch_encode_only_models_are_reported(kind, tmp_path, caplog):
+def _filled(case: Case, used: int | None = None) -> Case:
+    """``case`` with its transformers Encodec/Mimi codebooks filled at random (a random init leaves them all
+    zero: no geometry to measure) and, for EnCodec, only the ``used`` stages the default bandwidth runs."""
+    def build():
+        model = case.build()
+        torch.manual_seed(2)
+        with torch.no_grad():
+            for mod in model.modules():
+                for buf in ("embed_sum", "embed"):
+                    if isinstance(mod._buffers.get(buf), torch.Tensor):
+                        mod._buffers[buf].normal_(0, 0.1)
+                        break
+        return model
+    cbs = case.codebooks if used is None else {f"layers.{i}": case.codebooks[f"layers.{i}"] for i in range(used)}
+    return dataclasses.replace(case, build=build, codebooks=cbs)
+
+
+@pytest.mark.parametrize("kind,used", [("encodec", 3), ("encodec1", 1), ("mimi", None)])
+def test_hf_watch_encode_only_models(kind, used, tmp_path):
     """transformers' Encodec and Mimi quantize through ``.encode()`` methods, never a module ``forward``:
-    watch either collects from them or says so (never a silent empty log)."""
-    case = _hf_case(kind)
-    model = case.build()
-    try:
-        monitor = shrinkscope.watch(model, every=2, log_to=tmp_path / "w.jsonl")
-    except ValueError as e:
-        assert "cannot be hooked" in str(e) and "SplitResidualVectorQuantizer" in str(e), str(e)
-        return
-    with caplog.at_level("WARNING", logger="shrinkscope"):
-        train(case, model, 4)
-        monitor.report()
-        monitor.remove()
-    wrote = (tmp_path / "w.jsonl").exists() and (tmp_path / "w.jsonl").read_text().strip()
-    assert wrote or any("no data" in r.getMessage() for r in caplog.records)
+    watch wraps those per instance, trains bitwise identically and writes records with latents."""
+    check_watch(_filled(_hf_case(kind), used), tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["encodec", "mimi"])
+def test_hf_watch_model_encode_copies_and_removal(kind, tmp_path):
+    """``model.encode(x)`` is collected and returns the same codes; deep copies and ``torch.save`` copies run
+    the library's plain method and feed nothing; ``remove()`` takes the wrapper off every instance."""
+    case = _filled(_hf_case(kind))
+    plain, model = case.build(), case.build()
+    x = case.data(0)
+    monitor = shrinkscope.watch(model, every=0, log_to=tmp_path / "w.jsonl")
+    assert torch.equal(model.encode(x).audio_codes, plain.encode(x).audio_codes)
+    assert monitor.step == 1 and all(monitor.counts(n).sum() > 0 for n in monitor.names()[:1])
+    twin = copy.deepcopy(model)
+    assert torch.equal(twin.encode(x).audio_codes, plain.encode(x).audio_codes)
+    buf = io.BytesIO()
+    torch.save(model.quantizer, buf)  # the whole model has weight-norm parametrizations torch.save refuses
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    emb = torch.randn(2, model.config.hidden_size, 5)
+    assert torch.equal(loaded.encode(emb), plain.quantizer.encode(emb))
+    assert monitor.step == 1
+    monitor.report()
+    monitor.remove()
+    assert not [m for m in model.modules() if "encode" in m.__dict__], "watch left a wrapper behind"
+    recs = [json.loads(line) for line in (tmp_path / "w.jsonl").read_text().splitlines()]
+    assert any(r.get("metrics", {}).get("spread_ratio") for r in recs), recs
 
 
 @pytest.mark.parametrize("kind", ["encodec", "mimi", "dac"])
