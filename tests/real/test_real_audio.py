@@ -282,3 +282,27 @@ def test_snac_analyze(tmp_path):
 
 def test_snac_watch(tmp_path):
     check_watch(_snac_case(), tmp_path)
+
+
+def test_hf_watch_encode_never_raises_and_works_under_inference_mode(monkeypatch, caplog):
+    """A failing extract disables the codebook with one warning; inference-mode calls are collected."""
+    from shrinkscope.families.audio import HfCodecVQ
+
+    case = _filled(_hf_case("mimi"))
+    plain, model = case.build().eval(), case.build().eval()
+    x = case.data(0)
+    monitor = shrinkscope.watch(model, every=0, collect="all")
+    with torch.inference_mode():
+        assert torch.equal(model.encode(x).audio_codes, plain.encode(x).audio_codes)
+    assert all(monitor.counts(n).sum() > 0 for n in monitor.names())
+    assert monitor.report() and not monitor.disabled
+
+    def broken(self, *a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(HfCodecVQ, "extract", broken)
+    # inference mode again: Mimi caches its codebook as an inference tensor that autograd then refuses
+    with caplog.at_level("WARNING", logger="shrinkscope"), torch.inference_mode():
+        assert torch.equal(model.encode(x).audio_codes, plain.encode(x).audio_codes)
+    assert monitor.disabled and any("boom" in r.getMessage() for r in caplog.records)
+    monitor.remove()
