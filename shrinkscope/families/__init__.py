@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from .audio import (DacRVQ, DacVQ, EncodecCodebook, EncodecRVQ, EncodecRVQWrapper, EncodecVQ, HfCodecRVQ, HfCodecVQ,
-                    MoshiCodebook)
+from .audio import (
+    DacRVQ,
+    DacVQ,
+    EncodecCodebook,
+    EncodecRVQ,
+    EncodecRVQWrapper,
+    EncodecVQ,
+    HfCodecRVQ,
+    HfCodecVQ,
+    MoshiCodebook,
+)
 from .base import Capture, Family
 from .deferred import Deferred
 from .generic import EMACodebook, Generic
