@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..kmeans import kmeans
-from ..metrics.usage import assign
+from ..metrics.usage import _assign, assign
 
 __all__ = ["Capture", "Family", "Fitted", "Passed", "Staged"]
 
@@ -258,7 +258,11 @@ def nearest(codebook: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return torch.empty(0, dtype=torch.long, device=rows.device)
     # a NaN/Inf latent (a diverging step) must not raise out of the pass-through: it gets some code id
     rows = torch.nan_to_num(rows.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-    idx, _ = assign(codebook.detach(), rows)
+    # The rows are finite now, so the unchecked search: the public ``assign``'s NaN/Inf scan would wait for
+    # the GPU on every warm-up step of the pass-through. Half precision is searched in float32, as there.
+    cb = codebook.detach()
+    dtype = torch.promote_types(torch.promote_types(cb.dtype, rows.dtype), torch.float32)
+    idx, _ = _assign(cb.to(dtype), rows.to(device=cb.device, dtype=dtype))
     return idx.to(rows.device)
 
 
