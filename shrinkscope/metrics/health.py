@@ -32,9 +32,11 @@ METRIC_KEYS: tuple[str, ...] = (
     "effective_dimension", "latent_effective_rank", "latent_effective_dimension", "utilization_perplexity",
     "utilization", "dead_code_ratio", "latent_coverage", "codebook_precision", "quantization_error",
     "codes_used", "offset_vs_spread", "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans",
-    "excess_distortion", "stranded_codes", "token_mode_entropy", "shrunk_mode_share",
+    "excess_distortion", "stranded_codes", "token_mode_entropy", "shrunk_mode_share", "spread_all_vs_live",
+    "excess_unused_share",
 )
-"""The metric keys of the JSON contract, in display order (the last nine were added with the verdicts, #10)."""
+"""The metric keys of the JSON contract, in display order (the nine from ``codes_used`` on were added with the
+verdicts, #10; the last two with the anchored-codebook rules, 0.3)."""
 
 HIGHER_IS_BETTER: dict[str, bool | None] = {
     "num_codes": None, "dim": None, "spread_cosine": True, "spread_euclidean": True, "spread_ratio": True,
@@ -43,7 +45,7 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "dead_code_ratio": False, "latent_coverage": True, "codebook_precision": True, "quantization_error": False,
     "codes_used": True, "offset_vs_spread": False, "spread_vs_kmeans": True, "rank_vs_kmeans": True,
     "coverage_vs_kmeans": True, "excess_distortion": False, "stranded_codes": False, "token_mode_entropy": True,
-    "shrunk_mode_share": False,
+    "shrunk_mode_share": False, "spread_all_vs_live": True, "excess_unused_share": False,
 }
 
 WARNING_CODES: tuple[str, ...] = (
@@ -80,6 +82,8 @@ class CodebookHealth:
     coverage_vs_kmeans: float | None = None
     excess_distortion: float | None = None
     stranded_codes: float | None = None
+    spread_all_vs_live: float | None = None
+    excess_unused_share: float | None = None
     token_mode_entropy: float | None = None
     shrunk_mode_share: float | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -294,6 +298,10 @@ def codebook_health(
         h.codes_used = 1.0 - h.dead_code_ratio
         live = (c > t.max_dead_usage).to(cb.device)
     geo = _live_geometry(cb, live, h, max_points=max_points, seed=seed)
+    if live is not None and geo["spread_euclidean"]:
+        # where the dead codes sit, against the live ones: ~1 scattered like them, << 1 clumped together,
+        # >> 1 parked far away or exploded
+        h.spread_all_vs_live = h.spread_euclidean / geo["spread_euclidean"]
     refs: dict[str, float | None] = {}
     if x is not None and reference:
         ref = kmeans_reference(x, kk, perm=perm, seed=seed)
@@ -310,6 +318,12 @@ def codebook_health(
                 h.coverage_vs_kmeans = h.latent_coverage / cov_ref if cov_ref > 0 else None
             if ref.distortion is not None and ref.distortion > 0:
                 h.excess_distortion = float(d2[ref.eval_index].mean()) / ref.distortion - 1.0
+                # codes no held-out latent picks, beyond those k-means leaves unpicked on the same rows: with
+                # N / K small both leave many codes unpicked by chance, and the difference cancels that out
+                unused = float((torch.bincount(idx[ref.eval_index], minlength=kk) == 0).double().mean())
+                unused_ref = float((torch.bincount(ref.eval_assign, minlength=kk) == 0).double().mean())
+                h.excess_unused_share = unused - unused_ref
+                refs["unused_share"] = unused_ref
             if lab is not None:
                 le = lab[ref.eval_index]
                 h.shrunk_mode_share = shrunk_mode_share(

@@ -33,6 +33,7 @@ import torch
 
 from .coverage import latent_coverage
 from .geometry import spread_euclidean
+from .kmeans import kmeans
 from .spectrum import _effective_rank_from, singular_spectrum
 from .usage import assign
 
@@ -100,8 +101,6 @@ def kmeans_reference(latents: torch.Tensor, num_codes: int, *, perm: torch.Tenso
     Returns:
         A ``KMeansReference``, or ``None`` when there are fewer than K latents.
     """
-    from ..kmeans import kmeans  # k-means lives one floor up (codebook init); it only uses metrics' helpers
-
     n, d = latents.shape
     k = num_codes
     if n < k or k < 2:

@@ -50,10 +50,15 @@ class HealthThresholds:
             below this share of the reference's for that mode.
         max_shrunk_mode_share: ``mode_shrinkage`` above this share of shrunk modes.
     With usage (counts, or latents assigned to their nearest code):
+        min_spread_all_vs_live: ``shrinkage`` below this spread of all K codes / the live codes' spread: most
+            codes left clumped in a narrow region (where an untrained encoder's outputs were) while the few live
+            ones follow the latents, the standard recipe's failure (Zhao et al. 2026).
         max_dead_usage: a code whose usage is at or below this is dead (0: never used).
         max_dead_code_ratio: ``dead_codes`` above this share of dead codes (usage counts).
         max_stranded_codes: ``dead_codes`` (usage from the latents only) above this share of stranded codes:
             used by no latent and farther from every latent than 99% of the latents are from their k-th neighbour.
+        max_excess_unused_share: ``dead_codes`` above this share of codes that no held-out latent picks, beyond
+            the share k-means leaves unpicked on the same rows.
         min_utilization: ``low_utilization`` below this usage perplexity / K (usage counts only).
     Codes only (no latents):
         min_spread_cosine: ``shrinkage`` below this cosine spread (codes pointing one way).
@@ -63,16 +68,18 @@ class HealthThresholds:
     """
 
     # Chosen by bench/calibrate_verdicts.py on one half of its labelled corpus (docs/verdicts.md, verdicts.json);
-    # min_coverage_vs_kmeans = 0 is that script switching the rule off (no constructed case separated).
-    min_spread_vs_kmeans: float = 0.8167
-    min_rank_vs_kmeans: float = 0.4535
-    min_coverage_vs_kmeans: float = 0.0
-    max_excess_distortion: float = 1.8557
+    # A rule with no constructed case clearly past the healthy ones would be switched off (0 / 10^6).
+    min_spread_vs_kmeans: float = 0.7867
+    min_rank_vs_kmeans: float = 0.41
+    min_coverage_vs_kmeans: float = 0.0226
+    max_excess_distortion: float = 2.9739
     max_shrunk_mode_share: float = 0.4
-    max_stranded_codes: float = 0.0957
-    min_spread_cosine: float = 0.0788
-    max_offset_vs_spread: float = 20.6559
-    min_rank_share: float = 0.0573
+    max_stranded_codes: float = 0.0664
+    min_spread_cosine: float = 0.0629
+    max_offset_vs_spread: float = 20.9298
+    min_rank_share: float = 0.0565
+    min_spread_all_vs_live: float = 0.9045
+    max_excess_unused_share: float = 0.0835
     # Fixed, not calibrated: a definition (a mode is shrunk below half the reference's code perplexity; a code
     # is dead when never used) or a rule on usage counts, which the corpus does not have (docs/verdicts.md).
     min_mode_perplexity_vs_kmeans: float = 0.5
@@ -145,7 +152,9 @@ def _rules(j: Judged, t: HealthThresholds) -> list[tuple[str, str, float, str, s
                 ("poor_coverage", "coverage_vs_kmeans", t.min_coverage_vs_kmeans, "min", _REF,
                  j.references.get("latent_coverage")),
                 ("excess_distortion", "excess_distortion", t.max_excess_distortion, "max", _REF + ", held-out rows",
-                 j.references.get("distortion"))]
+                 j.references.get("distortion")),
+                ("dead_codes", "excess_unused_share", t.max_excess_unused_share, "max",
+                 _REF + ": its share of codes no held-out latent picks", j.references.get("unused_share"))]
         if "labels" in j.evidence:
             out.append(("mode_shrinkage", "shrunk_mode_share", t.max_shrunk_mode_share, "max", _REF + ", per mode",
                         None))
@@ -154,6 +163,9 @@ def _rules(j: Judged, t: HealthThresholds) -> list[tuple[str, str, float, str, s
                 ("shrinkage", "offset_vs_spread", t.max_offset_vs_spread, "max", "codes only" + live, None),
                 ("dimensional_collapse", "rank_share", t.min_rank_share, "min",
                  "codes only: effective rank / min(K - 1, D)" + live, None)]
+    if j.live_codes is not None:  # usage known (counts, or latents assigned to their nearest code)
+        out.append(("shrinkage", "spread_all_vs_live", t.min_spread_all_vs_live, "min",
+                    f"the spread of the {j.live_codes} live codes", None))
     if "latents" in j.evidence and "usage" not in j.evidence:
         # usage from a finite sample of latents: with N / K small, healthy codes go unused by chance, so only
         # codes that are unused *and* off the data count; perplexity / K is biased low then, so not judged
@@ -246,6 +258,10 @@ def _message(r: dict[str, Any]) -> str:
                             f"({side} {thr:g}): the codebook has shrunk into a narrow region of latent space",
         "rank_vs_kmeans": f"effective rank is {v:.2f}x that of k-means with the same K ({side} {thr:g}): the codes "
                           "use fewer directions than the latents offer",
+        "spread_all_vs_live": f"the unused codes sit clumped in a narrow region: all the codes together span "
+                              f"{v:.2f}x the spread of the live ones ({side} {thr:g})",
+        "excess_unused_share": f"{v:.0%} more of the codes are picked by no held-out latent than k-means leaves "
+                               f"unpicked on the same rows ({side} {thr:.0%})",
         "coverage_vs_kmeans": f"latent coverage is {v:.2f}x that of k-means with the same K ({side} {thr:g}): "
                               "regions of the latent cloud have no code",
         "excess_distortion": f"held-out quantization error is {1 + v:.2f}x that of k-means with the same K "

@@ -32,7 +32,8 @@ CONTRACT_KEYS = {
     "dead_code_ratio", "latent_coverage", "codebook_precision", "quantization_error",
     # added with the verdicts (issue #10)
     "codes_used", "offset_vs_spread", "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans",
-    "excess_distortion", "stranded_codes", "token_mode_entropy", "shrunk_mode_share",
+    "excess_distortion", "stranded_codes", "token_mode_entropy", "shrunk_mode_share", "spread_all_vs_live",
+    "excess_unused_share",
 }
 NEEDS_LABELS = {"token_mode_entropy", "shrunk_mode_share"}
 
@@ -87,7 +88,8 @@ def test_absent_inputs_give_none(healthy):
     m = h.to_dict()["metrics"]
     needs_latents = {"spread_ratio", "latent_effective_rank", "latent_effective_dimension", "latent_coverage",
                      "codebook_precision", "quantization_error", "spread_vs_kmeans", "rank_vs_kmeans",
-                     "coverage_vs_kmeans", "excess_distortion", "stranded_codes"} | NEEDS_LABELS
+                     "coverage_vs_kmeans", "excess_distortion", "stranded_codes", "spread_all_vs_live",
+                     "excess_unused_share"} | NEEDS_LABELS
     needs_counts = {"utilization_perplexity", "utilization", "dead_code_ratio", "codes_used"}
     assert all(m[k] is None for k in needs_latents | needs_counts)
     assert all(m[k] is not None for k in CONTRACT_KEYS - needs_latents - needs_counts)
@@ -110,7 +112,8 @@ def test_shrinkage_warning(latents):
     assert "poor_coverage" in codes_of(codebook_health(shrunk, latents=latents,
                                                        thresholds=HealthThresholds(min_coverage_vs_kmeans=0.5)))
     # thresholds are configurable (renamed in #10: they say min/max; the rules compare with k-means of the same K)
-    relaxed = HealthThresholds(min_spread_vs_kmeans=0.05, min_coverage_vs_kmeans=0.0, max_excess_distortion=1e9)
+    relaxed = HealthThresholds(min_spread_vs_kmeans=0.05, min_spread_all_vs_live=0.05, min_coverage_vs_kmeans=0.0,
+                               max_excess_distortion=1e9)
     assert not {"shrinkage", "poor_coverage"} & codes_of(codebook_health(shrunk, latents=latents, thresholds=relaxed))
 
 

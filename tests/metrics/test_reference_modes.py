@@ -89,6 +89,31 @@ def test_reference_metrics_against_loops(data):
     theirs = _nearest(ref.centroids, x[ev])
     d_ref = sum(float((x[i] - ref.centroids[j]).pow(2).sum()) for i, j in zip(ev, theirs)) / len(ev)
     assert h.excess_distortion == pytest.approx(d_cb / d_ref - 1, rel=1e-9)
+    # all codes (also the unused ones) against the live ones
+    live = sorted(set(_nearest(cb, x)))
+    assert h.spread_all_vs_live == pytest.approx(spread_euclidean(cb) / spread_euclidean(cb[live]), rel=1e-12)
+    # codes picked by no held-out row, beyond the share the reference leaves unpicked on those rows
+    unused = sum(j not in set(mine) for j in range(24)) / 24
+    unused_ref = sum(j not in set(theirs) for j in range(24)) / 24
+    assert h.excess_unused_share == pytest.approx(unused - unused_ref, abs=1e-12)
+
+
+def test_anchored_codes_against_loops(data):
+    """Most codes clumped in one spot: the all-codes spread drops, the live-codes spread does not."""
+    cb, x, _ = data
+    cb = cb.clone()
+    cb[6:] = x[0] + 0.01 * (cb[6:] - cb[6:].mean(0))  # 18 of 24 codes in a tiny clump at one latent
+    h = codebook_health(cb, latents=x)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    ref = kmeans_reference(x, 24, perm=perm, seed=0)
+    used = sorted(set(_nearest(cb, x)))
+    pair = [float((cb[i] - cb[j]).norm()) for i in range(24) for j in range(24) if i < j]
+    live = [float((cb[i] - cb[j]).norm()) for i in used for j in used if i < j]
+    assert h.spread_all_vs_live == pytest.approx((sum(pair) / len(pair)) / (sum(live) / len(live)), rel=1e-9)
+    ev = ref.eval_index.tolist()
+    mine, theirs = set(_nearest(cb, x[ev])), set(_nearest(ref.centroids, x[ev]))
+    assert h.excess_unused_share == pytest.approx((24 - len(mine)) / 24 - (24 - len(theirs)) / 24)
+    assert h.excess_unused_share > 0 and h.spread_all_vs_live < 1
 
 
 
@@ -143,7 +168,7 @@ def test_kmeans_random_init():
 
 # -------------------------------------------------------------------------------------------- properties
 KEYS = ("spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans", "excess_distortion", "stranded_codes",
-        "token_mode_entropy",
+        "token_mode_entropy", "spread_all_vs_live", "excess_unused_share",
         "shrunk_mode_share", "codes_used", "offset_vs_spread")
 
 
@@ -169,7 +194,7 @@ def test_dtypes_agree_with_float64(data, dtype):
     ref = codebook_health(cb, latents=x, labels=lab)
     got = codebook_health(cb.to(dtype), latents=x.to(dtype), labels=lab)
     tol = 1e-4 if dtype == torch.float32 else 0.05  # bfloat16 rounds the inputs to 8 bits of mantissa
-    for k in ("spread_vs_kmeans", "rank_vs_kmeans", "offset_vs_spread", "codes_used"):
+    for k in ("spread_vs_kmeans", "rank_vs_kmeans", "offset_vs_spread", "codes_used", "spread_all_vs_live"):
         assert getattr(got, k) == pytest.approx(getattr(ref, k), rel=tol, abs=tol), k
     assert got.verdict.status == ref.verdict.status
 

@@ -100,7 +100,9 @@ FULL_RULES = [("shrinkage", "spread_vs_kmeans", T.min_spread_vs_kmeans, "min"),
               ("poor_coverage", "coverage_vs_kmeans", T.min_coverage_vs_kmeans, "min"),
               ("excess_distortion", "excess_distortion", T.max_excess_distortion, "max"),
               ("mode_shrinkage", "shrunk_mode_share", T.max_shrunk_mode_share, "max"),
-              ("dead_codes", "stranded_codes", T.max_stranded_codes, "max")]
+              ("dead_codes", "stranded_codes", T.max_stranded_codes, "max"),
+              ("shrinkage", "spread_all_vs_live", T.min_spread_all_vs_live, "min"),
+              ("dead_codes", "excess_unused_share", T.max_excess_unused_share, "max")]
 USAGE_RULES = [("dead_codes", "dead_code_ratio", T.max_dead_code_ratio, "max"),
                ("low_utilization", "utilization", T.min_utilization, "min")]
 CODES_RULES = [("shrinkage", "spread_cosine", T.min_spread_cosine, "min"),
@@ -108,11 +110,11 @@ CODES_RULES = [("shrinkage", "spread_cosine", T.min_spread_cosine, "min"),
                ("dimensional_collapse", "rank_share", T.min_rank_share, "min")]
 GOOD = {"spread_vs_kmeans": 1.0, "rank_vs_kmeans": 1.0, "coverage_vs_kmeans": 1.0, "excess_distortion": 0.0,
         "shrunk_mode_share": 0.0, "dead_code_ratio": 0.0, "stranded_codes": 0.0, "utilization": 0.9, "spread_cosine": 1.0,
-        "offset_vs_spread": 0.0, "rank_share": 0.8}
+        "offset_vs_spread": 0.0, "rank_share": 0.8, "spread_all_vs_live": 1.0, "excess_unused_share": 0.0}
 
 
 def _judged(evidence, **values):
-    return Judged(64, 16, evidence, {**GOOD, **values})
+    return Judged(64, 16, evidence, {**GOOD, **values}, live_codes=64)
 
 
 @pytest.mark.parametrize("code,metric,thr,direction,ev",
@@ -157,6 +159,21 @@ def test_pull_toward_mean_is_shrunk(d64):
     h = codebook_health(mean + 0.6 * (km - mean), latents=x, labels=lab)
     assert h.verdict.status == "shrunk" and "shrinkage" in codes(h)
     assert h.spread_vs_kmeans < T.min_spread_vs_kmeans
+
+
+def test_anchored_codebook_is_shrunk(d64):
+    """The standard recipe's failure: a few live codes follow the data, the rest stay clumped where the
+    untrained encoder's outputs were. The live codes alone span like k-means; all K codes do not."""
+    x, lab, xt, _ = d64
+    cb = torch.cat([kmeans(xt, 38, iters=20, seed=0), 0.05 * xt[:218]])
+    h = codebook_health(cb, latents=x, labels=lab)
+    assert h.spread_vs_kmeans > T.min_spread_vs_kmeans  # the live ones look fine on their own
+    assert h.spread_all_vs_live < T.min_spread_all_vs_live
+    assert h.verdict.status == "shrunk" and {"shrinkage", "dead_codes"} <= codes(h)
+    (r,) = [r for r in h.verdict.reasons if r["metric"] == "spread_all_vs_live"]
+    assert "live codes" in r["reference_name"]
+    # usage counts alone (a checkpoint's cluster_size, no latents) show the clump too
+    assert codebook_health(cb, counts=h.counts).verdict.status == "shrunk"
 
 
 def test_three_of_ten_modes_is_shrunk(d64):

@@ -3,9 +3,16 @@
 Setting: the bundled Gaussian mixture (16-d, 10 modes) through the MLP tokenizer with 64-d codes, K = 256,
 400 steps, each arm with its tuned settings (``arms.TUNED``). Measured on three seeds when these tests were
 written: spread ratio early 0.07-0.10, deferred 0.71-0.74, l2 0.56-0.62, expiry 0.95-0.96. The
-k-means-referenced verdict (seed 0) calls early shrunk (excess distortion 1.2, every mode's codes shrunk) and
-deferred not shrunk, and calls the l2 arm shrunk too: its codes keep their spread, yet cover the latents far
-worse than k-means does (coverage_vs_kmeans 0.16, excess distortion 1.3). The tests pin both readings.
+k-means-referenced verdict (seed 0) calls early shrunk (excess distortion 1.2, every mode's codes shrunk, 94% of
+its codes unused and clumped: all codes span 0.09x the live ones) and calls the l2 arm shrunk too: its live codes
+keep their spread, yet 91% of its codes are unused and clumped (0.61x), and it covers the latents far worse than
+k-means does (coverage_vs_kmeans 0.16, excess distortion 1.3).
+
+At this scale (400 steps, 1,024 latents for the k-means init of 256 codes) the deferred arm is no longer called
+healthy since the verdict reads where the unused codes sit (session 3): seeds 0 and 1 leave 36-40% of its codes
+unused, mildly clumped (all codes span 0.84-0.86x the live ones; threshold 0.9045), while it quantizes as well
+as k-means (excess distortion -0.01 to 0.01). The tests pin those numbers' side of each line rather than the
+status; the demo's own deferred arm (K=512, 1,000 steps) uses 98% of its codes and is healthy (docs/results.md).
 """
 import pytest
 import torch
@@ -58,11 +65,15 @@ def test_deferred_and_l2_codes_keep_their_spread(arms, name):
     assert h.spread_ratio > 3 * arms["early"][1].spread_ratio  # not a near miss of the same codebook
 
 
-def test_verdict_deferred_not_shrunk_l2_shrunk_by_coverage(arms):
-    deferred, l2 = arms["deferred"][1], arms["l2"][1]
-    assert deferred.verdict.status != "shrunk" and deferred.excess_distortion < 0.2
-    # l2: spread like k-means, but poor coverage and high excess distortion: the verdict's shrinkage
+def test_verdict_deferred_quantizes_like_kmeans_l2_shrunk_by_coverage(arms):
+    deferred, l2, early = arms["deferred"][1], arms["l2"][1], arms["early"][1]
+    # deferred: optimal distortion, no mode shrunk, its unused codes far less clumped than early's
+    assert deferred.excess_distortion < 0.2 and not deferred.shrunk_mode_share
+    assert deferred.spread_all_vs_live > 0.8 > 0.2 > early.spread_all_vs_live
+    assert deferred.codes_used > 5 * early.codes_used
+    # l2: live codes spread like k-means, but most codes clumped unused, poor coverage, high excess distortion
     assert l2.verdict.status == "shrunk" and l2.spread_vs_kmeans > 0.75
+    assert l2.spread_all_vs_live < 0.7 and l2.codes_used < 0.2
     assert l2.coverage_vs_kmeans < 0.5 and l2.excess_distortion > 0.5
 
 
