@@ -7,8 +7,10 @@ or after a fixed number of training steps (``switch=STEPS``), it runs k-means on
 centroids and the family's EMA state into the wrapped module and from then on simply calls it.
 
 Why "recent": k-means must see the mature encoder (Zhao et al. 2026; Zhao, Karagodin et al. 2026,
-research/papers.md), so the reservoir is a ring buffer refreshed every ``check_every`` steps rather than a
-uniform sample of the whole run, which would mix in the latents of the untrained encoder.
+research/papers.md), so the reservoir is a ring buffer refreshed over the last ``recent_steps`` steps (the
+check period under ``"auto"``, the last quarter of a fixed warm-up) rather than a uniform sample of the whole
+run, which would mix in the latents of the untrained encoder: when the encoder's output scale drifts during
+the warm-up, centroids fitted to such a mix sit where the encoder no longer puts anything.
 
 Per-library code (pass-through outputs, codebook and EMA writes) lives in the library's family
 (``shrinkscope.families``).
@@ -54,7 +56,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _check_options(*, switch: Any, reservoir_size: Any, check_every: Any, min_steps: Any, max_steps: Any,
-                   tol: Any, window: Any, kmeans_iters: Any, seed: Any) -> None:
+                   tol: Any, window: Any, kmeans_iters: Any, seed: Any, recent_steps: Any = None) -> None:
     """Every option checked when the wrapper is built: a bad value must fail here, not hours into training."""
     if not (switch == "auto" or (_is_int(switch) and switch >= 1)):
         raise ValueError("defer: switch must be 'auto' or a number of warm-up training steps >= 1, "
@@ -74,6 +76,23 @@ def _check_options(*, switch: Any, reservoir_size: Any, check_every: Any, min_st
         raise ValueError(f"defer: reservoir_size must be a positive int or None, got {reservoir_size!r}")
     if not _is_int(seed):
         raise ValueError(f"defer: seed must be an int, got {seed!r}")
+    if recent_steps is not None and (not _is_int(recent_steps) or recent_steps < 1):
+        raise ValueError(f"defer: recent_steps must be a positive int or None, got {recent_steps!r}")
+
+
+def _recent_horizon(switch: str | int, check_every: int, recent_steps: int | None) -> int:
+    """Training steps the reservoir spans at the switch (when batches bring enough rows).
+
+    Under ``"auto"`` the checks measure the last ``check_every`` steps, so the reservoir spans those. With a
+    fixed switch at step S the default is the last quarter of the warm-up (at most ``check_every`` steps):
+    spreading the reservoir over all S steps mixed the untrained encoder of step 0 into the k-means, which
+    fails when the encoder's output scale drifts during the warm-up (docs/defer.md, "Which latents").
+    """
+    if recent_steps is not None:
+        return recent_steps
+    if switch == "auto":
+        return check_every
+    return max(1, min(check_every, math.ceil(int(switch) / 4)))
 
 
 def _growth(now: float, before: float) -> float:
@@ -136,7 +155,7 @@ class DeferredQuantizer(nn.Module):
     def __init__(self, quantizer: nn.Module, *, switch: str | int = "auto", reservoir_size: int | None = None,
                  check_every: int = 100, min_steps: int = 500, max_steps: int = 20000, tol: float = 0.02,
                  window: int = 3, kmeans_iters: int = 20, water_filling: bool = False, monitor: Any = None,
-                 seed: int = 0, process_group: Any = None):
+                 seed: int = 0, process_group: Any = None, recent_steps: int | None = None):
         super().__init__()
         if isinstance(quantizer, DeferredQuantizer):
             raise TypeError("defer: the quantizer is already deferred; wrap the original module once")
@@ -153,7 +172,7 @@ class DeferredQuantizer(nn.Module):
                 "(docs/defer.md)")
         _check_options(switch=switch, reservoir_size=reservoir_size, check_every=check_every,
                        min_steps=min_steps, max_steps=max_steps, tol=tol, window=window,
-                       kmeans_iters=kmeans_iters, seed=seed)
+                       kmeans_iters=kmeans_iters, seed=seed, recent_steps=recent_steps)
         sizes = {n: int(cb.shape[0]) for n, cb in fam.codebooks(quantizer).items()}
         k_max = max(sizes.values())
         if reservoir_size is None:
@@ -171,10 +190,9 @@ class DeferredQuantizer(nn.Module):
         self.monitor, self.process_group = monitor, process_group
         self._num_codes = sizes
         self._dims = fam.streams(quantizer)
-        # rows kept per step: enough to refresh the whole reservoir over one check period (or, with a
-        # fixed switch earlier than that, over the whole warm-up)
-        horizon = check_every if switch == "auto" else max(1, min(check_every, int(switch)))
-        self._per_step = max(1, math.ceil(self.reservoir_size / horizon))
+        # rows kept per step: enough to refresh the whole reservoir over the recent steps it must represent
+        self.recent_steps = _recent_horizon(switch, check_every, recent_steps)
+        self._per_step = max(1, math.ceil(self.reservoir_size / self.recent_steps))
         self.step = 0
         self.switched = False
         self._decided = False
@@ -498,7 +516,7 @@ def water_filling_dimension(variances: torch.Tensor, num_codes: int) -> int:
 def defer(quantizer: nn.Module, *, switch: str | int = "auto", reservoir_size: int | None = None,
           check_every: int = 100, min_steps: int = 500, max_steps: int = 20000, tol: float = 0.02,
           window: int = 3, kmeans_iters: int = 20, water_filling: bool = False, monitor: Any = None,
-          seed: int = 0, process_group: Any = None) -> DeferredQuantizer:
+          seed: int = 0, process_group: Any = None, recent_steps: int | None = None) -> DeferredQuantizer:
     """Wrap a quantizer so that it quantizes only after a continuous warm-up.
 
     Args:
@@ -514,6 +532,10 @@ def defer(quantizer: nn.Module, *, switch: str | int = "auto", reservoir_size: i
         monitor: a ``shrinkscope.watch`` Monitor (or anything with ``log_event``); gets ``defer_switch``.
         seed: seed of the reservoir sampling and of the k-means++ draw.
         process_group: the ``torch.distributed`` group to gather reservoirs over (default: the world).
+        recent_steps: the training steps whose latents the reservoir holds at the switch: it is refilled
+            with ``ceil(reservoir_size / recent_steps)`` rows per step (fewer when a batch has fewer, which
+            stretches the span). Default: ``check_every`` under ``"auto"``; for a fixed switch S the last
+            quarter of the warm-up, ``min(check_every, ceil(S / 4))``.
 
     Returns:
         A :class:`DeferredQuantizer`; assign it where the quantizer was.
@@ -532,7 +554,7 @@ def defer(quantizer: nn.Module, *, switch: str | int = "auto", reservoir_size: i
     return DeferredQuantizer(quantizer, switch=switch, reservoir_size=reservoir_size, check_every=check_every,
                              min_steps=min_steps, max_steps=max_steps, tol=tol, window=window,
                              kmeans_iters=kmeans_iters, water_filling=water_filling, monitor=monitor,
-                             seed=seed, process_group=process_group)
+                             seed=seed, process_group=process_group, recent_steps=recent_steps)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

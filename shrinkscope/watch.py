@@ -22,8 +22,8 @@ Hooks survive what training code does to models (why each rule exists):
   put on;
 - a family that quantizes outside ``forward`` (``Family.hook_method``, e.g. transformers' Encodec/Mimi
   ``.encode()``) gets a per-instance wrapper of that method instead of a forward hook: it returns the
-  library's own return value untouched, is restored on ``remove()``, and a deep copy or unpickled copy of
-  the model gets the plain method back (bound to the copy);
+  library's own return value untouched, is restored on ``remove()``, and every copy of the model (deep,
+  shallow ``copy.copy`` or unpickled) gets the plain method back, bound to the copy, so it runs unwatched;
 - a non-finite latent is dropped from the report in which it was sampled (and counted), not allowed to
   disable its codebook; a report that fails for one codebook skips that codebook in that report only.
 
@@ -134,6 +134,24 @@ class _MethodTap:
         return (getattr, (self.owner(), self.name))  # unpickles to the class method bound to the copy
 
 
+class _UntappedState:
+    """An instance-level ``__getstate__`` of a tapped module: its state without the taps.
+
+    ``copy.copy``, ``copy.deepcopy`` and pickling all build the copy from ``__getstate__``, which Python
+    looks up on the instance first. Leaving the taps out gives every copy, shallow ones included, the
+    class's plain methods bound to itself: a shallow copy runs unwatched on its own attributes instead
+    of calling the original through a shared wrapper.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.owner = weakref.ref(module)
+
+    def __call__(self) -> dict:
+        mod = self.owner()
+        state = type(mod).__getstate__(mod)
+        return {k: v for k, v in state.items() if not isinstance(v, (_MethodTap, _UntappedState))}
+
+
 class _TapHandle:
     """``remove()`` takes one hook off a ``_MethodTap``; the last one restores the class method."""
 
@@ -146,6 +164,9 @@ class _TapHandle:
         mod = self.tap.owner()
         if not self.tap.hooks and mod is not None and mod.__dict__.get(self.tap.name) is self.tap:
             del mod.__dict__[self.tap.name]
+            if isinstance(mod.__dict__.get("__getstate__"), _UntappedState) and not any(
+                    isinstance(v, _MethodTap) for v in mod.__dict__.values()):
+                del mod.__dict__["__getstate__"]
 
 
 def _hook_method(module: nn.Module, method: str, hook: Callable[..., None]) -> Any:
@@ -158,6 +179,8 @@ def _hook_method(module: nn.Module, method: str, hook: Callable[..., None]) -> A
             raise ValueError(f"watch: {type(module).__name__}.{method} is already replaced on the instance")
         tap = _MethodTap(module, method)
         module.__dict__[method] = tap
+        if "__getstate__" not in module.__dict__:
+            module.__dict__["__getstate__"] = _UntappedState(module)
     tap.hooks.append(hook)
     return _TapHandle(tap, hook)
 

@@ -19,12 +19,12 @@ from .audio import (
     EncodecVQ,
     HfCodecRVQ,
     HfCodecVQ,
-    MoshiCodebook,
 )
 from .base import Capture, Family
 from .deferred import Deferred
 from .generic import EMACodebook, Generic
 from .lucidrains import LucidFSQ, LucidGroupedRVQ, LucidLFQ, LucidResidualVQ, LucidSimVQ, LucidVQ
+from .moshi import MoshiCodebook, MoshiRVQ, MoshiVQ
 from .reference import Reference
 from .taming import DiffusersVQ, LlamaGenVQ, TamingEMAVQ, TamingGumbel, TamingLegacyVQ, TamingVQ, VarVQ
 
@@ -34,8 +34,8 @@ _LIBRARIES: tuple[Family, ...] = (
     Reference(),
     LucidGroupedRVQ(), LucidResidualVQ(), LucidVQ(), LucidSimVQ(), LucidFSQ(), LucidLFQ(),
     LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(), VarVQ(),
-    EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiCodebook(), HfCodecRVQ(), HfCodecVQ(),
-    DacRVQ(), DacVQ(),
+    EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiRVQ(), MoshiVQ(), MoshiCodebook(),
+    HfCodecRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(),
     EMACodebook(),
 )
 FAMILIES: tuple[Family, ...] = (Deferred(_LIBRARIES), *_LIBRARIES, Generic())
@@ -114,6 +114,8 @@ def deferral_family(module: nn.Module) -> Family:
                 return f
             read_as = read_as or f
     extra = f" (shrinkscope reads it as {read_as.name!r}, but cannot defer it)" if read_as else ""
+    if read_as is not None and read_as.why_no_defer:
+        extra += f": {read_as.why_no_defer}"
     supported = sorted({f.name for f in FAMILIES if type(f).passthrough is not Family.passthrough})
     raise TypeError(f"defer: no deferral support for {type(module).__module__}.{type(module).__name__}{extra}. "
                     f"Families that defer: {', '.join(supported)} (docs/defer.md). Wrap the quantizer module "

@@ -1,7 +1,7 @@
 """Audio-codec residual quantizers: EnCodec-style ``EuclideanCodebook`` / ``VectorQuantization`` /
 ``ResidualVectorQuantization`` (facebookresearch/encodec, audiocraft), DAC ``VectorQuantize`` /
 ``ResidualVectorQuantize`` (descript-audio-codec), Moshi/Mimi codebooks (checkpoints) and transformers'
-Encodec/Mimi quantizers (read through ``.encode()``).
+Encodec/Mimi quantizers (read through ``.encode()``). moshi's own quantizers live in ``moshi.py``.
 
 Facts used (research/ecosystem.md §1): EnCodec's ``VectorQuantization.forward(x (B, D, T))`` moves
 channels last, applies ``project_in`` and looks up ``_codebook.embed (K, D)``; it returns
@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name,
-                   ema_embed_key, first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema,
+from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name, copy_into,
+                   ema_embed_key, first_arg, fit_codes, l2norm, nearest, own_codebook, per_step, write_ema,
                    zero_loss)
 
 __all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "HfCodecRVQ",
-           "HfCodecVQ", "MoshiCodebook"]
+           "HfCodecVQ"]
 
 
 class EncodecCodebook(Family):
@@ -198,26 +198,92 @@ class EncodecRVQWrapper(_Staged):
 
 
 class DacRVQ(_Staged):
-    """DAC ``ResidualVectorQuantize``: codebooks ``quantizers.{i}``."""
+    """DAC ``ResidualVectorQuantize`` (descript-audio-codec, snac) and transformers'
+    ``DacResidualVectorQuantizer``: codebooks ``quantizers.{i}``.
+
+    transformers' class is deferred as a whole. Before the switch each stage runs with its lookup skipped:
+    ``z_e = in_proj(residual)`` goes straight to ``out_proj``, under the library's own quantizer dropout
+    (same global-RNG draws), so the projections and the encoder train and the decoder sees what it will
+    see after the switch, less the quantization. The reservoir keeps the stage-0 input; at the switch stage
+    q is fitted on the residuals left by the fitted stages 0..q-1: spherical k-means on the l2-normalised
+    ``z_e`` (the lookup DAC does), each centre scaled to the mean length of the ``z_e`` it holds, because
+    DAC decodes the raw ``codebook.weight`` row (the lookup ignores the length, the decoder does not).
+    """
 
     name = "dac.rvq"
     _stage = DacVQ()
     _attr = "quantizers"
-    _names = ("ResidualVectorQuantize", "DacResidualVectorQuantize")
+    _names = ("ResidualVectorQuantize", "DacResidualVectorQuantize", "DacResidualVectorQuantizer")
+    why_no_defer = (
+        "only transformers' DacResidualVectorQuantizer is deferred. snac's stages average-pool their input "
+        "by a stride, so a later stage's residual needs whole sequences, not the rows a reservoir keeps, and "
+        "its forward returns no codebook loss to train a codebook with; descript-audio-codec does not install "
+        "next to this project's pins, so its ResidualVectorQuantize is untested")
+
+    # deferral (transformers' DacResidualVectorQuantizer only)
+    def can_defer(self, module: nn.Module) -> bool:
+        return class_name(module) == "DacResidualVectorQuantizer" and self.matches(module)
+
+    def is_normalized(self, module: nn.Module) -> bool:
+        return True
+
+    def streams(self, module: nn.Module) -> dict[str, int]:
+        return {"": int(module.quantizers[0].in_proj.in_channels)}
+
+    def _dropout(self, module: nn.Module, z: torch.Tensor, n_quantizers: Any) -> Any:
+        """Per-sample stage counts as the library draws them in training (one ``torch.randint``)."""
+        n = module.n_codebooks
+        if not module.training:
+            return n_quantizers if n_quantizers is not None else n
+        counts = torch.full((z.shape[0],), float(n + 1))
+        draws = torch.randint(1, n + 1, (z.shape[0],))
+        n_drop = int(z.shape[0] * module.quantizer_dropout)
+        counts[:n_drop] = draws[:n_drop].float()
+        return counts.to(z.device)
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
+        z = first_arg(args, kwargs, "hidden_state")
+        n_q = self._dropout(module, z, args[1] if len(args) > 1 else kwargs.get("n_quantizers"))
+        out, residual, codes, latents = torch.zeros_like(z), z, [], []
+        for i, stage in enumerate(module.quantizers):
+            if not module.training and i >= n_q:
+                break
+            z_e = stage.in_proj(residual)
+            z_q = stage.out_proj(z_e)
+            keep = torch.full((z.shape[0],), i, device=z.device, dtype=torch.long) < n_q
+            out = out + z_q * keep[:, None, None]
+            residual = residual - z_q
+            with torch.no_grad():
+                rows = l2norm(z_e.detach().transpose(1, 2).reshape(-1, z_e.shape[1]))
+                codes.append(nearest(l2norm(stage.codebook.weight), rows).reshape(z.shape[0], -1))
+            latents.append(z_e)
+        loss = zero_loss(module, torch.zeros(z.shape[0], device=z.device))
+        pooled = z.detach().transpose(1, 2).reshape(-1, z.shape[1])
+        return (out, torch.stack(codes, 1), torch.cat(latents, 1), loss, loss.clone()), {"": pooled}
+
+    @torch.no_grad()
+    def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
+        res, out = reservoirs[""], {}
+        for i, stage in enumerate(module.quantizers):
+            z_e = _conv_rows(stage.in_proj, res)
+            centers, counts, idx = fit_codes(l2norm(z_e), int(stage.codebook.weight.shape[0]), True,
+                                             iters=iters, seed=seed + i)
+            idx = idx.to(z_e.device)
+            length = torch.zeros(centers.shape[0], device=z_e.device).index_add_(0, idx, z_e.norm(dim=1))
+            length = torch.where(counts > 0, length / counts.clamp_min(1).to(length), z_e.norm(dim=1).mean())
+            rows = centers * length[:, None].to(centers)
+            out[f"quantizers.{i}"] = (rows, counts)
+            res = res - _conv_rows(stage.out_proj, rows[idx].to(res))
+        return out
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        for i, stage in enumerate(module.quantizers):
+            copy_into(stage.codebook.weight, fitted[f"quantizers.{i}"][0])
 
 
-class MoshiCodebook(Family):
-    """Moshi/Mimi ``EuclideanCodebook``: checkpoints only; codebook = ``embedding_sum / cluster_usage``."""
-
-    name = "moshi"
-
-    def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
-        return seg[-1] in ("embedding_sum", "embed_sum") and len(shape) == 2 \
-            and join(".".join(seg[:-1]), "cluster_usage") in tensors
-
-    def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
-        usage = tensors[join(key.rsplit(".", 1)[0] if "." in key else "", "cluster_usage")].load().to(cb.dtype)
-        return cb / usage.clamp(min=1e-5)[:, None], ["codebook derived as embedding_sum / cluster_usage (Moshi/Mimi)"]
+def _conv_rows(conv: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``Conv1d`` applied to rows ``(N, C_in) -> (N, C_out)`` (its weight-norm parametrisation too)."""
+    return conv(rows.t()[None].to(next(conv.parameters()).dtype))[0].t()
 
 
 def _hf_embed(book: nn.Module) -> torch.Tensor:
@@ -237,6 +303,11 @@ class HfCodecVQ(Family):
 
     name = "transformers.codec_vq"
     hook_method = "encode"
+    why_no_defer = (
+        "transformers' Encodec and Mimi quantize in .encode() to integer codes that .decode() turns back into "
+        "vectors, with no straight-through path: the encoder gets no gradient through the quantizer and the "
+        "codebooks are buffers no training step updates, so there is no continuous warm-up to defer (these "
+        "ports are for inference; train with the original encodec or moshi code)")
     _classes = ("EncodecVectorQuantization", "MimiVectorQuantization")
 
     def matches(self, module: nn.Module) -> bool:
@@ -265,6 +336,7 @@ class HfCodecRVQ(_Staged):
 
     name = "transformers.codec_rvq"
     hook_method = "encode"
+    why_no_defer = HfCodecVQ.why_no_defer
     _stage = HfCodecVQ()
     _names = ("EncodecResidualVectorQuantizer", "MimiResidualVectorQuantizer")
     _halves = ("semantic_residual_vector_quantizer", "acoustic_residual_vector_quantizer")

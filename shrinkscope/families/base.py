@@ -70,6 +70,8 @@ class Family:
             and return value): ``"forward"`` (a forward hook), or another method name for libraries that
             quantize outside ``forward`` (transformers' Encodec/Mimi call ``.encode()``), which ``watch``
             wraps on the instance and restores on ``remove()``.
+        why_no_defer: for a family that reads a module but cannot defer it, why not (one clause, added to
+            ``defer``'s refusal).
     """
 
     name: str = "base"
@@ -78,6 +80,7 @@ class Family:
     checkpoint_normalized: str = ""
     latent_layout: str | None = None
     hook_method: str = "forward"
+    why_no_defer: str = ""
 
     # -- reading a live module -------------------------------------------------------------------------
 
@@ -299,10 +302,19 @@ def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.data.copy_(src.to(device=dst.device, dtype=dst.dtype))
 
 
+UNCHOSEN_COUNT = 1e-3
+"""EMA count written for a code no reservoir row chose (in tokens per step)."""
+
+
 def write_ema(embed: torch.Tensor, cluster_size: torch.Tensor, embed_avg: torch.Tensor,
               centers: torch.Tensor, size: torch.Tensor) -> None:
-    """Codes plus EMA statistics with ``embed == embed_avg / cluster_size``, as an EMA step expects."""
-    size = size.to(cluster_size)
+    """Codes plus EMA statistics with ``embed == embed_avg / cluster_size``, as an EMA step expects.
+
+    A code with a zero count gets ``UNCHOSEN_COUNT`` instead: with ``embed_avg = 0`` the library's next EMA
+    step would divide a zero sum by its smoothed count and send the code to the origin; with the small count
+    it stays at its centroid (and still falls under any dead-code threshold, so expiry can replace it).
+    """
+    size = size.to(cluster_size).clamp_min(UNCHOSEN_COUNT)
     copy_into(embed, centers)
     copy_into(cluster_size, size)
     copy_into(embed_avg, centers.to(size) * size[:, None])

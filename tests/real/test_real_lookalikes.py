@@ -1,17 +1,21 @@
 """Code on no package index, as look-alikes written from its public layout (class, attribute and buffer names,
 forward signatures; none of its code): LlamaGen's ``VectorQuantizer`` (the stand-in in tests/families/fakes.py)
-with its ``{'model', 'ema'}`` files, and the taming-derived quantizer of Paper B with a ``usage_ema`` buffer.
+with its ``{'model', 'ema'}`` files, the taming-derived quantizer of Paper B with a ``usage_ema`` buffer, and
+moshi's residual quantizers (moshi is on PyPI but requires torch<2.10).
 
 Also the file formats every loader meets: a training checkpoint holding numpy arrays, and a Lightning 1.0-era
 ``.ckpt`` whose callbacks are keyed by class.
 """
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
-from realkit import blobs
+from realkit import Case, blobs, check_trained_state_dict, check_watch
 from torch import nn
 from torch.nn import functional as F
 
@@ -145,3 +149,258 @@ def test_lightning_1_0_callbacks_keyed_by_class_load_safely(tmp_path):
     assert pl.__version__
     res = shrinkscope.analyze(str(tmp_path / "old.ckpt"))
     assert [(e.health.num_codes, e.health.dim) for e in res.entries] == [(K, D)]
+
+
+# ---- moshi -------------------------------------------------------------------------------------------
+# moshi (kyutai-labs) requires torch<2.10: a look-alike of ``moshi.quantization`` written from its public layout
+# (class names, buffers, forward signatures and return types), behaving as its docstrings describe: k-means
+# init on a stage's first training batch once the stage before it is initialised, EMA of ``cluster_usage`` and
+# ``embedding_sum``, a codebook cached by the ``embedding`` property, expiry of rarely used codes.
+
+class _CodebookForwardResult(NamedTuple):
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    metrics: dict
+
+
+class _VQForwardResult(NamedTuple):
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    loss: torch.Tensor
+    metrics: dict
+
+
+@dataclass
+class QuantizedResult:
+    x: torch.Tensor
+    codes: torch.Tensor
+    bandwidth: torch.Tensor
+    penalty: torch.Tensor | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+class EuclideanCodebook(nn.Module):
+    def __init__(self, dim, codebook_size, decay=0.99, epsilon=1e-5, threshold_usage_ratio=0.1,
+                 replaced_usage_ratio=1.0, check_unused_every=5):
+        super().__init__()
+        self.dim, self.codebook_size, self.decay, self.epsilon = dim, codebook_size, decay, epsilon
+        self.threshold_usage_ratio, self.replaced_usage_ratio = threshold_usage_ratio, replaced_usage_ratio
+        self.check_unused_every = self._next_unused_check = check_unused_every
+        self._cached_initialized = False
+        self.register_buffer("_initialized", torch.tensor([False], dtype=torch.float))
+        self.register_buffer("cluster_usage", torch.ones(codebook_size))
+        self.register_buffer("embedding_sum", torch.zeros(codebook_size, dim))
+        self.register_buffer("_embedding", None, persistent=False)
+
+    @property
+    def embedding(self):
+        if self._embedding is None:  # cached as a buffer on first read, as moshi does
+            self.register_buffer("_embedding", self.embedding_sum / self.cluster_usage.clamp(min=self.epsilon)[:, None],
+                                 persistent=False)
+        return self._embedding
+
+    @property
+    def initialized(self):
+        if not self._cached_initialized:
+            self._cached_initialized = bool(self._initialized.item())
+        return self._cached_initialized
+
+    def _init_embedding(self, x):
+        if self.initialized:
+            return
+        means = x[torch.randperm(x.shape[0])[: self.codebook_size]]
+        for _ in range(10):
+            ids = torch.cdist(x, means).argmin(-1)
+            bins = torch.bincount(ids, minlength=self.codebook_size)
+            sums = torch.zeros_like(means).index_add_(0, ids, x)
+            means = torch.where((bins == 0)[:, None], means, sums / bins.clamp(min=1)[:, None])
+        self.embedding_sum.copy_(means * bins[:, None])
+        self.cluster_usage.copy_(bins.float())
+        self._initialized.fill_(1)
+
+    def _quantize(self, x):
+        return torch.cdist(x, self.embedding).argmin(-1)
+
+    def encode(self, x):
+        return self._quantize(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1])
+
+    def decode(self, codes):
+        return F.embedding(codes, self.embedding)
+
+    def forward(self, x, initialize=True):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        if self.training and initialize:
+            self._init_embedding(x.detach())
+        flat = self._quantize(x)
+        codes = flat.view(*shape[:-1])
+        quantized = self.decode(codes)
+        metrics = {}
+        if self.training:
+            if self.initialized:
+                self._next_unused_check -= 1
+                if self._next_unused_check <= 0:
+                    self._next_unused_check = self.check_unused_every
+                    usage_floor = self.replaced_usage_ratio * self.cluster_usage.sum() / self.codebook_size
+                    expired = self.cluster_usage < self.threshold_usage_ratio * self.cluster_usage.sum() / self.codebook_size
+                    fresh = x.detach()[torch.randint(0, x.shape[0], (self.codebook_size,))]
+                    self.embedding_sum[:] = torch.where(expired[:, None], usage_floor * fresh, self.embedding_sum)
+                    self.cluster_usage[:] = torch.where(expired, usage_floor, self.cluster_usage)
+            counts = torch.zeros_like(self.cluster_usage).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+            self.cluster_usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+            sums = torch.zeros_like(self.embedding_sum).index_add_(0, flat, x.detach())
+            self.embedding_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            self.register_buffer("_embedding", None)
+        return _CodebookForwardResult(quantized, codes, metrics)
+
+
+class VectorQuantization(nn.Module):
+    def __init__(self, dim, codebook_size, codebook_dim=None, decay=0.99, epsilon=1e-5, threshold_usage_ratio=0.1,
+                 **kwargs):
+        super().__init__()
+        codebook_dim = codebook_dim or dim
+        self.project_in = nn.Linear(dim, codebook_dim) if codebook_dim != dim else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, dim) if codebook_dim != dim else nn.Identity()
+        self.epsilon = epsilon
+        self._codebook = EuclideanCodebook(codebook_dim, codebook_size, decay, epsilon, threshold_usage_ratio, **kwargs)
+        self.codebook_size = codebook_size
+
+    @property
+    def initialized(self):
+        return self._codebook.initialized
+
+    def encode(self, x):
+        return self._codebook.encode(self.project_in(x.transpose(1, 2)))
+
+    def decode(self, codes):
+        return self.project_out(self._codebook.decode(codes)).transpose(1, 2)
+
+    def forward(self, x, initialize=True):
+        x = x.transpose(1, 2)
+        quantized, codes, metrics = self._codebook(x, initialize=initialize)
+        if self.training:
+            quantized = x + (quantized - x).detach()
+            loss = F.mse_loss(x, quantized.detach())
+        else:
+            loss = torch.zeros([1], device=x.device)[0]
+        return _VQForwardResult(self.project_out(quantized).transpose(1, 2), codes, loss, metrics)
+
+
+class ResidualVectorQuantization(nn.Module):
+    def __init__(self, *, num_quantizers, codebook_offset, **kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList([VectorQuantization(**kwargs) for _ in range(num_quantizers)])
+        self.codebook_offset = codebook_offset
+
+    def forward(self, x, n_q=None):
+        residual, out, losses, codes = x, 0.0, [], []
+        previous_initialized = True
+        for layer in self.layers[: n_q or len(self.layers)]:
+            was_initialized = layer.initialized
+            quantized, c, loss, _ = layer(residual, initialize=previous_initialized)
+            if self.training:
+                previous_initialized = was_initialized
+            quantized = quantized.detach()
+            residual = residual - quantized
+            out = out + quantized
+            codes.append(c)
+            losses.append(loss)
+        if self.training:
+            out = x + (out - x).detach()
+        return _VQForwardResult(out, torch.stack(codes), torch.stack(losses), {})
+
+
+class ResidualVectorQuantizer(nn.Module):
+    def __init__(self, dimension=128, input_dimension=None, output_dimension=None, n_q=8, q_dropout=False,
+                 no_quantization_rate=0.0, bins=1024, decay=0.99, threshold_usage_ratio=0.1,
+                 replaced_usage_ratio=1.0, codebook_offset=0, force_projection=False):
+        super().__init__()
+        self.n_q, self.bins, self.dimension = n_q, bins, dimension
+        self.input_dimension = input_dimension or dimension
+        self.output_dimension = output_dimension or dimension
+        project = force_projection or self.input_dimension != dimension
+        self.input_proj = nn.Conv1d(self.input_dimension, dimension, 1, bias=False) if project else nn.Identity()
+        project = force_projection or self.output_dimension != dimension
+        self.output_proj = nn.Conv1d(dimension, self.output_dimension, 1, bias=False) if project else nn.Identity()
+        self.vq = ResidualVectorQuantization(dim=dimension, codebook_size=bins, num_quantizers=n_q, decay=decay,
+                                             threshold_usage_ratio=threshold_usage_ratio,
+                                             replaced_usage_ratio=replaced_usage_ratio, codebook_offset=codebook_offset)
+
+    def forward(self, x, frame_rate):
+        x = self.input_proj(x)
+        quantized, codes, commit, metrics = self.vq(x, n_q=self.n_q)
+        bw = torch.tensor(self.n_q * math.log2(self.bins) * frame_rate / 1000).to(x)
+        return QuantizedResult(self.output_proj(quantized), codes.transpose(0, 1), bw, penalty=commit.mean(),
+                               metrics=metrics)
+
+
+class SplitResidualVectorQuantizer(nn.Module):
+    def __init__(self, *, n_q=8, n_q_semantic=1, **kwargs):
+        super().__init__()
+        self.max_n_q, self.n_q_semantic, self.n_q_acoustic = n_q, n_q_semantic, n_q - n_q_semantic
+        self.rvq_first = ResidualVectorQuantizer(n_q=n_q_semantic, force_projection=True, **kwargs)
+        self.rvq_rest = ResidualVectorQuantizer(n_q=n_q - n_q_semantic, codebook_offset=1, force_projection=True,
+                                                **kwargs)
+
+    def forward(self, x, frame_rate):
+        first, rest = self.rvq_first(x, frame_rate), self.rvq_rest(x, frame_rate)
+        n = self.n_q_semantic + self.n_q_acoustic
+        penalty = first.penalty * self.n_q_semantic / n + rest.penalty * self.n_q_acoustic / n
+        return QuantizedResult(first.x + rest.x, torch.cat([first.codes, rest.codes], 1),
+                               first.bandwidth + rest.bandwidth, penalty=penalty, metrics={})
+
+
+class MimiLike(nn.Module):
+    """Conv1d encoder -> ``SplitResidualVectorQuantizer`` (1 semantic + 2 acoustic stages) -> Conv1d decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Conv1d(4, 16, 3, padding=1)
+        self.quantizer = SplitResidualVectorQuantizer(n_q=3, n_q_semantic=1, dimension=D, input_dimension=16,
+                                                      output_dimension=16, bins=K)
+        self.decoder = nn.Conv1d(16, 4, 3, padding=1)
+
+    def forward(self, x):
+        res = self.quantizer(self.encoder(x), 50)
+        return self.decoder(res.x), res
+
+
+def _moshi_case():
+    def build():
+        torch.manual_seed(0)
+        return MimiLike().train()
+
+    def loss(m, x):
+        rec, res = m(x)
+        return (rec - x).pow(2).mean() + res.penalty
+
+    stages = {"rvq_first.vq.layers.0": (K, D), "rvq_rest.vq.layers.0": (K, D), "rvq_rest.vq.layers.1": (K, D)}
+    return Case(build=build, data=lambda s: blobs(s, (8, 4, 32)), loss=loss, output=lambda m, x: m(x),
+                codebooks=stages, usage_stored=set(stages), quantizer="quantizer", lr=3e-3)
+
+
+def test_moshi_lookalike_analyze_finds_every_stage(tmp_path):
+    """Both halves of the split quantizer, K and D from ``embedding_sum``, usage from the EMA'd ``cluster_usage``."""
+    res = check_trained_state_dict(_moshi_case(), tmp_path, steps=6)
+    assert {e.found.family for e in res.entries} == {"moshi"}
+
+
+def test_moshi_lookalike_watch_finds_semantic_and_acoustic_stages(tmp_path):
+    """Forward hooks on every stage of both residual stacks, with the stage inputs as latents; reading the
+    codebook never registers moshi's ``_embedding`` cache."""
+    recs = check_watch(_moshi_case(), tmp_path, steps=6)
+    assert {r["family"] for r in recs} == {"moshi.rvq"}
+    model = _moshi_case().build()
+    monitor = shrinkscope.watch(model, every=0)
+    assert sorted(monitor.names()) == sorted(f"quantizer.{s}" for s in _moshi_case().codebooks), monitor.names()
+    monitor.report()
+    assert all(m._codebook._embedding is None for m in model.quantizer.modules() if hasattr(m, "_codebook"))
+    monitor.remove()
+
+
+def test_moshi_lookalike_defer_refuses_with_the_reason():
+    model = _moshi_case().build()
+    for q in (model.quantizer, model.quantizer.rvq_rest, model.quantizer.rvq_rest.vq.layers[1]):
+        with pytest.raises(TypeError, match="moshi") as err:
+            shrinkscope.defer(q, switch=5)
+        assert "k-means" in str(err.value) or "residual" in str(err.value), str(err.value)

@@ -5,11 +5,12 @@ legacy ``VectorQuantizer``, ``GumbelQuantize``, and taming's own ``Encoder``/``D
 ``taming.models.vqgan.VQModel`` imports torchvision (its perceptual loss), whose PyPI wheels do not load next
 to the CPU torch, so the model here is taming's Encoder -> quant_conv -> quantizer -> post_quant_conv ->
 Decoder, wired as VQModel wires them (same attribute names, so checkpoints have VQModel's keys).
-``EMAVectorQuantizer`` is in neither PyPI build of taming: the look-alikes in tests/families/ cover it.
+``EMAVectorQuantizer`` is in neither PyPI build of taming: a look-alike written from its public layout is
+tested below, in this model.
 """
 import pytest
 import torch
-from realkit import Case, blobs, check_defer, check_trained_state_dict, check_watch
+from realkit import Case, blobs, check_defer, check_trained_state_dict, check_watch, train
 from torch import nn
 
 import shrinkscope
@@ -108,10 +109,10 @@ class LitVQ(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=3e-3)
 
 
-def _lightning_ckpt(tmp_path, quantizer, *, deferred=False):
+def _lightning_ckpt(tmp_path, quantizer, *, deferred=False, switch=2):
     lit = LitVQ(quantizer)
     if deferred:
-        lit.model.quantize = shrinkscope.defer(lit.model.quantize, switch=2, reservoir_size=64, check_every=1)
+        lit.model.quantize = shrinkscope.defer(lit.model.quantize, switch=switch, reservoir_size=64, check_every=1)
     data = torch.utils.data.DataLoader([blobs(s, (1, 3, 8, 8))[0] for s in range(8)], batch_size=2)
     trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
@@ -136,3 +137,97 @@ def test_deferred_lightning_ckpt_keeps_the_users_names(tmp_path):
     assert [e.health.name for e in res.entries] == ["quantize"]
     torch.save(lit.state_dict(), tmp_path / "sd.pt")
     assert [e.health.name for e in shrinkscope.analyze(str(tmp_path / "sd.pt")).entries] == ["quantize"]
+
+
+# ---- taming's EMAVectorQuantizer: a look-alike ---------------------------------------------------------
+# In neither PyPI build of taming; written from the public layout of CompVis' taming/modules/vqvae/quantize.py:
+# ``EmbeddingEMA`` keeps ``weight``, ``cluster_size`` and ``embed_avg`` as Parameters with requires_grad=False
+# (so they are in ``parameters()`` and in an optimizer built from it), and ``weight_update`` sets
+# ``weight = embed_avg / smoothed cluster_size``; the forward returns ``(z_q, loss, (perplexity, one-hots, ids))``.
+
+class EmbeddingEMA(nn.Module):
+    def __init__(self, num_tokens, codebook_dim, decay=0.99, eps=1e-5):
+        super().__init__()
+        self.decay, self.eps = decay, eps
+        weight = torch.randn(num_tokens, codebook_dim)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.cluster_size = nn.Parameter(torch.zeros(num_tokens), requires_grad=False)
+        self.embed_avg = nn.Parameter(weight.clone(), requires_grad=False)
+        self.update = True
+
+    def forward(self, embed_id):
+        return nn.functional.embedding(embed_id, self.weight)
+
+    def weight_update(self, num_tokens):
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + num_tokens * self.eps) * n
+        self.weight.data.copy_(self.embed_avg / smoothed[:, None])
+
+
+class EMAVectorQuantizer(nn.Module):
+    def __init__(self, n_embed, embedding_dim, beta, decay=0.99, eps=1e-5, remap=None):
+        super().__init__()
+        self.codebook_dim, self.num_tokens, self.beta, self.remap = embedding_dim, n_embed, beta, remap
+        self.embedding = EmbeddingEMA(n_embed, embedding_dim, decay, eps)
+
+    def forward(self, z):
+        z = z.permute(0, 2, 3, 1)
+        flat = z.reshape(-1, self.codebook_dim)
+        w = self.embedding.weight
+        ids = (flat.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * flat @ w.t()).argmin(1)
+        z_q = self.embedding(ids).view(z.shape)
+        onehot = nn.functional.one_hot(ids, self.num_tokens).type(z.dtype)
+        p = onehot.mean(0)
+        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
+        if self.training and self.embedding.update:
+            e = self.embedding
+            e.cluster_size.data.mul_(e.decay).add_(onehot.sum(0), alpha=1 - e.decay)
+            e.embed_avg.data.mul_(e.decay).add_(onehot.t() @ flat.detach(), alpha=1 - e.decay)
+            e.weight_update(self.num_tokens)
+        loss = self.beta * nn.functional.mse_loss(z_q.detach(), z)
+        z_q = z + (z_q - z).detach()
+        return z_q.permute(0, 3, 1, 2), loss, (perplexity, onehot, ids)
+
+
+def _ema_case():
+    return _case(lambda: EMAVectorQuantizer(K, EMBED_DIM, beta=0.25), usage=["quantize"])
+
+
+def test_ema_lookalike_state_written_at_the_switch_is_what_its_ema_step_expects():
+    """At the switch: ``weight == embed_avg / cluster_size`` for every code, sizes summing to one step's tokens;
+    the library's next EMA step then keeps each used code near its centroid, and no code collapses to 0."""
+    case = _ema_case()
+    model = case.build()
+    dq = shrinkscope.defer(model.quantize, switch=8, reservoir_size=256)
+    model.quantize = dq
+    train(case, model, 8)
+    assert not dq.switched
+    dq.switch_now()
+    e = dq.wrapped.embedding
+    tokens = 4 * 8 * 8  # one batch: 4 images of 8x8 latents
+    assert float(e.cluster_size.sum()) == pytest.approx(tokens, rel=1e-5)
+    assert bool((e.cluster_size > 0).all()), "a code with a zero count gets embed_avg 0: its EMA step sends it to 0"
+    assert torch.allclose(e.embed_avg / e.cluster_size[:, None], e.weight, atol=1e-5)
+    centroids = e.weight.detach().clone()
+    model.train()
+    with torch.no_grad():
+        model(case.data(100))  # the library's own EMA step on a fresh batch
+    moved = (e.weight - centroids).norm(dim=1) / centroids.norm(dim=1).clamp_min(1e-6)
+    assert float(moved.median()) < 0.5, moved
+    assert float(e.weight.norm(dim=1).min()) > 0.1 * float(centroids.norm(dim=1).min()), "a code collapsed to 0"
+
+
+def test_ema_lookalike_deferred_checkpoints_claim_only_stored_usage(tmp_path):
+    """A Lightning ``.ckpt`` of a deferred taming EMA model: during the warm-up ``cluster_size`` is still its zero
+    fill (no usage claimed); after the switch and training it is the EMA the library wrote, read as usage."""
+    (tmp_path / "warm").mkdir(), (tmp_path / "done").mkdir()
+    _, warm = _lightning_ckpt(tmp_path / "warm", EMAVectorQuantizer(K, EMBED_DIM, beta=0.25), deferred=True,
+                              switch=10)
+    e = shrinkscope.analyze(str(warm)).entries
+    assert [x.health.name for x in e] == ["quantize"] and e[0].found.counts is None, e[0].found.usage_source
+    lit, done = _lightning_ckpt(tmp_path / "done", EMAVectorQuantizer(K, EMBED_DIM, beta=0.25), deferred=True)
+    assert lit.model.quantize.switched
+    e = shrinkscope.analyze(str(done)).entries
+    assert [x.health.name for x in e] == ["quantize"]
+    stored = lit.model.quantize.wrapped.embedding.cluster_size.detach().double()
+    assert e[0].found.counts is not None and torch.allclose(e[0].found.counts.double(), stored)
