@@ -231,3 +231,17 @@ def test_ema_lookalike_deferred_checkpoints_claim_only_stored_usage(tmp_path):
     assert [x.health.name for x in e] == ["quantize"]
     stored = lit.model.quantize.wrapped.embedding.cluster_size.detach().double()
     assert e[0].found.counts is not None and torch.allclose(e[0].found.counts.double(), stored)
+
+
+def test_ema_lookalike_code_no_reservoir_row_chose_keeps_its_centroid():
+    """A code with a zero k-means count: ``embed_avg = 0`` would make taming's next EMA step divide 0 by its
+    smoothed count and send the code to the origin; it gets a tiny count instead and stays put."""
+    from shrinkscope.families import get_family
+
+    q = EMAVectorQuantizer(4, EMBED_DIM, beta=0.25)
+    centers = torch.eye(4, EMBED_DIM) * 3
+    counts = torch.tensor([0.0, 10.0, 10.0, 12.0])
+    get_family(q).write(q, {"": (centers, counts)}, tokens_per_step=32.0)
+    z = centers[1:].repeat(8, 1)[:, :, None, None] + 0.01  # (24, D, 1, 1): never near code 0
+    q.train()(z)
+    assert torch.allclose(q.embedding.weight[0], centers[0], atol=0.05), q.embedding.weight[0]
