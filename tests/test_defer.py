@@ -367,6 +367,33 @@ def test_bad_use_gives_clear_errors():
         q.switch_now()  # asked for explicitly: a clear error
 
 
+@pytest.mark.parametrize("switch,recent,check_every,expect", [
+    (40, None, 100, 10),  # a fixed warm-up: its last quarter
+    (4000, None, 20, 20),  # at most one check period
+    ("auto", None, 25, 25),  # auto: the check period the checks measure
+    (40, 5, 100, 5),  # explicit
+])
+def test_reservoir_at_the_switch_holds_the_recent_steps(switch, recent, check_every, expect):
+    """Rows tagged with their step: the reservoir holds exactly the last ``recent_steps`` steps when batches
+    bring enough rows, nothing from before."""
+    q = shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=switch, reservoir_size=40,
+                          recent_steps=recent, check_every=check_every, min_steps=1000, max_steps=5000)
+    assert q.recent_steps == expect
+    q.train()
+    steps = 30
+    for s in range(steps):
+        q(torch.full((1, 64, 4), float(s)) + 0.01 * torch.randn(1, 64, 4))
+    held = q.reservoir("")[:, 0].round()
+    assert held.shape[0] == 40
+    assert int(held.min()) >= steps - expect and int(held.max()) == steps - 1, held.unique()
+
+
+def test_recent_steps_default_and_check():
+    assert shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), switch=3).recent_steps == 1
+    with pytest.raises(ValueError, match="recent_steps"):
+        shrinkscope.defer(vqp.VectorQuantize(dim=4, codebook_size=8), recent_steps=0)
+
+
 def test_water_filling_dimension():
     lam = torch.tensor([16.0, 4.0, 1.0, 1e-6])
     # 1 bit: only the largest component gets rate; 8 bits spread over the three real components
