@@ -21,7 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Capture, Family, Staged, as_index_tensor, channels_last, class_name, first_arg, join, own_codebook
+from .base import (
+    Capture,
+    Family,
+    Staged,
+    as_index_tensor,
+    channels_last,
+    class_name,
+    first_arg,
+    join,
+    own_codebook,
+)
 
 __all__ = ["MoshiCodebook", "MoshiRVQ", "MoshiVQ"]
 

@@ -68,15 +68,16 @@ class VectorQuantizer(nn.Module):
 
 
 class EmbeddingEMA(nn.Module):
-    """taming ``EmbeddingEMA``: ``weight`` Parameter (no grad), ``cluster_size``, ``embed_avg`` buffers."""
+    """taming ``EmbeddingEMA``: ``weight``, ``cluster_size`` and ``embed_avg`` are all Parameters with
+    requires_grad=False, as upstream (so they sit in ``parameters()`` and in an optimizer built from it)."""
 
     def __init__(self, num_tokens, codebook_dim, decay=0.99, eps=1e-5):
         super().__init__()
         self.decay, self.eps = decay, eps
         weight = torch.randn(num_tokens, codebook_dim)
         self.weight = nn.Parameter(weight, requires_grad=False)
-        self.register_buffer("cluster_size", torch.zeros(num_tokens))
-        self.register_buffer("embed_avg", weight.clone())
+        self.cluster_size = nn.Parameter(torch.zeros(num_tokens), requires_grad=False)
+        self.embed_avg = nn.Parameter(weight.clone(), requires_grad=False)
         self.update = True
 
     def forward(self, embed_id):

@@ -14,8 +14,16 @@ import sys
 
 import pytest
 import torch
-from realkit import (Case, blobs, check_analyze, check_defer, check_trained_state_dict, check_watch, held_out_fit,
-                     train)
+from realkit import (
+    Case,
+    blobs,
+    check_analyze,
+    check_defer,
+    check_trained_state_dict,
+    check_watch,
+    held_out_fit,
+    train,
+)
 from torch import nn
 
 import shrinkscope
@@ -403,7 +411,7 @@ def test_hf_dac_defer_passthrough_inside_dac_model():
     z = model.encoder(case.data(0))
     got, want = dq(z), plain.quantizer(z)
     assert [(t.dtype, t.shape) for t in got] == [(t.dtype, t.shape) for t in want]
-    q, codes, lat, commit, book = got
+    q, _codes, lat, commit, book = got
     stage0 = dq.wrapped.quantizers[0]
     assert torch.allclose(lat[:, :4], stage0.in_proj(z), atol=1e-6)
     assert float(commit.detach().abs().sum()) == 0 == float(book.detach().abs().sum()) and q.requires_grad

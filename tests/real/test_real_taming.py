@@ -8,6 +8,9 @@ Decoder, wired as VQModel wires them (same attribute names, so checkpoints have 
 ``EMAVectorQuantizer`` is in neither PyPI build of taming: a look-alike written from its public layout is
 tested below, in this model.
 """
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from realkit import Case, blobs, check_defer, check_trained_state_dict, check_watch, train
@@ -140,53 +143,13 @@ def test_deferred_lightning_ckpt_keeps_the_users_names(tmp_path):
 
 
 # ---- taming's EMAVectorQuantizer: a look-alike ---------------------------------------------------------
-# In neither PyPI build of taming; written from the public layout of CompVis' taming/modules/vqvae/quantize.py:
-# ``EmbeddingEMA`` keeps ``weight``, ``cluster_size`` and ``embed_avg`` as Parameters with requires_grad=False
-# (so they are in ``parameters()`` and in an optimizer built from it), and ``weight_update`` sets
-# ``weight = embed_avg / smoothed cluster_size``; the forward returns ``(z_q, loss, (perplexity, one-hots, ids))``.
-
-class EmbeddingEMA(nn.Module):
-    def __init__(self, num_tokens, codebook_dim, decay=0.99, eps=1e-5):
-        super().__init__()
-        self.decay, self.eps = decay, eps
-        weight = torch.randn(num_tokens, codebook_dim)
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.cluster_size = nn.Parameter(torch.zeros(num_tokens), requires_grad=False)
-        self.embed_avg = nn.Parameter(weight.clone(), requires_grad=False)
-        self.update = True
-
-    def forward(self, embed_id):
-        return nn.functional.embedding(embed_id, self.weight)
-
-    def weight_update(self, num_tokens):
-        n = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (n + num_tokens * self.eps) * n
-        self.weight.data.copy_(self.embed_avg / smoothed[:, None])
-
-
-class EMAVectorQuantizer(nn.Module):
-    def __init__(self, n_embed, embedding_dim, beta, decay=0.99, eps=1e-5, remap=None):
-        super().__init__()
-        self.codebook_dim, self.num_tokens, self.beta, self.remap = embedding_dim, n_embed, beta, remap
-        self.embedding = EmbeddingEMA(n_embed, embedding_dim, decay, eps)
-
-    def forward(self, z):
-        z = z.permute(0, 2, 3, 1)
-        flat = z.reshape(-1, self.codebook_dim)
-        w = self.embedding.weight
-        ids = (flat.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * flat @ w.t()).argmin(1)
-        z_q = self.embedding(ids).view(z.shape)
-        onehot = nn.functional.one_hot(ids, self.num_tokens).type(z.dtype)
-        p = onehot.mean(0)
-        perplexity = torch.exp(-(p * torch.log(p + 1e-10)).sum())
-        if self.training and self.embedding.update:
-            e = self.embedding
-            e.cluster_size.data.mul_(e.decay).add_(onehot.sum(0), alpha=1 - e.decay)
-            e.embed_avg.data.mul_(e.decay).add_(onehot.t() @ flat.detach(), alpha=1 - e.decay)
-            e.weight_update(self.num_tokens)
-        loss = self.beta * nn.functional.mse_loss(z_q.detach(), z)
-        z_q = z + (z_q - z).detach()
-        return z_q.permute(0, 3, 1, 2), loss, (perplexity, onehot, ids)
+# In neither PyPI build of taming; tests/families/fakes.py has one written from the public layout of CompVis'
+# taming/modules/vqvae/quantize.py: ``EmbeddingEMA`` keeps ``weight``, ``cluster_size`` and ``embed_avg`` as
+# Parameters with requires_grad=False (so they are in ``parameters()`` and in an optimizer built from it), and
+# its EMA step sets ``weight = embed_avg / smoothed cluster_size``; the forward returns ``(z_q, loss,
+# (perplexity, one-hots, ids))``.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "families"))
+from fakes import EMAVectorQuantizer
 
 
 def _ema_case():
