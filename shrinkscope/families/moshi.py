@@ -10,11 +10,17 @@ in every moshi configuration); ``ResidualVectorQuantization`` holds stages in ``
 ``ResidualVectorQuantizer`` wraps it as ``vq`` behind a 1x1 ``input_proj``; ``SplitResidualVectorQuantizer``
 runs two of them on the *same* input: ``rvq_first`` (semantic, distilled) and ``rvq_rest`` (acoustic).
 
+``ResidualVectorQuantizer.forward(x (B, C, T), frame_rate)`` returns a ``QuantizedResult(x, codes (B, Q, T),
+bandwidth, penalty, metrics)`` dataclass defined in ``moshi.quantization.base``; its ``no_quantization_rate``
+path, which the library itself uses to train without quantizing, returns ``output_proj(input_proj(x))``.
+
 moshi requires torch<2.10, so the tier tests these families on a look-alike written from that layout
-(tests/real/test_real_lookalikes.py). Deferral is refused, with the reason (``why_no_defer``).
+(tests/real/test_real_lookalikes.py).
 """
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,15 +28,23 @@ import torch
 from torch import nn
 
 from .base import (
+    UNCHOSEN_COUNT,
     Capture,
     Family,
+    Fitted,
+    Passed,
     Staged,
     as_index_tensor,
     channels_last,
     class_name,
+    copy_into,
     first_arg,
+    fit_codes,
     join,
+    nearest,
     own_codebook,
+    per_step,
+    zero_loss,
 )
 
 __all__ = ["MoshiCodebook", "MoshiRVQ", "MoshiVQ"]
@@ -52,8 +66,9 @@ class MoshiVQ(Family):
 
     name = "moshi.vq"
     latent_layout = "channels_first"
-    why_no_defer = ("a moshi VectorQuantization is one stage of a residual stack; shrinkscope does not defer "
-                    "moshi's residual quantizers (see MoshiRVQ)")
+    why_no_defer = ("a moshi VectorQuantization is one stage of a residual stack (deferring it alone would leave "
+                    "the stages after it a pass-through residual); defer the ResidualVectorQuantizer or "
+                    "SplitResidualVectorQuantizer that holds it")
 
     def matches(self, module: nn.Module) -> bool:
         book = module._modules.get("_codebook")
@@ -75,15 +90,21 @@ class MoshiVQ(Family):
 class MoshiRVQ(Staged):
     """moshi ``SplitResidualVectorQuantizer`` (stages ``rvq_first.vq.layers.{i}`` and
     ``rvq_rest.vq.layers.{i}``), ``ResidualVectorQuantizer`` (``vq.layers.{i}``) and
-    ``ResidualVectorQuantization`` (``layers.{i}``), read stage by stage through forward hooks."""
+    ``ResidualVectorQuantization`` (``layers.{i}``), read stage by stage through forward hooks.
+
+    The first two are deferred as a whole. Before the switch each residual stack returns what moshi's own
+    ``no_quantization_rate`` path returns, ``output_proj(input_proj(x))`` (the split quantizer sums its two
+    stacks, as its forward does), with ids from a no-grad greedy lookup (``-1`` while a stage is not
+    initialised), the bandwidth of all ``n_q`` stages and a zero penalty. The reservoir keeps each stack's
+    input after ``input_proj``; at the switch stage q of a stack is fitted by k-means on the residuals left by
+    its fitted stages 0..q-1, and ``embedding_sum``, ``cluster_usage`` and ``_initialized`` are written as
+    moshi's own first-batch init writes them.
+    """
 
     name = "moshi.rvq"
     _stage = MoshiVQ()
-    why_no_defer = (
-        "moshi's residual quantizers initialise each stage by k-means on its first training batch, gated by "
-        "the stage before it, and the split quantizer runs two residual stacks with their own projections on "
-        "the same input; shrinkscope has no stage-wise deferral for this layout (untestable here: moshi needs "
-        "torch<2.10). Use the library's own k-means init, or defer a supported quantizer (docs/defer.md)")
+    why_no_defer = ("a bare moshi ResidualVectorQuantization returns moshi's private _VQForwardResult; defer "
+                    "the ResidualVectorQuantizer or SplitResidualVectorQuantizer that holds it")
 
     def _prefixes(self, module: nn.Module) -> dict[str, nn.Module] | None:
         """``{prefix: ResidualVectorQuantization}`` of the stacks inside ``module``, or None."""
@@ -114,6 +135,80 @@ class MoshiRVQ(Staged):
 
     def _stage_family(self, stage: nn.Module) -> Family:
         return self._stage
+
+    # deferral: ``SplitResidualVectorQuantizer`` and ``ResidualVectorQuantizer``
+    def _quantizers(self, module: nn.Module) -> dict[str, nn.Module]:
+        """``{stream: ResidualVectorQuantizer}``: the split quantizer's two halves, or the quantizer itself."""
+        if class_name(module) == "SplitResidualVectorQuantizer":
+            return {"rvq_first": module.rvq_first, "rvq_rest": module.rvq_rest}
+        return {"": module}
+
+    def can_defer(self, module: nn.Module) -> bool:
+        return class_name(module) in ("SplitResidualVectorQuantizer", "ResidualVectorQuantizer")
+
+    def check(self, module: nn.Module) -> None:
+        if getattr(sys.modules.get(type(module).__module__), "QuantizedResult", None) is None:
+            raise ValueError(f"defer: cannot find moshi's QuantizedResult next to {type(module).__name__} "
+                             f"(module {type(module).__module__}); the pass-through must return it")
+
+    def streams(self, module: nn.Module) -> dict[str, int]:
+        return {name: int(q.vq.layers[0]._codebook.embedding_sum.shape[1])
+                for name, q in self._quantizers(module).items()}
+
+    def _half(self, q: nn.Module, x: torch.Tensor, frame_rate: Any) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor, torch.Tensor]:
+        """``(output, codes (B, Q, T), bandwidth, stack input rows (B*T, D))`` of one quantizer, unquantized."""
+        z = q.input_proj(x)
+        rows = z.detach().transpose(1, 2).reshape(-1, z.shape[1])
+        codes, res = [], rows
+        for stage in q.vq.layers[: q.n_q]:
+            book = stage._codebook
+            if bool(book._initialized.reshape(-1)[0]):
+                cb = self._stage.codebooks(stage)[""].to(res)
+                ids = nearest(cb, res)
+                res = res - cb[ids]
+            else:
+                ids = torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
+            codes.append(ids.reshape(z.shape[0], z.shape[2]))
+        bandwidth = torch.tensor(q.n_q * math.log2(q.bins) * frame_rate / 1000).to(z)
+        return q.output_proj(z), torch.stack(codes, 1), bandwidth, rows
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
+        x = first_arg(args, kwargs, "x")
+        frame_rate = args[1] if len(args) > 1 else kwargs["frame_rate"]
+        result = sys.modules[type(module).__module__].QuantizedResult
+        halves = {n: q for n, q in self._quantizers(module).items() if q.n_q > 0}
+        parts = {n: self._half(q, x, frame_rate) for n, q in halves.items()}
+        out = sum(p[0] for p in parts.values())
+        codes = torch.cat([p[1] for p in parts.values()], 1)
+        bandwidth = sum(p[2] for p in parts.values())
+        penalty = zero_loss(module, torch.zeros((), device=x.device))
+        return result(out, codes, bandwidth, penalty=penalty, metrics={}), {n: p[3] for n, p in parts.items()}
+
+    @torch.no_grad()
+    def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
+        out: Fitted = {}
+        for name, q in self._quantizers(module).items():
+            res = reservoirs.get(name)
+            if res is None:
+                continue
+            for i, stage in enumerate(q.vq.layers):
+                k = int(stage._codebook.embedding_sum.shape[0])
+                centers, counts, idx = fit_codes(res, k, False, iters=iters, seed=seed + i)
+                out[join(name, f"vq.layers.{i}")] = (centers, counts)
+                res = res - centers[idx.to(centers.device)].to(res)
+        return out
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        for name, q in self._quantizers(module).items():
+            for i, stage in enumerate(q.vq.layers):
+                centers, counts = fitted[join(name, f"vq.layers.{i}")]
+                book = stage._codebook
+                size = per_step(counts, tokens_per_step).to(book.cluster_usage).clamp_min(UNCHOSEN_COUNT)
+                copy_into(book.cluster_usage, size)
+                copy_into(book.embedding_sum, centers.to(size) * size[:, None])
+                book._initialized.data.fill_(1)
+                book._buffers["_embedding"] = None  # moshi's cached codebook, recomputed on the next read
 
 
 class MoshiCodebook(Family):

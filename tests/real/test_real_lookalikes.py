@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-from realkit import Case, blobs, check_trained_state_dict, check_watch
+from realkit import Case, blobs, check_defer, check_trained_state_dict, check_watch, train
 from torch import nn
 from torch.nn import functional as F
 
@@ -374,9 +374,21 @@ def _moshi_case():
         rec, res = m(x)
         return (rec - x).pow(2).mean() + res.penalty
 
+    def inner(m):
+        return getattr(m.quantizer, "wrapped", m.quantizer)
+
+    def latents(m, x):  # the semantic stack's input: what its first stage looks up
+        z = inner(m).rvq_first.input_proj(m.encoder(x))
+        return z.transpose(1, 2).reshape(-1, z.shape[1])
+
+    def codebook(m):
+        book = inner(m).rvq_first.vq.layers[0]._codebook
+        return book.embedding_sum / book.cluster_usage.clamp(min=book.epsilon)[:, None]
+
     stages = {"rvq_first.vq.layers.0": (K, D), "rvq_rest.vq.layers.0": (K, D), "rvq_rest.vq.layers.1": (K, D)}
     return Case(build=build, data=lambda s: blobs(s, (8, 4, 32)), loss=loss, output=lambda m, x: m(x),
-                codebooks=stages, usage_stored=set(stages), quantizer="quantizer", lr=3e-3)
+                codebooks=stages, usage_stored=set(stages), quantizer="quantizer", latents=latents,
+                codebook=codebook, lr=3e-3)
 
 
 def test_moshi_lookalike_analyze_finds_every_stage(tmp_path):
@@ -399,9 +411,36 @@ def test_moshi_lookalike_watch_finds_semantic_and_acoustic_stages(tmp_path):
     monitor.remove()
 
 
-def test_moshi_lookalike_defer_refuses_with_the_reason():
+def test_moshi_lookalike_defer_fits():
+    """The split quantizer deferred as a whole: moshi's own unquantized output (``output_proj(input_proj(x))``,
+    both stacks summed) in its ``QuantizedResult``; after the switch the semantic stage fits held-out latents no
+    worse than moshi's own k-means on the first batch of an untrained encoder."""
+    check_defer(_moshi_case(), warmup=20, after=20, reservoir=256)
+
+
+def test_moshi_lookalike_defer_writes_what_moshis_init_writes():
+    case = _moshi_case()
+    model = case.build()
+    dq = shrinkscope.defer(model.quantizer, switch=4, reservoir_size=256)
+    model.quantizer = dq
+    x = case.data(0)
+    res = dq(model.encoder(x), 50)
+    q = dq.wrapped
+    want = q.rvq_first.output_proj(q.rvq_first.input_proj(model.encoder(x))) + \
+        q.rvq_rest.output_proj(q.rvq_rest.input_proj(model.encoder(x)))
+    assert torch.allclose(res.x, want, atol=1e-6) and bool((res.codes == -1).all()) and res.codes.shape[1] == 3
+    train(case, model, 4, start=1)
+    assert dq.switched
+    for stage in [*q.rvq_first.vq.layers, *q.rvq_rest.vq.layers]:
+        book = stage._codebook
+        assert book.initialized and bool((book.cluster_usage > 0).all())
+    analyzed = shrinkscope.analyze(model)  # a live model: read through the wrapper, the user's names
+    assert len(analyzed.entries) == 3
+
+
+def test_moshi_lookalike_stages_refuse_defer_with_the_reason():
     model = _moshi_case().build()
-    for q in (model.quantizer, model.quantizer.rvq_rest, model.quantizer.rvq_rest.vq.layers[1]):
+    for q in (model.quantizer.rvq_rest.vq, model.quantizer.rvq_rest.vq.layers[1]):
         with pytest.raises(TypeError, match="moshi") as err:
             shrinkscope.defer(q, switch=5)
-        assert "k-means" in str(err.value) or "residual" in str(err.value), str(err.value)
+        assert "ResidualVectorQuantizer" in str(err.value), str(err.value)
