@@ -3,11 +3,13 @@
 Recognised by class name and its ``wrapped`` attribute (not by import: families sit below ``defer``).
 Before the switch the wrapper returns the wrapped family's own output structure (latents passed through,
 ids from a no-grad nearest-code lookup), so the inner family's ``extract`` reads it unchanged; the
-monitor therefore follows the latents maturing during the warm-up, and the codebook from the switch on.
+monitor therefore follows the latents maturing during the warm-up, and the codebook from the switch on. A
+residual quantizer is read per stage from the switch on; during the warm-up its records carry no data.
 The quantizer keeps its own name in reports (``quantizer``, not ``quantizer.wrapped``).
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -25,6 +27,9 @@ class Deferred(Family):
 
     def __init__(self, inner: tuple[Family, ...] = ()):
         self.inner = inner
+        # residual stages hooked through a wrapper -> the family that reads them; wrapper -> its first codebook
+        self._stage_owner: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._first_codebook: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def matches(self, module: nn.Module) -> bool:
         return type(module).__name__ == "DeferredQuantizer" and isinstance(getattr(module, "wrapped", None),
@@ -43,8 +48,25 @@ class Deferred(Family):
         return self._inner(module).num_codes(module.wrapped)
 
     def taps(self, module: nn.Module) -> dict[str, nn.Module]:
-        # Residual stages only run after the switch; before it the outer call carries the latents.
-        return {}
+        # A residual quantizer is read per stage, and its stages run only from the switch on: hook them now
+        # (they stay silent during the warm-up), plus the wrapper itself (prefix ""), whose calls during the
+        # warm-up say the quantizer is alive, so watch does not report it as yielding nothing.
+        inner = self._inner(module)
+        stages = inner.taps(module.wrapped)
+        if not stages:
+            return {}
+        for stage in stages.values():
+            self._stage_owner[stage] = inner
+        self._first_codebook[module] = next(iter(inner.num_codes(module.wrapped)))
+        return {"": module, **stages}
+
+    def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
+                    output: Any) -> list[Capture]:
+        if prefix == "":
+            if getattr(submodule, "switched", True):
+                return []
+            return [Capture(self._first_codebook[submodule], None, None)]  # warming up: no ids, no stage latents
+        return self._stage_owner[submodule].extract_tap(prefix, submodule, args, kwargs, output)
 
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
         inner = self._inner(module)
