@@ -48,7 +48,7 @@ class _ResidualModel(torch.nn.Module):
         self.quantizer = vqp.ResidualVQ(dim=8, codebook_size=16, num_quantizers=2)
 
     def forward(self, x):
-        q, idx, loss = self.quantizer(self.enc(x))
+        q, _idx, loss = self.quantizer(self.enc(x))
         return q.sum() + loss.sum()
 
 
