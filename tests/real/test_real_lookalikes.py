@@ -444,3 +444,23 @@ def test_moshi_lookalike_stages_refuse_defer_with_the_reason():
         with pytest.raises(TypeError, match="moshi") as err:
             shrinkscope.defer(q, switch=5)
         assert "ResidualVectorQuantizer" in str(err.value), str(err.value)
+
+
+def test_moshi_lookalike_deferred_checkpoints(tmp_path):
+    """A deferred moshi quantizer's state dict reads under the user's names: during the warm-up every stage is
+    "uninitialized" with no usage claimed (``cluster_usage`` still holds its all-ones fill); after the switch and
+    training, usage comes from the EMA'd ``cluster_usage``."""
+    case = _moshi_case()
+    model = case.build()
+    model.quantizer = shrinkscope.defer(model.quantizer, switch=5, reservoir_size=256)
+    train(case, model, 3)
+    torch.save(model.state_dict(), tmp_path / "warm.pt")
+    train(case, model, 6, start=3)
+    torch.save(model.state_dict(), tmp_path / "done.pt")
+    names = sorted(f"quantizer.{s}" for s in case.codebooks)
+    warm = shrinkscope.analyze(str(tmp_path / "warm.pt")).entries
+    assert sorted(e.health.name for e in warm) == names
+    assert all(e.found.counts is None and e.health.verdict.status == "uninitialized" for e in warm)
+    done = shrinkscope.analyze(str(tmp_path / "done.pt")).entries
+    assert sorted(e.health.name for e in done) == names
+    assert all(e.found.usage_source == "cluster_usage" for e in done)
