@@ -17,6 +17,7 @@ which runs each stage's ``encode(residual (B, D, T)) -> ids (B, T)`` then ``deco
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,8 +25,8 @@ import torch
 from torch import nn
 
 from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name, copy_into,
-                   ema_embed_key, first_arg, fit_codes, l2norm, nearest, own_codebook, per_step, write_ema,
-                   zero_loss)
+                   ema_embed_key, first_arg, fit_codes, fit_residual, join, l2norm, nearest, own_codebook, per_step,
+                   write_ema, zero_loss)
 
 __all__ = ["DacRVQ", "DacVQ", "EncodecCodebook", "EncodecRVQ", "EncodecRVQWrapper", "EncodecVQ", "HfCodecRVQ",
            "HfCodecVQ"]
@@ -176,18 +177,75 @@ class _Staged(Staged):
 
 
 class EncodecRVQ(_Staged):
-    """EnCodec ``ResidualVectorQuantization``: codebooks ``layers.{i}``."""
+    """EnCodec ``ResidualVectorQuantization``: codebooks ``layers.{i}``.
+
+    Deferred as a whole: before the switch ``forward(x (B, D, T), n_q)`` returns ``(x, ids (n_q, B, T),
+    zeros (n_q, 1))`` (ids ``-1`` while the stages are not initialised); the reservoir keeps ``x`` as rows;
+    at the switch stage q is fitted by k-means on the residuals left by the fitted stages 0..q-1 and gets the
+    EMA state and ``inited`` flag of a single EnCodec codebook.
+    """
 
     name = "encodec.rvq"
     _stage = EncodecVQ()
     _names = ("ResidualVectorQuantization",)
 
+    def _stack(self, module: nn.Module) -> nn.Module:
+        return module
 
-class EncodecRVQWrapper(_Staged):
-    """EnCodec ``ResidualVectorQuantizer`` (the outer wrapper holding ``vq``): codebooks ``vq.layers.{i}``."""
+    def _prefix(self) -> str:
+        return ""
 
-    name = "encodec.rvq"
-    _stage = EncodecVQ()
+    def check(self, module: nn.Module) -> None:
+        if not all(isinstance(s.project_in, nn.Identity) for s in self._stack(module).layers):
+            raise ValueError("defer: EnCodec stages with a codebook_dim projection are not supported (the residual "
+                             "lives in the input space, the codes in the projected one); build them without "
+                             "codebook_dim")
+
+    def can_defer(self, module: nn.Module) -> bool:
+        return all(self._stage.can_defer(s) for s in self._stack(module).layers)
+
+    def streams(self, module: nn.Module) -> dict[str, int]:
+        return {"": int(self._stack(module).layers[0]._codebook.embed.shape[1])}
+
+    def _ids(self, module: nn.Module, x: torch.Tensor, n_q: int) -> torch.Tensor:
+        """``(n_q, B, T)`` greedy ids of ``x (B, D, T)`` on the current codebooks (``-1`` before init)."""
+        rows = x.detach().transpose(1, 2).reshape(-1, x.shape[1])
+        ids, res = [], rows
+        for stage in self._stack(module).layers[:n_q]:
+            if self._stage.initted(stage):
+                cb = stage._codebook.embed.to(res)
+                i = nearest(cb, res)
+                res = res - cb[i]
+            else:
+                i = torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
+            ids.append(i.reshape(x.shape[0], x.shape[2]))
+        return torch.stack(ids)
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
+        x = first_arg(args, kwargs, "x")
+        n_q = (args[1] if len(args) > 1 else kwargs.get("n_q")) or len(module.layers)
+        losses = zero_loss(module, torch.zeros(n_q, 1, device=x.device))
+        return (x, self._ids(module, x, n_q), losses), {"": x.detach().transpose(1, 2).reshape(-1, x.shape[1])}
+
+    def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
+        layers = self._stack(module).layers
+        fitted = fit_residual(reservoirs[""], [int(s._codebook.embed.shape[0]) for s in layers], False,
+                              iters=iters, seed=seed)
+        return {join(self._prefix(), f"layers.{i}"): f for i, f in enumerate(fitted)}
+
+    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
+        for i, stage in enumerate(self._stack(module).layers):
+            self._stage.write(stage, {"": fitted[join(self._prefix(), f"layers.{i}")]},
+                              tokens_per_step=tokens_per_step)
+
+
+class EncodecRVQWrapper(EncodecRVQ):
+    """EnCodec ``ResidualVectorQuantizer`` (the outer wrapper holding ``vq``): codebooks ``vq.layers.{i}``.
+
+    Deferred as a whole: before the switch ``forward(x, sample_rate, bandwidth)`` returns the library's
+    ``QuantizedResult(x, ids (n_q, B, T), bandwidth, penalty=0)`` with ``n_q`` from the bandwidth, as its own
+    forward computes it; the switch is the one of ``ResidualVectorQuantization``.
+    """
 
     def matches(self, module: nn.Module) -> bool:
         return class_name(module) == "ResidualVectorQuantizer" and EncodecRVQ().matches(
@@ -195,6 +253,28 @@ class EncodecRVQWrapper(_Staged):
 
     def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
         return {f"vq.layers.{i}": s for i, s in enumerate(module.vq.layers)}
+
+    def _stack(self, module: nn.Module) -> nn.Module:
+        return module.vq
+
+    def _prefix(self) -> str:
+        return "vq"
+
+    def check(self, module: nn.Module) -> None:
+        super().check(module)
+        if getattr(sys.modules.get(type(module).__module__), "QuantizedResult", None) is None:
+            raise ValueError(f"defer: cannot find EnCodec's QuantizedResult next to {type(module).__name__}")
+
+    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
+        x = first_arg(args, kwargs, "x")
+        sample_rate = args[1] if len(args) > 1 else kwargs["sample_rate"]
+        bandwidth = args[2] if len(args) > 2 else kwargs.get("bandwidth")
+        n_q = module.get_num_quantizers_for_bandwidth(sample_rate, bandwidth)
+        bw = torch.tensor(n_q * module.get_bandwidth_per_quantizer(sample_rate)).to(x)
+        penalty = zero_loss(module, torch.zeros((), device=x.device))
+        result = sys.modules[type(module).__module__].QuantizedResult
+        rows = x.detach().transpose(1, 2).reshape(-1, x.shape[1])
+        return result(x, self._ids(module, x, n_q), bw, penalty=penalty), {"": rows}
 
 
 class DacRVQ(_Staged):

@@ -279,6 +279,29 @@ def fit_codes(rows: torch.Tensor, k: int, normalized: bool, *, iters: int, seed:
     return centers, torch.bincount(idx, minlength=k).to(centers.dtype), idx
 
 
+@torch.no_grad()
+def fit_residual(rows: torch.Tensor, sizes: list[int], normalized: bool, *, iters: int, seed: int
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Stage-wise k-means of a residual stack, in the greedy order its forward uses: stage q is fitted on
+    the residual ``rows`` leave after the fitted stages 0..q-1.
+
+    Args:
+        rows: ``(N, D)`` stage-0 inputs in codebook space.
+        sizes: K of each stage.
+        normalized: the stages look up l2-normalised residuals with unit codes.
+
+    Returns:
+        ``[(centroids (K, D), counts (K,)), ...]`` per stage.
+    """
+    out, res = [], rows
+    for q, k in enumerate(sizes):
+        look = l2norm(res) if normalized else res
+        centers, counts, idx = fit_codes(look, k, normalized, iters=iters, seed=seed + q)
+        out.append((centers, counts))
+        res = res - centers[idx.to(centers.device)].to(res)
+    return out
+
+
 def zero_loss(module: nn.Module, like: torch.Tensor) -> torch.Tensor:
     """Zeros shaped like ``like``, tied to the module's trainable parameters with weight 0.
 

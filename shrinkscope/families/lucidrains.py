@@ -17,9 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name, fit_codes,
-                   ema_embed_key, first_arg, join, l2norm, nearest, own_codebook, per_step, write_ema,
-                   zero_loss)
+from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name, ema_embed_key,
+                   first_arg, fit_residual, join, l2norm, nearest, own_codebook, per_step, write_ema, zero_loss)
 
 __all__ = ["LucidFSQ", "LucidGroupedRVQ", "LucidLFQ", "LucidResidualVQ", "LucidSimVQ", "LucidVQ"]
 
@@ -340,16 +339,10 @@ class LucidResidualVQ(Staged):
             out = (*out, module.get_codes_from_indices(ind))
         return out, {"": lat}
 
-    @torch.no_grad()
     def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
-        res, out = reservoirs[""], {}
-        for q, layer in enumerate(module.layers):
-            look = l2norm(res) if self.is_normalized(module) else res
-            centers, counts, idx = fit_codes(look, int(layer.codebook_size), self.is_normalized(module),
-                                             iters=iters, seed=seed + q)
-            out[f"layers.{q}"] = (centers, counts)
-            res = res - centers[idx.to(centers.device)].to(res)
-        return out
+        fitted = fit_residual(reservoirs[""], [int(v.codebook_size) for v in module.layers],
+                              self.is_normalized(module), iters=iters, seed=seed)
+        return {f"layers.{q}": f for q, f in enumerate(fitted)}
 
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
         for q, layer in enumerate(module.layers):

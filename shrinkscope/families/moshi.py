@@ -39,7 +39,7 @@ from .base import (
     class_name,
     copy_into,
     first_arg,
-    fit_codes,
+    fit_residual,
     join,
     nearest,
     own_codebook,
@@ -185,18 +185,13 @@ class MoshiRVQ(Staged):
         penalty = zero_loss(module, torch.zeros((), device=x.device))
         return result(out, codes, bandwidth, penalty=penalty, metrics={}), {n: p[3] for n, p in parts.items()}
 
-    @torch.no_grad()
     def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
         out: Fitted = {}
         for name, q in self._quantizers(module).items():
-            res = reservoirs.get(name)
-            if res is None:
-                continue
-            for i, stage in enumerate(q.vq.layers):
-                k = int(stage._codebook.embedding_sum.shape[0])
-                centers, counts, idx = fit_codes(res, k, False, iters=iters, seed=seed + i)
-                out[join(name, f"vq.layers.{i}")] = (centers, counts)
-                res = res - centers[idx.to(centers.device)].to(res)
+            if name in reservoirs:
+                sizes = [int(s._codebook.embedding_sum.shape[0]) for s in q.vq.layers]
+                fitted = fit_residual(reservoirs[name], sizes, False, iters=iters, seed=seed)
+                out.update({join(name, f"vq.layers.{i}"): f for i, f in enumerate(fitted)})
         return out
 
     def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:

@@ -27,6 +27,7 @@ from realkit import (
 from torch import nn
 
 import shrinkscope
+from shrinkscope.kmeans import kmeans
 
 pytest.importorskip("einops")
 
@@ -97,7 +98,9 @@ def _encodec_cases():
                        {"quantizer": (K, D)}, {"quantizer"}, latents=lat, codebook=cb),
         "rvq": _ae_case(lambda: q.ResidualVectorQuantizer(dimension=D, n_q=3, bins=K, kmeans_iters=5),
                         {"layers.0": (K, D), "layers.1": (K, D), "layers.2": (K, D)},
-                        {"layers.0", "layers.1", "layers.2"}, sample_rate=64),
+                        {"layers.0", "layers.1", "layers.2"}, sample_rate=64,
+                        latents=lambda m, x: m.enc(x).movedim(1, -1).reshape(-1, D),  # stage 0: no projection
+                        codebook=lambda m: getattr(m.quantizer, "wrapped", m.quantizer).vq.layers[0]._codebook.embed),
     }
 
 
@@ -113,6 +116,23 @@ def test_encodec_watch(name, tmp_path):
 
 def test_encodec_defer_vq_fits():
     check_defer(_encodec_cases()["vq"], warmup=30, after=30, reservoir=256)
+
+
+def test_encodec_defer_residual_stack_fits_stage_wise():
+    """The whole ``ResidualVectorQuantizer``: its ``QuantizedResult`` with the input passed through before the
+    switch; at the switch every stage is fitted on the residual of the stages before it and marked inited."""
+    case = _encodec_cases()["rvq"]
+    check_defer(case, warmup=30, after=30, reservoir=256)
+    model = case.build()
+    dq = shrinkscope.defer(model.quantizer, switch=5, reservoir_size=256)
+    model.quantizer = dq
+    train(case, model, 5)
+    res = dq.reservoir().clone()
+    dq.switch_now()
+    stages = dq.wrapped.vq.layers
+    assert all(bool(s._codebook.inited) for s in stages)
+    c0 = kmeans(res, K, iters=20, seed=0)
+    assert torch.allclose(stages[0]._codebook.embed, c0, atol=1e-5)
 
 
 def _drifting_encodec_case(scale: float, *, latent_penalty: float = 0.0) -> Case:
