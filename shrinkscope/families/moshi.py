@@ -171,17 +171,21 @@ class MoshiRVQ(Staged):
                 ids = torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
             codes.append(ids.reshape(z.shape[0], z.shape[2]))
         bandwidth = torch.tensor(q.n_q * math.log2(q.bins) * frame_rate / 1000).to(z)
-        return q.output_proj(z), torch.stack(codes, 1), bandwidth, rows
+        stacked = torch.stack(codes, 1) if codes else torch.empty(z.shape[0], 0, z.shape[2], dtype=torch.long,
+                                                                   device=z.device)
+        return q.output_proj(z), stacked, bandwidth, rows
 
     def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
         x = first_arg(args, kwargs, "x")
         frame_rate = args[1] if len(args) > 1 else kwargs["frame_rate"]
         result = sys.modules[type(module).__module__].QuantizedResult
-        halves = {n: q for n, q in self._quantizers(module).items() if q.n_q > 0}
-        parts = {n: self._half(q, x, frame_rate) for n, q in halves.items()}
-        out = sum(p[0] for p in parts.values())
-        codes = torch.cat([p[1] for p in parts.values()], 1)
-        bandwidth = sum(p[2] for p in parts.values())
+        parts = {n: self._half(q, x, frame_rate) for n, q in self._quantizers(module).items()}
+        # a half set to 0 codebooks (``set_num_codebooks``) is left out of the output, as moshi's forward does,
+        # but its reservoir still fills: every stream needs K rows before the switch
+        used = [p for n, p in parts.items() if self._quantizers(module)[n].n_q > 0] or list(parts.values())
+        out = sum(p[0] for p in used)
+        codes = torch.cat([p[1] for p in used], 1)
+        bandwidth = sum(p[2] for p in used)
         penalty = zero_loss(module, torch.zeros((), device=x.device))
         return result(out, codes, bandwidth, penalty=penalty, metrics={}), {n: p[3] for n, p in parts.items()}
 
