@@ -23,7 +23,8 @@ Hooks survive what training code does to models (why each rule exists):
 - a family that quantizes outside ``forward`` (``Family.hook_method``, e.g. transformers' Encodec/Mimi
   ``.encode()``) gets a per-instance wrapper of that method instead of a forward hook: it returns the
   library's own return value untouched, is restored on ``remove()``, and every copy of the model (deep,
-  shallow ``copy.copy`` or unpickled) gets the plain method back, bound to the copy, so it runs unwatched;
+  shallow ``copy.copy`` or unpickled) gets the plain method back, bound to the copy, so it runs unwatched
+  (a shallow copy still shares its submodules: calls into watched stages are the stages' own calls);
 - a non-finite latent is dropped from the report in which it was sampled (and counted), not allowed to
   disable its codebook; a report that fails for one codebook skips that codebook in that report only.
 
