@@ -138,6 +138,19 @@ class DeferredQuantizer(nn.Module):
         buf = self._res.get(stream)
         return buf[: self._fill[stream]] if buf is not None else torch.empty(0, self._dims[stream])
 
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the wrapper lacks are the wrapped module's: models call their quantizer's other methods
+        (``decode``, ``from_codes``, ``encode``, ``get_codes_from_indices``) and read its settings
+        (``codebook_size``), and those must keep working with the wrapper in place. Before the switch they
+        act on the not-yet-initialised codebook; only ``forward`` passes latents through."""
+        try:
+            return super().__getattr__(name)  # the wrapper's own parameters, buffers and submodules
+        except AttributeError:
+            wrapped = self.__dict__.get("_modules", {}).get("wrapped")
+            if wrapped is None or name.startswith("__"):
+                raise
+            return getattr(wrapped, name)
+
     def extra_repr(self) -> str:
         return (f"family={self.family.name!r}, switch={self.switch!r}, phase={self.phase!r}, "
                 f"step={self.step}, reservoir_size={self.reservoir_size}")

@@ -520,3 +520,19 @@ def test_hf_watch_encode_never_raises_and_works_under_inference_mode(monkeypatch
         assert torch.equal(model.encode(x).audio_codes, plain.encode(x).audio_codes)
     assert monitor.disabled and any("boom" in r.getMessage() for r in caplog.records)
     monitor.remove()
+
+
+def test_hf_dac_deferred_model_still_decodes_codes():
+    """``DacModel.decode(audio_codes=...)`` calls ``quantizer.from_codes``: the wrapper hands methods it lacks to
+    the wrapped quantizer, so a deferred model decodes codes, and after the switch exactly as the bare one."""
+    case = _dac_defer_case()
+    model = case.build()
+    model.quantizer = shrinkscope.defer(model.quantizer, switch=2, reservoir_size=64)
+    train(case, model, 3)
+    assert model.quantizer.switched
+    model.eval()
+    with torch.no_grad():
+        codes = model.encode(case.data(-1)).audio_codes
+        got = model.decode(audio_codes=codes).audio_values
+        want = shrinkscope.unwrap(model).decode(audio_codes=codes).audio_values
+    assert torch.equal(got, want)
