@@ -6,27 +6,32 @@ The CLI (``shrinkscope analyze|compare``) is a thin layer over these two functio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 import math
 import os
-import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from ._progress import progress_iter
-from .checkpoint import Checkpoint, CheckpointError, from_state_dict, load_arrays, load_checkpoint, take_rows
-from .discovery import FoundCodebook, family_named, find_codebooks
-from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, assign, codebook_health
+from .checkpoint import Checkpoint, CheckpointError, from_state_dict, load_arrays, load_checkpoint
+from .discovery import FoundCodebook, find_codebooks
+from .latents import (  # noqa: F401 - REFERENCE_FORMAT, SAVED_LATENTS_KEY: public here since 0.1
+    REFERENCE_FORMAT,
+    SAVED_LATENTS_KEY,
+    _labels_for,
+    _latents_per_codebook,
+    load_labels,
+    _rows_for,
+    _saved_latents,
+)
+from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, codebook_health
 from .metrics.verdict import verdict_line
 
-__all__ = ["analyze", "compare", "AnalysisResult", "ComparisonResult", "Entry", "status_of"]
+__all__ = ["AnalysisResult", "ComparisonResult", "Entry", "analyze", "compare", "status_of"]
 
-REFERENCE_FORMAT = "shrinkscope.reference.tokenizer/1"
-SAVED_LATENTS_KEY = "encoder_latents"
-"""Top-level checkpoint entry holding a bounded ``(N, D)`` sample of encoder latents (the reference
-checkpoints write one), used when no ``--latents`` are given."""
 EMA_DEAD_SHARE = 0.01
 """With EMA usage buffers a code counts as dead below this fraction of the uniform share 1/K: EMA counts
 of unused codes decay towards zero but never reach it (Moshi uses a similar relative threshold)."""
@@ -35,7 +40,6 @@ ANALYZE_MAX_POINTS = 4096
 gives an unbiased estimate (standard error well under 1% of the mean, see metrics/geometry.py) in a
 second instead of ~20 s for a 16384-code codebook on one CPU core."""
 _SEVERE = {"shrinkage", "dimensional_collapse", "poor_coverage"}
-_RESIDUAL = re.compile(r"^(.*\b(?:layers|quantizers)\.)(\d+)$")  # residual stages: rvq.layers.N, quantizers.N
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +47,13 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     d["metrics"] = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d["metrics"].items()
     }
+    return d
+
+
+def _codebook_dict(e: Entry) -> dict[str, Any]:
+    d = _finite(e.health.to_dict())
+    if e.scale is not None:
+        d["scale"] = {"index": int(e.scale["index"]), "size": [int(v) for v in e.scale["size"]]}
     return d
 
 
@@ -61,12 +72,19 @@ def status_of(health: CodebookHealth) -> str:
 
 @dataclass
 class Entry:
-    """One analysed codebook: its health, where it came from, and the latents it was measured against."""
+    """One analysed codebook: its health, where it came from, and the latents it was measured against.
+
+    Attributes:
+        scale: ``{"index", "size": [h, w]}`` when the codebook is one scale of a multi-scale quantizer (VAR).
+        labels: ``(N,)`` data-mode ids of the latent rows, when the mode metrics were measured on them.
+    """
 
     health: CodebookHealth
     found: FoundCodebook
     latents: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
+    scale: dict[str, Any] | None = None
+    labels: torch.Tensor | None = None
 
     @property
     def status(self) -> str:
@@ -86,8 +104,9 @@ class AnalysisResult:
         return [e.health for e in self.entries]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"source": PATH, "codebooks": [codebook_health(...).to_dict(), ...]}``."""
-        return {"source": self.source, "codebooks": [_finite(e.health.to_dict()) for e in self.entries]}
+        """``{"source": PATH, "codebooks": [codebook_health(...).to_dict(), ...]}``; a codebook that is one scale
+        of a multi-scale quantizer also has ``"scale": {"index": i, "size": [h, w]}``."""
+        return {"source": self.source, "codebooks": [_codebook_dict(e) for e in self.entries]}
 
     @property
     def healthy(self) -> bool:
@@ -117,175 +136,6 @@ def _open(source: Any, trust: bool) -> Checkpoint:
     raise TypeError(f"analyze: expected a path, a state dict or an nn.Module, got {type(source).__name__}")
 
 
-def _as_rows(x: torch.Tensor, d: int, layout: str | None = None) -> torch.Tensor | None:
-    """(N, D) rows from (N, D) or channel-first / channel-last maps (only the family's ``latent_layout``
-    when it declares one); None when no such axis has size D.
-
-    Raises:
-        CheckpointError: with no declared layout, an image-like map (4-D or more) whose axis 1 is not D but
-            whose last axis is: reading it channels-last could take a spatial axis for the code axis.
-    """
-    if x.dim() == 2:
-        return x if x.shape[1] == d else None
-    if x.dim() > 2 and x.shape[1] == d and layout != "channels_last":
-        return x.movedim(1, -1).reshape(-1, d)
-    if x.dim() > 3 and x.shape[-1] == d and layout is None:
-        raise CheckpointError(
-            f"latents of shape {list(x.shape)} are ambiguous for a codebook of dimension D={d}: axis 1 "
-            f"({x.shape[1]}) is not D, and a last axis of size {d} may be a spatial axis; pass rows (N, D) "
-            "in the codebook's space, e.g. z.movedim(1, -1).reshape(-1, D) of the tensor the quantizer "
-            "receives (after quant_conv / project_in)")
-    if x.dim() > 2 and x.shape[-1] == d and layout != "channels_first":
-        return x.reshape(-1, d)
-    return None
-
-
-def _rows_for(fc: FoundCodebook, x: torch.Tensor, tensors: Mapping[str, Any]) -> torch.Tensor | None:
-    """Latents for one found codebook, in the layout and space its family looks codes up in (l2-normalised
-    like the codebook when the lookup normalises, so spread and coverage compare like with like)."""
-    fam = family_named(fc.family)
-    rows = _as_rows(x, fc.codebook.shape[1], fam.latent_layout)
-    if rows is None:
-        return None
-    rows = fam.checkpoint_latents(rows, fc.key, tensors)
-    return torch.nn.functional.normalize(rows.float(), dim=-1) if fc.l2_normalized else rows
-
-
-def _saved_latents(ckpt: Checkpoint, max_latents: int | None, seed: int
-                   ) -> tuple[torch.Tensor | None, str | None, str | None]:
-    """``(latents, source, note)`` from what a checkpoint carries (``SAVED_LATENTS_KEY``, ``(N, D)``),
-    read through its bounded reference (a stride-0 view there is refused like any other tensor)."""
-    raw = ckpt.raw if isinstance(ckpt.raw, Mapping) else {}
-    ref, reference = ckpt.tensors.get(SAVED_LATENTS_KEY), raw.get("format") == REFERENCE_FORMAT
-    if ref is not None and isinstance(raw.get(SAVED_LATENTS_KEY), torch.Tensor):
-        return take_rows(ref, max_latents, seed), ("reference model" if reference else "checkpoint"), \
-            "latents saved with the checkpoint (encoder outputs on held-out data)"
-    return None, None, ("this reference checkpoint predates saved latents: re-save it with "
-                        "shrinkscope.reference.train.save_checkpoint, or pass --latents FILE") if reference else None
-
-
-def _subsample(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
-    if n is None or x.shape[0] <= n:
-        return x
-    g = torch.Generator().manual_seed(seed)
-    return x[torch.randperm(x.shape[0], generator=g)[:n]]
-
-
-def _norm_name(name: str) -> str:
-    return name.replace("/", ".").strip(".")
-
-
-def _named_latents(
-    found: list[FoundCodebook], z: dict[str, torch.Tensor], max_latents: int | None, seed: int,
-    tensors: Mapping[str, Any]
-) -> list[tuple[torch.Tensor | None, list[str]]]:
-    """Per-codebook latents from a file of named arrays: a codebook takes the array whose name ends like its own
-    (``rvq/layers.0`` from ``Monitor.save_latents`` serves the codebook ``rvq.layers.0`` or ``model.rvq.layers.0``)."""
-    out: list[tuple[torch.Tensor | None, list[str]]] = []
-    for fc in found:
-        name = _norm_name(fc.name)
-        def like(k: str) -> bool:
-            k = _norm_name(k)
-            return name == k or name.endswith("." + k) or k.endswith("." + name)
-
-        match = [k for k in z if like(k)]
-        if not match:  # a quantizer watched on its own is named by its class: match the codebook part
-            match = [k for k in z if "/" in k and like(k.split("/", 1)[1])]
-        rows = _rows_for(fc, z[match[0]], tensors) if len(match) == 1 else None
-        if rows is None:
-            why = "no array named like it" if not match else (
-                f"several arrays match ({', '.join(match)})" if len(match) > 1 else f"{match[0]} has no axis of "
-                f"size D={fc.codebook.shape[1]}")
-            out.append((None, [f"latents: {why} in the latents file: not used here"]))
-            continue
-        out.append((_subsample(rows.float(), max_latents, seed), [f"latents: array {match[0]}"]))
-    return out
-
-
-def _latents_per_codebook(
-    found: list[FoundCodebook], z: torch.Tensor | dict[str, torch.Tensor] | None, max_latents: int | None,
-    seed: int, tensors: Mapping[str, Any]
-) -> list[tuple[torch.Tensor | None, list[str]]]:
-    """Latents for each codebook; residual stages (``layers.1``, ...) get the residual of earlier stages."""
-    out: list[tuple[torch.Tensor | None, list[str]]] = [(None, []) for _ in found]
-    if z is None:
-        return out
-    if isinstance(z, dict):
-        return _named_latents(found, z, max_latents, seed, tensors)
-    residual: dict[str, tuple[int, torch.Tensor]] = {}
-    for i, fc in enumerate(found):
-        d = fc.codebook.shape[1]
-        m = _RESIDUAL.match(fc.name)
-        group = m.group(1) if m and "/" not in fc.name else None
-        stage = int(m.group(2)) if group else 0
-        if (
-            group is not None
-            and group in residual
-            and residual[group][0] == stage - 1
-            and residual[group][1].shape[1] == d
-        ):
-            x = residual[group][1]
-            note = [
-                f"latents: residual left by stages 0..{stage - 1} of {group.rstrip('.') or 'the quantizer'}"
-            ]
-        elif group is not None and stage > 0:
-            # the encoder output is not what stage N sees: its input is the residual of stages 0..N-1
-            why = (f"latents: stage {stage} of {group.rstrip('.') or 'the quantizer'} quantizes the residual "
-                   f"left by stages 0..{stage - 1}, which these latents do not give here; pass per-stage "
-                   "latents (Monitor.save_latents writes them)")
-            out[i] = (None, [why])
-            continue
-        else:
-            rows = _rows_for(fc, z, tensors)
-            if rows is None:
-                out[i] = (
-                    None, [f"latents of shape {list(z.shape)} have no axis of size D={d}: not used here"]
-                )
-                continue
-            x = _subsample(rows.float(), max_latents, seed)
-            note = []
-        if group is not None and (group not in residual or residual[group][0] == stage - 1):
-            idx, _ = assign(fc.codebook, x)
-            residual[group] = (stage, x - fc.codebook.to(x.dtype)[idx])
-        out[i] = (x, note)
-    return out
-
-
-def _labels_for(labels: torch.Tensor | None, z: Any, x: torch.Tensor | None, max_latents: int | None,
-                seed: int) -> torch.Tensor | None:
-    """Labels aligned with a codebook's latent rows: the same rows ``_subsample`` kept; one label per map
-    (``(B,)`` for ``(B, D, ...)`` latents) is repeated over the map's positions."""
-    if labels is None or x is None or not isinstance(z, torch.Tensor):
-        return None
-    n_rows = z.numel() // x.shape[1]
-    lab = labels.reshape(-1)
-    if lab.numel() == z.shape[0] and n_rows != z.shape[0]:
-        lab = lab.repeat_interleave(n_rows // z.shape[0])
-    if lab.numel() != n_rows:
-        raise CheckpointError(f"labels: expected one label per latent row ({n_rows}) or per map ({z.shape[0]}), "
-                              f"got {lab.numel()}")
-    lab = _subsample(lab, max_latents, seed)
-    return lab if lab.numel() == x.shape[0] else None
-
-
-def _load_labels(labels: Any) -> torch.Tensor | None:
-    if labels is None:
-        return None
-    if isinstance(labels, (str, os.PathLike)):
-        refs = list(load_checkpoint(labels).tensors.values())
-        named = [r for r in refs if r.key.split(".")[-1] in ("labels", "modes", "y")]
-        pick = named[:1] or (refs if len(refs) == 1 else [])
-        if not pick:
-            raise CheckpointError(f"labels: {os.fspath(labels)}: expected one integer array (or one named 'labels'), "
-                                  f"found {len(refs)}: {', '.join(r.key for r in refs[:6]) or 'none'}")
-        arr = pick[0].load()
-    else:
-        arr = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
-    if arr.is_floating_point() or arr.is_complex() or arr.dtype == torch.bool:
-        raise CheckpointError(f"labels: expected integer mode ids (one per latent row), got {arr.dtype}")
-    return arr.detach().cpu().long()
-
-
 def analyze(
     source: Any, data: Any = None, *, latents: Any = None, labels: Any = None, keys: list[str] | None = None,
     trust_checkpoint: bool = False,
@@ -301,12 +151,13 @@ def analyze(
         data: with an ``nn.Module`` source: run the model over this data (a ``DataLoader``, an iterable of
             batches, or a tensor/array) under the watch hooks to get its latents and exact usage
             (``shrinkscope.live.analyze_model``; its options ``forward``, ``batch_size``, ``max_batches``,
-            ``device``, ``eval_mode``, ``adapter`` go in ``**live``).
+            ``device``, ``eval_mode``, ``adapter``, ``scales``, ``process_group`` go in ``**live``).
         latents: optional pre-quantization encoder outputs: a path (``.npy/.npz/.pt/.safetensors``) or a
             tensor/array, ``(N, D)`` or channel-first maps ``(B, D, ...)``. Enable spread ratio, coverage,
             quantization error, and usage counts when the checkpoint stores none.
         labels: optional data-mode ids of the latents (a path to a ``.npy/.pt`` of ints, or an array): one per
-            latent row, or one per map of ``(B, D, ...)`` latents. Enable the mode-level metrics.
+            latent row, or one per map of ``(B, D, ...)`` latents. Enable the mode-level metrics. With ``data``:
+            one id per input row in data order, or ``True`` to take ``y`` from ``(x, y)`` batches.
         keys: explicit codebook keys (disables automatic discovery).
         trust_checkpoint: allow unsafe unpickling of a torch file (only for files you trust).
         include_embeddings: also report token-embedding tables of language models.
@@ -332,13 +183,13 @@ def analyze(
     """
     _check_options(max_latents=max_latents, max_points=max_points, seed=seed)
     if data is not None or live:
-        if data is None or not isinstance(source, torch.nn.Module) or latents is not None or keys or labels is not None:
+        if data is None or not isinstance(source, torch.nn.Module) or latents is not None or keys:
             raise TypeError("analyze: data=... (and its options) needs an nn.Module source, and replaces "
-                            "latents=, labels= and keys=")
+                            "latents= and keys=")
         from .live import analyze_model
 
         return analyze_model(source, data, thresholds=thresholds, max_latents=max_latents, max_points=max_points,
-                             progress=progress, seed=seed, **live)
+                             progress=progress, seed=seed, labels=labels, **live)
     ckpt = _open(source, trust_checkpoint)
     found = find_codebooks(ckpt, keys=keys, include_embeddings=include_embeddings, l2_normalize=l2_normalize)
     latents_note = None
@@ -371,7 +222,7 @@ def analyze(
                 f"latents of shape {list(z.shape)} match no codebook dimension (D = {dims}); "
                 "pass encoder outputs in the codebook's space (after any projection)" + (f": {how}" if how else "")
             )
-    lab = _load_labels(labels)
+    lab = load_labels(labels)
     if lab is not None and z is None:
         raise CheckpointError("labels: --labels describe latent rows; pass --latents FILE with them")
     if lab is not None and isinstance(z, dict):
@@ -392,10 +243,10 @@ def analyze(
                 tt = replace(t, max_dead_usage=max(t.max_dead_usage, EMA_DEAD_SHARE / counts.numel()))
         is_residual = any("residual" in n for n in notes)  # residual stages: rows are not the labelled ones'
         scale = _scale_of(fc.codebook, x)
+        row_labels = None if is_residual else _labels_for(lab, z, x, max_latents, seed)
         h = codebook_health(
             fc.codebook * scale, latents=None if x is None else x * scale, counts=counts, name=fc.name,
-            thresholds=tt, seed=seed, max_points=max_points,
-            labels=None if is_residual else _labels_for(lab, z, x, max_latents, seed)
+            thresholds=tt, seed=seed, max_points=max_points, labels=row_labels
         )
         if scale != 1.0:
             _unscale(h, scale)
@@ -404,7 +255,7 @@ def analyze(
         extra = [latents_note] if latents_note else []
         if x is not None and counts is None:
             extra.append("usage from assigning the latents to their nearest code")
-        entries.append(Entry(h, fc, x, fc.notes + notes + extra))
+        entries.append(Entry(h, fc, x, fc.notes + notes + extra, labels=row_labels))
     return AnalysisResult(ckpt.source, entries, latents_source)
 
 

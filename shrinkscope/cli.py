@@ -149,18 +149,53 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .report import analysis_text, write_analysis_report
 
     if args.model or args.data:
-        return _emit(_live(args), args, analysis_text, write_analysis_report)
+        rank, joined = _join_torchrun(args)
+        try:
+            result = _live(args)
+            # under torchrun every rank ran its shard and holds the same result: rank 0 alone prints and writes
+            return _emit(result, args, analysis_text, write_analysis_report) if rank == 0 else 0
+        finally:
+            if joined:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     return _emit(analyze(args.checkpoint, **_kwargs(args)), args, analysis_text, write_analysis_report)
+
+
+def _join_torchrun(args: argparse.Namespace) -> tuple[int, bool]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment): join the process group (gloo, or NCCL for
+    ``--device cuda``, each rank on its ``LOCAL_RANK`` GPU). Returns ``(rank, whether we joined it here)``."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or not (args.model and args.data):
+        return 0, False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), False
+    cuda = bool(args.device) and str(args.device).startswith("cuda")
+    if cuda and str(args.device) == "cuda" and "LOCAL_RANK" in os.environ:
+        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), True
+
+
+def _shard(x: Any) -> Any:
+    """This rank's contiguous block of rows under torch.distributed (all rows otherwise)."""
+    import torch.distributed as dist
+
+    if x is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return x
+    return x.tensor_split(dist.get_world_size())[dist.get_rank()]
 
 
 def _live(args: argparse.Namespace) -> Any:
     """``--model`` + ``--data``: build the user's model, load the checkpoint into it, run the data."""
     from . import live
+    from .latents import load_labels
 
     if not (args.model and args.data):
         raise ValueError("--model and --data go together: --model package.module:factory --data FILE")
-    if args.latents or args.key or args.labels:
-        raise ValueError("--latents/--labels/--key do not apply with --model: the latents come from running the model")
+    if args.latents or args.key:
+        raise ValueError("--latents/--key do not apply with --model: the latents come from running the model")
     if args.trust_checkpoint:
         print("shrinkscope: warning: --trust-checkpoint: unpickling may run code stored in the file",
               file=sys.stderr)
@@ -169,9 +204,14 @@ def _live(args: argparse.Namespace) -> Any:
         model.to(args.device)
     note = live.load_weights(model, args.checkpoint, trust=args.trust_checkpoint)
     data = live.load_data(args.data)
+    labels = load_labels(args.labels)
+    if labels is not None and labels.reshape(-1).numel() != data.shape[0]:
+        raise ValueError(f"--labels: {labels.numel()} labels for {data.shape[0]} rows of --data; with --model pass "
+                         "one mode id per input row")
     result = live.analyze_model(
-        model, data, batch_size=args.batch_size, max_batches=args.max_batches, device=args.device,
-        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed, source=args.checkpoint
+        model, _shard(data), batch_size=args.batch_size, max_batches=args.max_batches, device=args.device,
+        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed, source=args.checkpoint,
+        labels=None if labels is None else _shard(labels.reshape(-1))
     )
     for e in result.entries:
         e.notes.insert(0, note)
@@ -246,7 +286,9 @@ def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
         "--model imports your module and calls its factory: an explicit opt-in to run that code (the "
         "checkpoint itself is still loaded safely, without unpickling code). The weights are loaded strictly "
         "into the model, which then runs in eval mode without gradients over --data; usage is counted "
-        "exactly over every batch and latents are sampled (at most --max-latents per codebook)."
+        "exactly over every batch and latents are sampled (at most --max-latents per codebook). --labels "
+        "then gives one mode id per --data row. Under torchrun each rank runs its own block of --data; the "
+        "counts and latents are merged over the ranks and rank 0 prints and writes."
     )
     live.add_argument("--model", metavar="PKG.MODULE:FACTORY",
                       help="import PKG.MODULE and call FACTORY() to build the model (its folder must be on "

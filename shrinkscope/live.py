@@ -28,15 +28,15 @@ from torch import nn
 from .analyze import ANALYZE_MAX_POINTS, AnalysisResult, Entry
 from .checkpoint import FoundCodebook
 from .families import Family, find_quantizers, get_family
+from .families.scales import with_scales
 from .implicit import BitUsageStream, bit_usage_health
+from .live_labels import BatchLabels, LiveError, LiveMonitor
+from .measure import usage_health
 from .metrics import HealthThresholds, codebook_health
 from .watch import Monitor
 
-__all__ = ["LiveError", "analyze_model", "iter_batches"]
-
-
-class LiveError(ValueError):
-    """The model could not be run over the data (or nothing was captured); one line meant for the user."""
+__all__ = ["LiveError", "analyze_model", "build_model", "dist_world", "iter_batches", "load_data",
+           "load_weights"]
 
 
 def iter_batches(data: Any, *, batch_size: int = 64) -> Iterator[Any]:
@@ -111,7 +111,8 @@ def analyze_model(
     batch_size: int = 64, max_batches: int | None = None, device: torch.device | str | None = None,
     eval_mode: bool = True, adapter: Family | str | None = None, thresholds: HealthThresholds | None = None,
     max_latents: int | None = 20_000, max_points: int | None = ANALYZE_MAX_POINTS,
-    progress: bool | None = None, seed: int = 0, source: str | None = None
+    progress: bool | None = None, seed: int = 0, source: str | None = None, labels: Any = None,
+    scales: Any = None, process_group: Any = None
 ) -> AnalysisResult:
     """Run ``model`` over ``data`` under the watch hooks and measure every codebook it uses.
 
@@ -135,12 +136,21 @@ def analyze_model(
         progress: tqdm progress bar on stderr (None: only when stderr is a terminal).
         seed: seed of the reservoir and of every subsample.
         source: label of the result (default: the model's class name).
+        labels: data-mode ids of the inputs, for the mode-level metrics (``token_mode_entropy``,
+            ``shrunk_mode_share``): an integer array ``(N,)`` with one id per input row, in the order the data
+            yields its rows, or ``True`` to take them from each ``(x, y, ...)`` batch (``y``: ``(B,)``
+            integers). Every latent row of an input carries its label (all positions of a map).
+        scales: token-map sizes of a multi-scale quantizer of your own (as in ``watch``): one codebook per scale.
+        process_group: under ``torch.distributed``, the group whose ranks each run their own shard of the
+            data (default: the world when initialised). Counts are summed and latents merged over the ranks,
+            so every rank returns the same result as one process over all the shards (write it from rank 0).
 
     Returns:
         An ``AnalysisResult`` whose usage counts are exact over every batch run.
 
     Raises:
-        LiveError (a ValueError): bad data, no quantizer, the forward failed, or no quantizer call was seen.
+        LiveError (a ValueError): bad data or labels, no quantizer, the forward failed (on any rank), or no
+            quantizer call was seen.
     """
     from tqdm.auto import tqdm
 
@@ -153,42 +163,62 @@ def analyze_model(
         raise LiveError(f"max_batches must be >= 1 (or None for all), got {max_batches}")
     run = forward or default_forward
     dev = torch.device(device) if device is not None else _device_of(model)
-    quantizers = _quantizers(model, adapter)
+    quantizers = with_scales(_quantizers(model, adapter), scales)
+    take_labels = BatchLabels(labels) if labels is not None and labels is not False else None
+    distributed, rank = _distributed(process_group)
     modes = [(m, m.training) for m in model.modules()]
     saved = _snapshot(quantizers)
-    monitor = Monitor(quantizers, every=0, sinks=[], reservoir_size=int(max_latents), collect="all",
-                      thresholds=thresholds, seed=seed)
-    batches = 0
+    monitor = LiveMonitor(quantizers, every=0, sinks=[], reservoir_size=int(max_latents), collect="all",
+                           thresholds=thresholds, seed=seed, process_group=process_group)
+    batches, error = 0, None
     try:
         if eval_mode:
             model.eval()
         with torch.no_grad():
-            for batch in tqdm(iter_batches(data, batch_size=batch_size), desc="batches", unit="batch",
-                              disable=(None if progress is None else not progress), leave=False):
-                try:
-                    run(model, _to(batch, dev))
-                except Exception as exc:  # the user's model: name the batch, keep the cause
-                    raise LiveError(f"running the model on batch {batches} failed: {type(exc).__name__}: "
-                                    f"{' '.join(str(exc).split())[:300]}") from exc
-                batches += 1
-                if max_batches is not None and batches >= int(max_batches):
-                    break
+            try:
+                for batch in tqdm(iter_batches(data, batch_size=batch_size), desc="batches", unit="batch",
+                                  disable=(None if progress is None else not progress) or rank != 0, leave=False):
+                    if take_labels is not None:
+                        monitor.batch_labels = take_labels.next(batch, batches)
+                    try:
+                        run(model, _to(batch, dev))
+                    except Exception as exc:  # the user's model: name the batch, keep the cause
+                        raise LiveError(f"running the model on batch {batches} failed: {type(exc).__name__}: "
+                                        f"{' '.join(str(exc).split())[:300]}") from exc
+                    batches += 1
+                    if max_batches is not None and batches >= int(max_batches):
+                        break
+                if take_labels is not None and max_batches is None:
+                    take_labels.finish()
+            except LiveError as exc:
+                if not distributed:
+                    raise
+                error = exc  # raised after the other ranks learn of it, so that none waits forever
         monitor.remove()
         changed = [name or type(q).__name__ for (name, q, _), before in zip(quantizers, saved)
                    if _changed(q, before)]
+        total = batches
+        if distributed:
+            total = _agree(error, bool(changed and eval_mode), batches, dev, process_group)
         if changed and eval_mode:
             raise LiveError(
                 f"running the data changed the state of {', '.join(changed)} even in eval mode (e.g. "
                 "vector-quantize-pytorch k-means-initialises an untrained codebook on its first forward); the "
                 "model was restored. An uninitialised codebook cannot be diagnosed on data: analyze the "
                 "checkpoint itself, or train first")
-        if batches == 0:
+        if total == 0:
             raise LiveError("data: no batch to run (empty data)")
+        diverged = monitor._reduce(seed=seed, extra_columns=int(take_labels is not None)) if distributed else {}
         result = _result(monitor, quantizers, thresholds or HealthThresholds(), max_points, seed,
-                         source or f"<{type(model).__name__}>", batches)
+                         source or f"<{type(model).__name__}>", total, labelled=take_labels is not None,
+                         diverged=diverged)
         for e in result.entries if changed else []:
             e.notes.append("the codebook changed during the run (training-mode forwards); measured after the run; "
                            "the model was then restored")
+        if distributed:
+            for e in result.entries:
+                e.notes.append(f"distributed: {dist_world(process_group)} ranks, each on its own shard; counts "
+                               "summed and latents merged over the ranks")
         return result
     finally:
         monitor.remove()
@@ -237,10 +267,21 @@ def _bit_entry(name: str, key: str, adapter: Family, stream: BitUsageStream, t: 
     ])
 
 
+def _canonical(rows: torch.Tensor) -> torch.Tensor:
+    """Rows in lexicographic order: the sample is a set, and a fixed order makes every order-dependent step
+    after it (k-means seeding, subsets) independent of batch order and of how the data was sharded."""
+    if rows.shape[0] < 2:
+        return rows
+    order = np.lexsort(rows.double().cpu().numpy().T[::-1])
+    return rows[torch.from_numpy(order.copy()).to(rows.device)]
+
+
 def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t: HealthThresholds,
-            max_points: int | None, seed: int, source: str, batches: int) -> AnalysisResult:
+            max_points: int | None, seed: int, source: str, batches: int, *, labelled: bool = False,
+            diverged: dict[str, dict[str, Any]] | None = None) -> AnalysisResult:
     entries: list[Entry] = []
     silent: list[str] = []
+    diverged = diverged or {}
     for (qname, module, adapter), w in zip(quantizers, monitor.watched):
         cbs = {} if adapter.usage_only else adapter.codebooks(module)
         for c, stream in w.streams.items():
@@ -258,7 +299,11 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
             if stream.overflow() > 0:
                 raise LiveError(f"{key}: {stream.overflow()} captured ids >= K={stream.num_codes}: the "
                                 "adapter does not read code ids from this model")
-            lat = stream.reservoir()
+            lat, lab = stream.reservoir(), None
+            if lat is not None:
+                lat = _canonical(lat)
+                if labelled:  # the last column is each row's label (see live_labels.LiveMonitor)
+                    lat, lab = lat[:, :-1], lat[:, -1].round().long()
             n_ids, n_lat = int(counts.sum()), stream.seen()
             if n_ids == 0 and n_lat < 2:
                 silent.append(key)
@@ -268,110 +313,82 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
                           "latents to their nearest code"]
             if lat is not None and lat.shape[0] >= 2:
                 notes.append(f"latents: uniform sample of {lat.shape[0]} of the {n_lat} seen")
+            scale = w.scales.get(c)
+            if scale is not None:
+                notes.append(f"scale {scale['index']} ({scale['size'][0]}x{scale['size'][1]} tokens per input) of "
+                             "a multi-scale quantizer: its ids and the residual it quantizes")
             cb = cbs.get(c)
             if cb is None:  # codebook-free quantizer (FSQ, LFQ): usage only
-                h = monitor._usage_health(name, stream.num_codes, 0, counts)
+                h = usage_health(name, stream.num_codes, 0, counts, t)
                 found = FoundCodebook(name, torch.zeros(0, 0), h.counts, adapter.name, key,
                                       usage_source="live hooks")
-                entries.append(Entry(h, found, None, notes + ["implicit codebook: usage metrics only"]))
+                entries.append(Entry(h, found, None, notes + ["implicit codebook: usage metrics only"],
+                                     scale=scale))
                 continue
-            x = lat.to(cb.device) if lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1] else None
+            if key in diverged:  # ranks disagree: measure rank 0's codebook (the one it saves) everywhere
+                cb = _from_rank0(cb, monitor._device(w), monitor.group)
+                notes.append("the ranks hold different codebooks (rank_divergence): measured with rank 0's")
+            ok = lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1]
+            x = lat.to(cb.device) if ok else None
+            y = lab if ok and lab is not None and bool((lab >= 0).any()) else None
+            if labelled and ok and y is None:
+                notes.append("labels: no latent row of this codebook could be matched to an input row")
             h = codebook_health(cb, latents=x, counts=counts.double() if n_ids else None, name=name,
-                                thresholds=t, seed=seed, max_points=max_points)
+                                thresholds=t, seed=seed, max_points=max_points, labels=y)
+            if key in diverged:
+                h.warnings.append(dict(diverged[key]))
             found = FoundCodebook(name, cb.cpu(), counts if n_ids else None, adapter.name, key,
                                   usage_source="live hooks" if n_ids else None)
-            entries.append(Entry(h, found, None if x is None else x.cpu(), notes))
+            entries.append(Entry(h, found, None if x is None else x.cpu(), notes, scale=scale, labels=y))
     if not entries:
         raise LiveError("no quantizer call was seen while running the data (" + ", ".join(silent) + "); "
                         "check that forward reaches the quantizer")
     return AnalysisResult(source, entries, "live model" if any(e.latents is not None for e in entries) else None)
 
 
-# ---- the CLI's `analyze CKPT --model package.module:factory --data FILE` ---------------------------------
+# ---- torch.distributed: every rank runs its own shard ----------------------------------------------------
 
-_CONTAINERS = ("state_dict", "model", "model_state_dict", "module", "net", "generator", "ema")
-_PREFIXES = ("module.", "model.", "_orig_mod.")
+def _distributed(group: Any) -> tuple[bool, int]:
+    import torch.distributed as dist
 
-
-def build_model(spec: str) -> nn.Module:
-    """Import ``package.module:factory`` and call ``factory()`` (the user's own code: an explicit opt-in).
-
-    Raises:
-        LiveError: a malformed spec, an import error, or a factory that does not return an ``nn.Module``.
-    """
-    import importlib
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: a module in the current folder is found
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise LiveError(f"--model: expected package.module:factory (a function or class that builds the model "
-                        f"with no arguments), got {spec!r}")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except Exception as exc:
-        raise LiveError(f"--model: cannot import {mod_name!r} ({type(exc).__name__}: {exc}); is its folder on "
-                        "PYTHONPATH?") from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise LiveError(f"--model: {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise LiveError(f"--model: {spec} is not callable")
-    try:
-        model = obj()
-    except Exception as exc:
-        raise LiveError(f"--model: {spec}() failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-                        ) from exc
-    if not isinstance(model, nn.Module):
-        raise LiveError(f"--model: {spec}() returned {type(model).__name__}, expected a torch.nn.Module")
-    return model
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        return True, dist.get_rank(group)
+    return False, 0
 
 
-def _candidates(raw: Any) -> Iterator[dict[str, Any]]:
-    """State dicts a checkpoint may hold: itself or a usual container key, with wrapper prefixes stripped."""
-    if not isinstance(raw, dict):
-        return
-    for sd in [raw] + [raw[k] for k in _CONTAINERS if isinstance(raw.get(k), dict)]:
-        yield sd
-        for p in _PREFIXES:
-            if any(isinstance(k, str) and k.startswith(p) for k in sd):
-                yield {k[len(p):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(p)}
+def dist_world(group: Any = None) -> int:
+    """Ranks in ``group`` (1 without ``torch.distributed``)."""
+    return int(torch.distributed.get_world_size(group)) if _distributed(group)[0] else 1
 
 
-def load_weights(model: nn.Module, path: str, *, trust: bool = False) -> str:
-    """Load a checkpoint's state dict into ``model`` (strict: every key must match). The file is read with
-    ``checkpoint.load_checkpoint``, so it is never unpickled unsafely unless ``trust`` is set.
+def _from_rank0(cb: torch.Tensor, device: torch.device, group: Any) -> torch.Tensor:
+    """Rank 0's copy of a codebook on every rank (one broadcast; every rank calls it for the same keys, since
+    the divergence verdict comes from all-gathered fingerprints)."""
+    import torch.distributed as dist
 
-    Returns:
-        Where in the file the weights were found (for the report's notes).
-
-    Raises:
-        CheckpointError / LiveError (ValueErrors): unreadable file, or no state dict that fits the model.
-    """
-    from .checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, trust=trust)
-    raw = ckpt.raw if isinstance(ckpt.raw, dict) else {k: r.load() for k, r in ckpt.tensors.items()}
-    want = set(model.state_dict())
-    best: tuple[int, int] | None = None
-    for sd in _candidates(raw):
-        keys = {k for k, v in sd.items() if isinstance(v, torch.Tensor)}
-        if keys == want:
-            model.load_state_dict({k: sd[k] for k in keys}, strict=True)
-            return f"weights: {len(keys)} tensors from {path}"
-        miss = (len(want - keys), len(keys - want))
-        best = miss if best is None or sum(miss) < sum(best) else best
-    detail = "" if best is None else f" (closest: {best[0]} of the model's keys missing, {best[1]} unexpected)"
-    raise LiveError(f"{path}: no state dict in the file matches the model built by --model{detail}; the factory "
-                    "must build the same architecture the checkpoint was saved from")
+    buf = cb.detach().to(device=device, dtype=torch.float32).contiguous()
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    dist.broadcast(buf, src=src, group=group)
+    return buf.to(cb.device)
 
 
-def load_data(path: str) -> torch.Tensor:
-    """One float array ``(N, ...)`` of model inputs from ``.npy``, ``.npz`` (one array, or one named ``data``),
-    ``.pt`` (a tensor, or a dict with one such tensor; loaded with ``weights_only=True``) or ``.safetensors``."""
-    from .checkpoint import load_array
+def _agree(error: LiveError | None, changed: bool, batches: int, device: torch.device, group: Any) -> int:
+    """One all-reduce after the run, before any other collective: a rank that failed (or whose quantizer
+    changed in eval mode) stops every rank with an error instead of leaving them waiting. Returns the
+    number of batches run over all ranks."""
+    import torch.distributed as dist
 
-    return load_array(path, what="data")
+    flags = torch.tensor([int(error is not None), int(changed), batches], dtype=torch.int64, device=device)
+    dist.all_reduce(flags, group=group)
+    if error is not None:
+        raise error
+    if int(flags[0]):
+        raise LiveError(f"{int(flags[0])} other rank(s) failed while running their shard of the data (see their "
+                        "error); no rank measured anything")
+    if int(flags[1]) and not changed:
+        raise LiveError("running the data changed a quantizer's state on another rank even in eval mode; the "
+                        "model was restored (see that rank's error)")
+    return int(flags[2])
+
+
+from .user_model import build_model, load_data, load_weights  # the CLI's helpers, importable from here too

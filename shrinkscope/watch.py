@@ -35,155 +35,29 @@ and whenever ``monitor.report()`` is called.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
 from pathlib import Path
-import types
-from typing import Any, Callable
-import weakref
+from typing import Any
 
 import torch
 from torch import nn
 
-from .divergence import rank_divergence
 from .families import Capture, Family, find_quantizers, get_family
-from .implicit import EXACT_COUNT_LIMIT, BitUsageStream, bit_usage_health
-from .metrics import (
-    CodebookHealth,
-    HealthThresholds,
-    codebook_health,
-    dead_code_ratio,
-    judge_health,
-    utilization_perplexity,
-)
+from .families.scales import scale_info, with_scales
+from .hooks import Hook, _Inert, hook_method  # noqa: F401 - _Inert: old pickles of watched models name it here
+from .implicit import EXACT_COUNT_LIMIT, BitUsageStream
+from .metrics import CodebookHealth, HealthThresholds
 from .sinks import Sink, make_sinks
-from .stream import CodebookStream, reduce_streams
+from .stream import CodebookStream
+from .watch_report import Reporting
 
 __all__ = ["Monitor", "watch"]
 
 logger = logging.getLogger("shrinkscope")
 
 _COLLECT = ("train", "eval", "all")
-
-
-class _Inert:
-    """What a copied or unpickled model gets in place of a monitor's hook: does nothing."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-class _Hook:
-    """A monitor's forward hook: runs only for the module it was put on, with inference mode off.
-
-    ``copy.deepcopy`` and pickling turn it into ``_Inert`` so a model copy neither feeds the monitor nor
-    drags the monitor (and its open files) along.
-    """
-
-    def __init__(self, fn: Callable[..., None], module: nn.Module):
-        self.fn = fn
-        self.owner = weakref.ref(module)
-
-    def __call__(self, mod: nn.Module, *args: Any) -> None:
-        if self.owner() is not mod:
-            return  # a shallow copy of the module shares our hook dict: not ours to count
-        if torch.is_inference_mode_enabled():
-            with torch.inference_mode(False), torch.no_grad():
-                self.fn(mod, *args)
-        else:
-            self.fn(mod, *args)
-
-    def __deepcopy__(self, memo: dict) -> _Inert:
-        return _Inert()
-
-    def __reduce__(self) -> tuple:
-        return (_Inert, ())
-
-
-class _MethodTap:
-    """A per-instance wrapper of ``module.<name>`` that calls the class's method, then the hooks with
-    ``(module, args, kwargs, output)``; the output is returned as the library made it.
-
-    Put in the instance ``__dict__`` (an instance attribute shadows the class method). A deep copy or an
-    unpickled copy gets the class method bound to the copy, so copies run exactly as before, unwatched.
-    """
-
-    def __init__(self, module: nn.Module, name: str):
-        self.owner = weakref.ref(module)
-        self.name = name
-        self.func = getattr(type(module), name)
-        self.hooks: list[Callable[..., None]] = []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        mod = self.owner()
-        out = self.func(mod, *args, **kwargs)
-        for h in list(self.hooks):
-            try:
-                h(mod, args, kwargs, out)
-            except Exception as e:  # noqa: BLE001 - must never raise into training
-                logger.warning("shrinkscope: a %s() hook failed (training is not affected): %r", self.name, e)
-        return out
-
-    def __deepcopy__(self, memo: dict) -> types.MethodType:
-        mod = self.owner()
-        twin = memo.get(id(mod)) if mod is not None else None
-        return types.MethodType(self.func, twin if twin is not None else copy.deepcopy(mod, memo))
-
-    def __reduce__(self) -> tuple:
-        return (getattr, (self.owner(), self.name))  # unpickles to the class method bound to the copy
-
-
-class _UntappedState:
-    """An instance-level ``__getstate__`` of a tapped module: its state without the taps.
-
-    ``copy.copy``, ``copy.deepcopy`` and pickling all build the copy from ``__getstate__``, which Python
-    looks up on the instance first. Leaving the taps out gives every copy, shallow ones included, the
-    class's plain methods bound to itself: a shallow copy runs unwatched on its own attributes instead
-    of calling the original through a shared wrapper.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.owner = weakref.ref(module)
-
-    def __call__(self) -> dict:
-        mod = self.owner()
-        state = type(mod).__getstate__(mod)
-        return {k: v for k, v in state.items() if not isinstance(v, (_MethodTap, _UntappedState))}
-
-
-class _TapHandle:
-    """``remove()`` takes one hook off a ``_MethodTap``; the last one restores the class method."""
-
-    def __init__(self, tap: _MethodTap, hook: Callable[..., None]):
-        self.tap, self.hook = tap, hook
-
-    def remove(self) -> None:
-        if self.hook in self.tap.hooks:
-            self.tap.hooks.remove(self.hook)
-        mod = self.tap.owner()
-        if not self.tap.hooks and mod is not None and mod.__dict__.get(self.tap.name) is self.tap:
-            del mod.__dict__[self.tap.name]
-            if isinstance(mod.__dict__.get("__getstate__"), _UntappedState) and not any(
-                    isinstance(v, _MethodTap) for v in mod.__dict__.values()):
-                del mod.__dict__["__getstate__"]
-
-
-def _hook_method(module: nn.Module, method: str, hook: Callable[..., None]) -> Any:
-    """Call ``hook(module, args, kwargs, output)`` after every call of ``module.<method>``; returns a handle."""
-    if method == "forward":
-        return module.register_forward_hook(hook, with_kwargs=True)
-    tap = module.__dict__.get(method)
-    if not isinstance(tap, _MethodTap):
-        if method in module.__dict__:
-            raise ValueError(f"watch: {type(module).__name__}.{method} is already replaced on the instance")
-        tap = _MethodTap(module, method)
-        module.__dict__[method] = tap
-        if "__getstate__" not in module.__dict__:
-            module.__dict__["__getstate__"] = _UntappedState(module)
-    tap.hooks.append(hook)
-    return _TapHandle(tap, hook)
 
 
 @dataclasses.dataclass
@@ -193,6 +67,7 @@ class _Watched:
     adapter: Family
     streams: dict[str, CodebookStream]  # codebook name -> stream
     dims: dict[str, int | None]
+    scales: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # codebook -> {"index", "size"}
     handles: list = dataclasses.field(default_factory=list)
     captured: bool = False  # any capture yet (a Python flag: no device sync)
     silent_reported: bool = False
@@ -201,7 +76,7 @@ class _Watched:
         return self.name if not codebook else f"{self.name}/{codebook}"
 
 
-class Monitor:
+class Monitor(Reporting):
     """Hooks plus streaming state for every watched quantizer. Build it with ``watch``.
 
     Attributes:
@@ -245,7 +120,7 @@ class Monitor:
             streams = {c: BitUsageStream(k) if adapter.usage_only and k > EXACT_COUNT_LIMIT else
                        CodebookStream(k, reservoir_size=reservoir_size, seed=self.seed + 7919 * i + j)
                        for j, (c, k) in enumerate(ks.items())}
-            w = _Watched(label, module, adapter, streams, dims)
+            w = _Watched(label, module, adapter, streams, dims, scale_info(adapter, module))
             self._attach(w, first=(i == 0))
             self.watched.append(w)
 
@@ -264,14 +139,14 @@ class Monitor:
                 def tap_hook(mod, args, kwargs, output, prefix=prefix):
                     if self._wanted(mod):
                         self._collect(w, lambda: w.adapter.extract_tap(prefix, mod, args, kwargs, output))
-                w.handles.append(_hook_method(sub, method, _Hook(tap_hook, sub)))
+                w.handles.append(hook_method(sub, method, Hook(tap_hook, sub)))
         else:
             def hook(mod, args, kwargs, output):
                 if self._wanted(mod):
                     self._collect(w, lambda: w.adapter.extract(mod, args, kwargs, output))
-            w.handles.append(_hook_method(w.module, method, _Hook(hook, w.module)))
+            w.handles.append(hook_method(w.module, method, Hook(hook, w.module)))
         if first:
-            w.handles.append(_hook_method(w.module, method, _Hook(self._step_hook, w.module)))
+            w.handles.append(hook_method(w.module, method, Hook(self._step_hook, w.module)))
 
     def _step_hook(self, module: nn.Module, *_: Any) -> None:
         if self._removed or not module.training:
@@ -306,13 +181,6 @@ class Monitor:
             except Exception as e:  # noqa: BLE001 - must never raise into training
                 self._disable(key, e)
 
-    def _skip(self, key: str, error: BaseException) -> None:
-        """A report-time failure: this codebook is left out of this report only (first one logged)."""
-        self.skipped[key] = self.skipped.get(key, 0) + 1
-        if self.skipped[key] == 1:
-            logger.warning("shrinkscope: %r left out of a report after an error (monitoring goes on; further "
-                           "failures are counted in monitor.skipped): %r", key, error)
-
     def _disable(self, key: str, error: BaseException) -> None:
         if key not in self._disabled:
             self._disabled.add(key)
@@ -323,206 +191,6 @@ class Monitor:
     def disabled(self) -> set[str]:
         """Names of quantizers/codebooks switched off after an error."""
         return set(self._disabled)
-
-    # ---- reports ---------------------------------------------------------------------------------
-
-    def _distributed(self) -> tuple[bool, int]:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size(self.group) > 1:
-            return True, dist.get_rank(self.group)
-        return False, 0
-
-    def _device(self, w: _Watched) -> torch.device:
-        for t in list(w.module.parameters()) + list(w.module.buffers()):
-            return t.device
-        return torch.device("cpu")
-
-    def report(self, step: int | None = None) -> list[CodebookHealth]:
-        """Measure every watched codebook now, hand the records to the sinks, start a new window.
-
-        Under DDP every rank must call it at the same step (automatic reports do): counts are summed
-        and reservoirs gathered across ranks, every rank gets the same results, only rank 0 writes.
-
-        Args:
-            step: step label of the records (default ``monitor.step``).
-
-        Returns:
-            Window-scope ``CodebookHealth`` per codebook (cumulative ones: ``monitor.last_report``); an
-            empty list when the report failed as a whole (logged, never raised).
-        """
-        try:
-            with torch.inference_mode(False), torch.no_grad():
-                return self._report(step)
-        except Exception as e:  # noqa: BLE001 - a report must never raise into training
-            logger.warning("shrinkscope: report at step %s failed and was skipped: %r", self.step, e)
-            return []
-
-    def _report(self, step: int | None) -> list[CodebookHealth]:
-        step = self.step if step is None else int(step)
-        distributed, rank = self._distributed()
-        diverged: dict[str, dict[str, Any]] = {}
-        if distributed:
-            for w in self.watched:
-                names = [c for c, s in w.streams.items() if not isinstance(s, BitUsageStream)]
-                reduce_streams([w.streams[c] for c in names], [w.dims[c] for c in names],
-                               device=self._device(w), group=self.group, seed=self.seed + step)
-                for s in w.streams.values():
-                    if isinstance(s, BitUsageStream):
-                        s.all_reduce(device=self._device(w), group=self.group)
-                diverged.update(self._rank_divergence(w))
-        now = time.time()
-        window, cumulative, records = [], [], []
-        dev_type = "cuda" if any(self._device(w).type == "cuda" for w in self.watched) else "cpu"
-        with torch.autocast(dev_type, enabled=False):
-            for w in self.watched:
-                try:
-                    cbs = {} if w.name in self._disabled else w.adapter.codebooks(w.module)
-                except Exception as e:  # noqa: BLE001 - must never raise into training
-                    self._disable(w.name, e)
-                    cbs = {}
-                for c, stream in w.streams.items():
-                    key = w.key(c)
-                    wc = None
-                    try:
-                        if w.name not in self._disabled and key not in self._disabled:
-                            pair = self._measure(w, c, key, cbs.get(c), stream)
-                            if pair is not None:
-                                (hw, hc), wc = pair
-                                for h in (hw, hc):
-                                    h.warnings.extend([dict(diverged[key])] if key in diverged else [])
-                                window.append(hw)
-                                cumulative.append(hc)
-                                for scope, h in (("window", hw), ("cumulative", hc)):
-                                    records.append((self._record(step, now, scope, h, w.adapter), h.counts))
-                    except Exception as e:  # noqa: BLE001 - must never raise into training
-                        self._skip(key, e)
-                    stream.close_window(wc)
-        self.last_report = {"window": window, "cumulative": cumulative}
-        if rank == 0:
-            for r, counts in records:
-                self._emit(r, counts)
-        if self.step > 0:
-            self._report_silent(rank, step)
-        return window
-
-    def _report_silent(self, rank: int, step: int) -> None:
-        """One warning and one ``no_data`` event per quantizer that is hooked but has yielded nothing.
-
-        A hook can attach and still see nothing: the library may quantize through a method the family does
-        not wrap (``Family.hook_method``), or the output may not be the structure the adapter reads. An empty log would look like a quiet codebook, so say it.
-        """
-        for w in self.watched:
-            if w.captured or w.silent_reported or w.name in self._disabled:
-                continue
-            w.silent_reported = True
-            msg = (f"{w.name} ({w.adapter.name}) is hooked but yielded no data after {self.step} training "
-                   "steps: its library may quantize through a method other than the one watched "
-                   f"({w.adapter.hook_method}()), or its output is not the structure this adapter reads. "
-                   "Training is not affected; point watch at the module whose forward() quantizes, or pass "
-                   "adapter=... (docs/adding-a-library.md)")
-            logger.warning("shrinkscope: %s", msg)
-            if rank == 0:
-                self._emit({"step": step, "time": time.time(), "event": "no_data", "name": w.name,
-                            "family": w.adapter.name, "message": msg})
-
-    def _rank_divergence(self, w: _Watched) -> dict[str, dict[str, Any]]:
-        """``{key: rank_divergence warning}`` for this quantizer's codebooks (collectives on every rank)."""
-        if w.adapter.usage_only:
-            return {}
-        try:
-            cbs = w.adapter.codebooks(w.module)
-        except Exception:  # noqa: BLE001 - this rank still joins the collectives (as "could not read")
-            cbs = {}
-        ks = {c: s.num_codes for c, s in w.streams.items()}
-        found = rank_divergence(cbs, ks, device=self._device(w), group=self.group)
-        return {w.key(c): v for c, v in found.items()}
-
-    def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
-        if isinstance(stream, BitUsageStream):
-            return self._measure_bits(key, stream)
-        wc = stream.window_counts()
-        if stream.overflow() > 0:
-            raise ValueError(f"{stream.overflow()} ids >= K={stream.num_codes}: the captured integers are not code ids")
-        lat = stream.reservoir()
-        if lat is not None:
-            finite = torch.isfinite(lat).all(1)
-            if not bool(finite.all()):  # one Inf latent must not cost the codebook its report
-                self.nonfinite[key] = self.nonfinite.get(key, 0) + int((~finite).sum())
-                lat = lat[finite]
-            self._last_latents[key] = lat.cpu()
-        has_counts = bool(wc.sum() > 0)
-        if not has_counts and (lat is None or lat.shape[0] < 2):
-            return None  # nothing captured in this window
-        if w.adapter.usage_only or cb is None:
-            if not has_counts:
-                return None
-            hw = self._usage_health(key, stream.num_codes, 0 if cb is None else int(cb.shape[1]), wc)
-        else:
-            use_lat = lat.to(cb.device) if lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1] \
-                else None
-            hw = codebook_health(cb, latents=use_lat, counts=wc if has_counts else None, name=key,
-                                 thresholds=self.thresholds, seed=self.seed, **self.health_kwargs)
-            if not has_counts and hw.counts is not None:
-                wc = hw.counts.round().to(torch.int64)  # ids not exposed: counts of the sampled latents
-        hc = self._with_counts(hw, stream.cumulative + wc, w.adapter.usage_only or cb is None)
-        return (hw, hc), wc
-
-    def _measure_bits(self, key: str, stream: BitUsageStream):
-        """Window health of an implicit codebook too large to count per code: bounds, no exact usage."""
-        n, ones, pair = stream.window_stats()
-        if n == 0:
-            return None
-        hw, est = bit_usage_health(key, stream.num_codes, n, ones, pair, self.thresholds)
-        self._estimates[key] = est
-        hc = dataclasses.replace(hw, warnings=[])  # no cumulative statistics: bits describe one window
-        return (hw, hc), None
-
-    def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor) -> CodebookHealth:
-        h = CodebookHealth(name=key, num_codes=k, dim=d)
-        self._set_usage(h, counts.double())
-        judge_health(h, self.thresholds, all_zero=False, usage=True)
-        return h
-
-    def _set_usage(self, h: CodebookHealth, c: torch.Tensor) -> None:
-        h.counts = c.cpu()
-        if float(c.sum()) > 0:
-            h.utilization_perplexity = utilization_perplexity(c)
-            h.utilization = h.utilization_perplexity / h.num_codes
-            h.dead_code_ratio = dead_code_ratio(c, threshold=self.thresholds.max_dead_usage)
-            h.codes_used = 1.0 - h.dead_code_ratio
-        else:
-            h.utilization_perplexity = h.utilization = h.dead_code_ratio = h.codes_used = None
-
-    def _with_counts(self, h: CodebookHealth, counts: torch.Tensor, usage_only: bool) -> CodebookHealth:
-        """The same geometry with usage metrics (and warnings) from other counts."""
-        hc = dataclasses.replace(h, warnings=[])
-        self._set_usage(hc, counts.double())
-        all_zero = any(wr["code"] == "uninitialized" for wr in h.warnings)
-        judge_health(hc, self.thresholds, all_zero=all_zero and not usage_only, usage=True)
-        return hc
-
-    def _record(self, step: int, now: float, scope: str, h: CodebookHealth, adapter: Family) -> dict[str, Any]:
-        d = h.to_dict()
-        rec = {"step": step, "time": now, "name": d["name"], "scope": scope, "num_codes": d["num_codes"],
-               "dim": d["dim"], "metrics": d["metrics"], "warnings": d["warnings"], "family": adapter.name}
-        if d.get("verdict") is not None:  # the report's timeline cards show the verdict at the last step
-            rec["verdict"] = d["verdict"]
-        if adapter.usage_only:
-            rec["usage_only"] = True
-        if scope == "window" and h.name in self._estimates:
-            rec["estimates"] = self._estimates.pop(h.name)
-        return rec
-
-    def _emit(self, record: dict[str, Any], counts: torch.Tensor | None = None) -> None:
-        for s in list(self.sinks):
-            try:
-                # usage counts only for sinks that draw them (W&B, MLflow): the JSONL stays one line per record
-                s.write({**record, "counts": counts} if counts is not None and getattr(s, "wants_counts", False)
-                        else record)
-            except Exception as e:  # noqa: BLE001 - must never raise into training
-                self.sinks.remove(s)
-                logger.warning("shrinkscope: sink %s failed and was dropped: %r", type(s).__name__, e)
 
     # ---- other public API ------------------------------------------------------------------------
 
@@ -620,7 +288,8 @@ class Monitor:
 def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | None = None, sinks: Any = (),
           adapter: Family | str | None = None, reservoir_size: int = 4096, collect: str = "train",
           thresholds: HealthThresholds | None = None, seed: int = 0, log_warnings: bool = True,
-          process_group: Any = None, health_kwargs: dict[str, Any] | None = None) -> Monitor:
+          process_group: Any = None, health_kwargs: dict[str, Any] | None = None,
+          scales: Any = None) -> Monitor:
     """Attach codebook-health monitoring to every quantizer inside ``model``.
 
     Args:
@@ -637,6 +306,10 @@ def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | Non
         log_warnings: also send health warnings to the ``shrinkscope`` logger.
         process_group: DDP process group for report-time reductions (default: the world).
         health_kwargs: extra keyword arguments of ``codebook_health`` (``k``, ``coverage_max_latents``, ...).
+        scales: token-map sizes of a multi-scale quantizer of your own, in the order it emits them (patch
+            numbers such as ``(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)`` or ``(h, w)`` pairs): each scale becomes its
+            own codebook ``.../scales.N`` (``families.MultiScale``). VAR's quantizer is split by scale
+            without it.
 
     Returns:
         A ``Monitor`` (also a context manager that removes its hooks on exit).
@@ -669,6 +342,7 @@ def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | Non
                     "through methods such as .encode() instead of forward() cannot be hooked)") if quantish else ""
             raise ValueError(f"watch: no quantizer found inside {type(model).__name__}{seen}; point at the quantizer "
                              "module with watch(module, adapter='generic') or write a Family (docs/adding-a-library.md)")
+    quantizers = with_scales(quantizers, scales)
     return Monitor(quantizers, every=every, sinks=make_sinks(log_to, sinks, log_warnings=log_warnings),
                    reservoir_size=reservoir_size, collect=collect, thresholds=thresholds, seed=seed,
                    process_group=process_group, health_kwargs=health_kwargs)

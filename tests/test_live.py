@@ -218,7 +218,7 @@ def test_cli_text_and_report(user_code, capsys):
     (["--model", "usertok"], "package.module:factory"),
     (["--model", "no_such_module_xyz:build"], "cannot import"),
     (["--model", "usertok:build", "--latents", "z.npy"], "do not apply"),
-    (["--model", "usertok:build", "--labels", "y.npy"], "do not apply"),
+    (["--model", "usertok:build", "--key", "quantizer.embed"], "do not apply"),
 ])
 def test_cli_bad_model_spec(user_code, capsys, argv, match):
     tmp, _ = user_code

@@ -26,14 +26,16 @@ from .generic import EMACodebook, Generic
 from .lucidrains import LucidFSQ, LucidGroupedRVQ, LucidLFQ, LucidResidualVQ, LucidSimVQ, LucidVQ
 from .moshi import MoshiCodebook, MoshiRVQ, MoshiVQ
 from .reference import Reference
-from .taming import DiffusersVQ, LlamaGenVQ, TamingEMAVQ, TamingGumbel, TamingLegacyVQ, TamingVQ, VarVQ
+from .scales import MultiScale, VarScales
+from .taming import DiffusersVQ, LlamaGenVQ, TamingEMAVQ, TamingGumbel, TamingLegacyVQ, TamingVQ
 
-__all__ = ["FAMILIES", "Capture", "Family", "deferral_family", "find_quantizers", "get_family"]
+__all__ = ["FAMILIES", "Capture", "Family", "MultiScale", "deferral_family", "find_quantizers", "get_family"]
 
 _LIBRARIES: tuple[Family, ...] = (
     Reference(),
     LucidGroupedRVQ(), LucidResidualVQ(), LucidVQ(), LucidSimVQ(), LucidFSQ(), LucidLFQ(),
-    LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(), VarVQ(),
+    VarScales(),  # before taming's: VAR's quantizer is also a ``VectorQuantizer2`` with an ``embedding``
+    LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(),
     EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiRVQ(), MoshiVQ(), MoshiCodebook(),
     HfCodecRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(),
     EMACodebook(),

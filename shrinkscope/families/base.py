@@ -100,6 +100,11 @@ class Family:
         """``{codebook name: K}``; by default read from ``codebooks``."""
         return {name: int(cb.shape[0]) for name, cb in self.codebooks(module).items()}
 
+    def scales(self, module: nn.Module) -> dict[str, tuple[int, int]]:
+        """``{codebook name: (h, w)}`` for codebooks that are the scales of a multi-scale quantizer (VAR: one
+        shared codebook, one token map per scale), in scale order; empty for any other quantizer."""
+        return {}
+
     def taps(self, module: nn.Module) -> dict[str, nn.Module]:
         """Sub-modules to hook instead of ``module`` itself: ``{prefix: submodule}`` (``Staged``: the
         stages of a residual quantizer). Empty: hook ``module``."""

@@ -78,6 +78,54 @@ def _entry_meta(e: Entry) -> str:
     )
 
 
+def _depth_section(blocks: list[tuple[Any, list[str]]], out_dir: str) -> str:
+    """"Health by depth": per residual or multi-scale quantizer, its panel with the depth summary beside it.
+
+    Args:
+        blocks: ``(DepthDisplay, summary lines)`` per quantizer.
+        out_dir: where the PNGs (``depth_NN.png``) are written.
+    """
+    if not blocks:
+        return ""
+    body = []
+    for i, (display, lines) in enumerate(blocks):
+        png = _save(display.plot().figure_, out_dir, f"depth_{i:02d}.png")
+        text = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+        body.append(f"<div class='depth'>{figure_html(png, display.title)}<div class='sum'>{text}</div></div>")
+    caption = ("<p class='muted'>Each residual stage quantizes what the earlier stages left; each scale of a "
+               "multi-scale quantizer quantizes the residual of the coarser scales with the shared codebook. A "
+               "coarse scale has few tokens per input, so its usage is bounded by the number of inputs.</p>")
+    return section("Health by depth", caption + "".join(body), anchor="depth")
+
+
+def _result_scales(result: AnalysisResult) -> dict[str, Any]:
+    return {e.health.name: e.scale for e in result.entries if e.scale is not None}
+
+
+def _depth_blocks(result: AnalysisResult) -> list[tuple[Any, list[str]]]:
+    from ..stages import stage_groups
+    from .depth import DepthDisplay
+
+    return [(DepthDisplay.from_group(g), [g.summary()])
+            for g in stage_groups(result.codebooks, scales=_result_scales(result))]
+
+
+def _compare_depth_blocks(result: ComparisonResult) -> list[tuple[Any, list[str]]]:
+    """One overlay per quantizer of AFTER with depth (BEFORE's group of the same name and kind beside it)."""
+    from ..stages import stage_groups
+    from .depth import DepthDisplay
+
+    before = {(g.quantizer, g.kind): g
+              for g in stage_groups(result.before.codebooks, scales=_result_scales(result.before))}
+    blocks = []
+    for g in stage_groups(result.after.codebooks, scales=_result_scales(result.after)):
+        b = before.get((g.quantizer, g.kind))
+        groups = {"before": b, "after": g} if b is not None else {"after": g}
+        lines = [f"{side}: {grp.summary()}" for side, grp in groups.items()]
+        blocks.append((DepthDisplay.from_groups(groups), lines))
+    return blocks
+
+
 @detached()  # figures stay out of pyplot's registry even when the user imported pyplot
 def write_analysis_report(
     result: AnalysisResult,
@@ -143,7 +191,8 @@ def write_analysis_report(
         f"{len(entries)} codebook(s): {html.escape(tally)} &middot; latents: {latents}",
     ]
     verdicts = section("Verdict", f"<div class='cards'>{''.join(cards)}</div>", anchor="verdict")
-    return _write_page(out_dir, page("shrinkscope: codebook health", [verdicts, *details], meta=meta))
+    depth = _depth_section(_depth_blocks(result), out_dir)
+    return _write_page(out_dir, page("shrinkscope: codebook health", [verdicts, depth, *details], meta=meta))
 
 
 def _trend(b: Entry, a: Entry) -> str:
@@ -243,7 +292,25 @@ def write_comparison_report(
         f"{html.escape(str(result.after.latents_source or result.before.latents_source or 'none'))}",
     ]
     verdicts = section("Verdict", "".join(rows) + note, anchor="verdict")
-    return _write_page(out_dir, page("shrinkscope: before vs after", [verdicts, *details], meta=meta))
+    depth = _depth_section(_compare_depth_blocks(result), out_dir)
+    return _write_page(out_dir, page("shrinkscope: before vs after", [verdicts, depth, *details], meta=meta))
+
+
+def _timeline_depth_blocks(tl: Timeline) -> list[tuple[Any, list[str]]]:
+    """Depth panels of a run log: the last record of each stage or scale (window scope, else cumulative)."""
+    from ..stages import as_rows, stage_groups
+    from .depth import DepthDisplay
+
+    last = {name: rows[-1] for (name, scope), rows in tl.series.items() if scope == "window"}
+    for (name, _), rows in tl.series.items():
+        last.setdefault(name, rows[-1])
+    blocks = []
+    for g in stage_groups(as_rows(list(last.values()))):
+        step = {int(last[h.name]["step"]) for h in g.healths}
+        at = f" (step {min(step)})" if len(step) == 1 else f" (steps {min(step)}..{max(step)})"
+        blocks.append((DepthDisplay.from_group(g, title=f"{g.quantizer or g.kind + 's'}: health by {g.kind}{at}"),
+                       [g.summary() + at]))
+    return blocks
 
 
 @detached()
@@ -295,6 +362,7 @@ def write_timeline_report(tl: Timeline, out_dir: str) -> str:
         section(
             "Verdict at the last logged step", f"<div class='cards'>{''.join(cards)}</div>", anchor="verdict"
         ),
+        _depth_section(_timeline_depth_blocks(tl), out_dir),
         section("Timeline", plot, anchor="timeline"),
         section("First and last logged values", "".join(tables), anchor="metrics"),
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from ..analyze import AnalysisResult, ComparisonResult
@@ -43,31 +43,53 @@ def _name(name: str, width: int = 36) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
-def health_table(healths: Sequence[CodebookHealth]) -> str:
-    """The terminal table for a list of ``CodebookHealth``."""
+def health_table(healths: Sequence[CodebookHealth], *, suffixes: Mapping[str, str] | None = None) -> str:
+    """The terminal table for a list of ``CodebookHealth``.
+
+    Args:
+        healths: one row each.
+        suffixes: text shown after a codebook's name (``{"vae.quantize.scales.3": "4x4"}``: a scale's size).
+    """
     header = ["codebook", "K", "D", *[c[1] for c in COLUMNS], "verdict", "warnings"]
     rows = []
     for h in healths:
         m = h.metrics
         warn = ",".join(w["code"] for w in h.warnings) or "-"
         status = h.verdict.status if h.verdict is not None else "-"
+        extra = (suffixes or {}).get(h.name)
+        name = _name(h.name) if not extra else f"{_name(h.name, 36 - len(extra) - 1)} {extra}"
         rows.append(
-            [_name(h.name), str(h.num_codes), str(h.dim), *[_fmt(m[k], f) for k, _, f in COLUMNS], status, warn]
+            [name, str(h.num_codes), str(h.dim), *[_fmt(m[k], f) for k, _, f in COLUMNS], status, warn]
         )
     return format_rows(header, rows)
 
 
+def _scales(result: AnalysisResult) -> dict[str, dict]:
+    return {e.health.name: e.scale for e in result.entries if e.scale is not None}
+
+
+def depth_lines(healths: Sequence[Any], *, scales: Mapping[str, Any] | None = None) -> list[str]:
+    """The "Residual stages:" and "Scales:" blocks: one summary line per quantizer (empty when none)."""
+    from ..stages import stage_groups
+
+    out: list[str] = []
+    groups = stage_groups(healths, scales=scales)
+    for kind, title in (("stage", "Residual stages:"), ("scale", "Scales:")):
+        lines = [g.summary() for g in groups if g.kind == kind]
+        if lines:
+            out += ["", title] + [f"  {line}" for line in lines]
+    return out
+
+
 def analysis_text(result: AnalysisResult) -> str:
     """Table, per-codebook notes and verdict of an ``AnalysisResult``, ready to print."""
-    parts = [f"shrinkscope analyze {result.source}", "", health_table(result.codebooks), "", LEGEND]
+    scales = _scales(result)
+    sizes = {n: "{}x{}".format(*s["size"]) for n, s in scales.items()}
+    parts = [f"shrinkscope analyze {result.source}", "", health_table(result.codebooks, suffixes=sizes), "", LEGEND]
     notes = [(e.health.name, n) for e in result.entries for n in e.notes]
     if notes:
         parts += ["", "Notes:"] + [f"  {name}: {n}" for name, n in notes]
-    from ..stages import depth_summary
-
-    depth = depth_summary(result.codebooks)
-    if depth:
-        parts += ["", "Residual stages:"] + [f"  {line}" for line in depth]
+    parts += depth_lines(result.codebooks, scales=scales)
     parts += ["", "Verdict:", *("  " + line for line in result.verdict().splitlines())]
     return "\n".join(parts)
 
@@ -96,5 +118,11 @@ def comparison_text(result: ComparisonResult) -> str:
         )
     parts = [f"shrinkscope compare\n  before: {result.before.source}\n  after:  {result.after.source}", ""]
     parts.append(format_rows(header, rows, left=2) if rows else "(no codebooks paired by name)")
+    from ..stages import stage_groups
+
+    depth = [f"  {side}: {g.summary()}" for side, res in (("before", result.before), ("after", result.after))
+             for g in stage_groups(res.codebooks, scales=_scales(res))]
+    if depth:
+        parts += ["", "Residual stages and scales:", *depth]
     parts += ["", "Verdict:", *("  " + line for line in result.verdict().splitlines())]
     return "\n".join(parts)

@@ -60,6 +60,17 @@ def _number(v: object) -> float | int | None:
     return v if math.isfinite(f) and abs(f) < 1e300 else None
 
 
+def _clean_scale(scale: object) -> dict | None:
+    """``{"index": int, "size": [h, w]}`` of a multi-scale quantizer's record, or None (absent or malformed)."""
+    if not isinstance(scale, dict):
+        return None
+    index, size = scale.get("index"), scale.get("size")
+    ints = isinstance(size, list) and len(size) == 2 and all(type(v) is int and 0 < v < 2**31 for v in size)
+    if type(index) is not int or not 0 <= index < 2**31 or not ints:
+        return None
+    return {"index": index, "size": list(size)}
+
+
 def _clean_row(row: object) -> dict:
     """A record with the types the report relies on (the file may come from anywhere): an integer step
     within float precision, string name/scope/event, numbers or None as metrics, warnings as
@@ -81,6 +92,7 @@ def _clean_row(row: object) -> dict:
         warns = row.get("warnings")
         row["warnings"] = [{"code": str(w.get("code", "?")), "message": str(w.get("message", ""))}
                            for w in (warns if isinstance(warns, list) else []) if isinstance(w, dict)]
+        row["scale"] = _clean_scale(row.get("scale"))
     return row
 
 
@@ -138,6 +150,12 @@ def timeline_text(tl: Timeline) -> str:
         rows.append([name, scope, f"{series[0]['step']}..{series[-1]['step']}", *cells, warn])
     events = ", ".join(f"{e['event']}@{e['step']}" for e in tl.events[:10])
     extra = [f"events: {events}"] if events else []
+    from ..stages import as_rows, stage_groups
+
+    last = {name: rows[-1] for (name, scope), rows in tl.series.items() if scope == "window"}
+    for (name, _), rows in tl.series.items():
+        last.setdefault(name, rows[-1])
+    extra += [f"{g.kind}s at the last logged step: {g.summary()}" for g in stage_groups(as_rows(list(last.values())))]
     if tl.skipped_last_line:
         extra.append("note: the last line was incomplete and was skipped (run still writing?)")
     return "\n".join(

@@ -72,6 +72,11 @@ def _reports(root):
             compare(bad, good, latents=z, progress=False), str(root / "compare")
         ),
         "timeline": write_timeline_report(read_timeline(str(log)), str(root / "timeline")),
+        # residual stages before and after: the "Health by depth" overlay with its summaries beside it
+        "compare_stages": write_comparison_report(
+            compare({k: 0.3 * v for k, v in rvq.items()}, rvq, latents=z, progress=False),
+            str(root / "compare_stages"),
+        ),
     }
 
 
@@ -81,7 +86,7 @@ def reports(tmp_path_factory):
 
 
 @pytest.mark.parametrize("width", [1280, 500])  # 500: headless Chromium's narrowest window
-@pytest.mark.parametrize("kind", ["analyze", "compare", "timeline"])
+@pytest.mark.parametrize("kind", ["analyze", "compare", "timeline", "compare_stages"])
 def test_report_renders_cleanly(reports, kind, width):
     found = probe(reports[kind], width=width)
     assert found["text"] > 300, "blank page"
