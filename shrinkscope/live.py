@@ -177,7 +177,8 @@ def analyze_model(
         with torch.no_grad():
             try:
                 for batch in tqdm(iter_batches(data, batch_size=batch_size), desc="batches", unit="batch",
-                                  disable=(None if progress is None else not progress) or rank != 0, leave=False):
+                                  disable=True if rank else (None if progress is None else not progress),
+                                  leave=False):
                     if take_labels is not None:
                         monitor.batch_labels = take_labels.next(batch, batches)
                     try:
@@ -286,6 +287,9 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
         cbs = {} if adapter.usage_only else adapter.codebooks(module)
         for c, stream in w.streams.items():
             key = w.key(c)
+            cb = cbs.get(c)
+            if key in diverged and cb is not None:  # first: every rank joins this broadcast, whatever comes next
+                cb = _from_rank0(cb, monitor._device(w), monitor.group)
             if key in monitor.disabled or w.name in monitor.disabled:
                 silent.append(f"{key} (its hook failed; see the shrinkscope log)")
                 continue
@@ -317,7 +321,6 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
             if scale is not None:
                 notes.append(f"scale {scale['index']} ({scale['size'][0]}x{scale['size'][1]} tokens per input) of "
                              "a multi-scale quantizer: its ids and the residual it quantizes")
-            cb = cbs.get(c)
             if cb is None:  # codebook-free quantizer (FSQ, LFQ): usage only
                 h = usage_health(name, stream.num_codes, 0, counts, t)
                 found = FoundCodebook(name, torch.zeros(0, 0), h.counts, adapter.name, key,
@@ -325,8 +328,7 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
                 entries.append(Entry(h, found, None, notes + ["implicit codebook: usage metrics only"],
                                      scale=scale))
                 continue
-            if key in diverged:  # ranks disagree: measure rank 0's codebook (the one it saves) everywhere
-                cb = _from_rank0(cb, monitor._device(w), monitor.group)
+            if key in diverged:  # ranks disagree: rank 0's codebook (the one it saves) is measured everywhere
                 notes.append("the ranks hold different codebooks (rank_divergence): measured with rank 0's")
             ok = lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1]
             x = lat.to(cb.device) if ok else None

@@ -222,10 +222,20 @@ class MultiScale(Family):
             t = t.view(-1, self.tokens)  # flat ids (B * L,): sample-major, as a reshape of (B, L) gives
         return list(t.split([h * w for h, w in self.sizes], dim=-2 if rows else -1))
 
+    def taps(self, module: nn.Module) -> dict[str, nn.Module]:
+        return self.base.taps(module)
+
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
+        return self._by_scale(self.base.extract(module, args, kwargs, output), output)
+
+    def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
+                    output: Any) -> list[Capture]:
+        return self._by_scale(self.base.extract_tap(prefix, submodule, args, kwargs, output), output)
+
+    def _by_scale(self, found: list[Capture], output: Any) -> list[Capture]:
         listed = _id_list(output, len(self.sizes))
         caps = []
-        for cap in self.base.extract(module, args, kwargs, output):
+        for cap in found:
             ids = listed if listed is not None else self._split(cap.indices, rows=False)
             lat = self._split(cap.latents, rows=True) if cap.valid is None else [None] * len(self.sizes)
             caps += [Capture(scale_name(i, cap.codebook), ids[i], lat[i], None, cap.transform)

@@ -7,6 +7,7 @@ something is drawn.
 """
 
 from .codebook import CodebookDisplay
+from .depth import DepthDisplay
 from .distances import DistanceDisplay
 from .html import write_analysis_report, write_comparison_report, write_timeline_report
 from .projection import ProjectionDisplay
@@ -19,6 +20,7 @@ __all__ = [
     "analysis_text",
     "CodebookDisplay",
     "comparison_text",
+    "DepthDisplay",
     "DistanceDisplay",
     "health_table",
     "ProjectionDisplay",

@@ -92,7 +92,8 @@ def _clean_row(row: object) -> dict:
         warns = row.get("warnings")
         row["warnings"] = [{"code": str(w.get("code", "?")), "message": str(w.get("message", ""))}
                            for w in (warns if isinstance(warns, list) else []) if isinstance(w, dict)]
-        row["scale"] = _clean_scale(row.get("scale"))
+        if "scale" in row:
+            row["scale"] = _clean_scale(row["scale"])
     return row
 
 
