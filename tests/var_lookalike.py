@@ -76,8 +76,8 @@ class VectorQuantizer2(nn.Module):
             z = rest if si == n - 1 else F.interpolate(rest, size=(pn, pn), mode="area")
             rows = z.permute(0, 2, 3, 1).reshape(-1, c)
             ids = self._lookup(rows)
-            self.last_ids.append(ids.clone())
-            self.last_rows.append((F.normalize(rows, dim=-1) if self.using_znorm else rows).clone())
+            self.last_ids.append(ids.detach().clone())
+            self.last_rows.append((F.normalize(rows, dim=-1) if self.using_znorm else rows).detach().clone())
             q = self.embedding(ids.view(b, pn, pn)).permute(0, 3, 1, 2)
             if si != n - 1:
                 q = F.interpolate(q, size=(h, w), mode="bicubic")
@@ -90,7 +90,8 @@ class VectorQuantizer2(nn.Module):
 
 
 class TinyVQVAE(nn.Module):
-    """Encoder -> ``quant_conv`` -> ``quantize`` (multi-scale) -> ``post_quant_conv`` -> decoder."""
+    """Encoder -> ``quant_conv`` -> ``quantize`` (multi-scale) -> ``post_quant_conv`` -> decoder; images of side
+    twice the last patch number."""
 
     def __init__(self, vocab: int = 32, cvae: int = 4, patch_nums: tuple[int, ...] = (1, 2, 3, 4),
                  znorm: bool = False):
@@ -101,7 +102,7 @@ class TinyVQVAE(nn.Module):
         self.quant_conv = nn.Conv2d(cvae, cvae, 1)
         self.quantize = VectorQuantizer2(vocab, cvae, znorm, patch_nums)
         self.post_quant_conv = nn.Conv2d(cvae, cvae, 1)
-        self.decoder = nn.Conv2d(cvae, 3, 3, padding=1)
+        self.decoder = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cvae, 3, 3, padding=1))
 
     def forward(self, x: torch.Tensor):
         f_hat, usages, loss = self.quantize(self.quant_conv(self.encoder(x)))

@@ -153,9 +153,9 @@ def timeline_text(tl: Timeline) -> str:
     extra = [f"events: {events}"] if events else []
     from ..stages import as_rows, stage_groups
 
-    last = {name: rows[-1] for (name, scope), rows in tl.series.items() if scope == "window"}
-    for (name, _), rows in tl.series.items():
-        last.setdefault(name, rows[-1])
+    last = {name: recs[-1] for (name, scope), recs in tl.series.items() if scope == "window"}
+    for (name, _), recs in tl.series.items():
+        last.setdefault(name, recs[-1])
     extra += [f"{g.kind}s at the last logged step: {g.summary()}" for g in stage_groups(as_rows(list(last.values())))]
     if tl.skipped_last_line:
         extra.append("note: the last line was incomplete and was skipped (run still writing?)")

@@ -62,7 +62,7 @@ def test_analysis_report_has_a_depth_panel_with_the_summary_beside_it(tmp_path):
     (summary,) = [g.summary() for g in stage_groups(res.codebooks)]
     assert summary.split(";")[0] in block  # the sentence sits next to its panel
     assert (tmp_path / "depth_00.png").stat().st_size > 0
-    plain = write_analysis_report(analyze({"q.embedding.weight": torch.randn(8, 4)}, progress=False),
+    plain = write_analysis_report(analyze({"quantize.embedding.weight": torch.randn(8, 4)}, progress=False),
                                   str(tmp_path / "plain"))
     assert "Health by depth" not in Path(plain).read_text()  # nothing to show: no empty section
 
