@@ -189,3 +189,15 @@ def test_a_var_model_in_eval_is_analysed_without_state_change():
     shrinkscope.analyze(model, _images(16), batch_size=8)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert isinstance(model.quantize, VectorQuantizer2)
+
+
+def test_live_analysis_takes_the_scales_option():
+    q = StreamQuantizer()
+    tokens = torch.randn(12, 1 + 4 + 9, 3, generator=torch.Generator().manual_seed(2))
+    result = shrinkscope.analyze(q, tokens, adapter="generic", scales=(1, 2, 3), batch_size=5)
+    assert [e.health.name for e in result.entries] == [f"scales.{i}" for i in range(3)]
+    assert [e.scale["size"] for e in result.entries] == [[1, 1], [2, 2], [3, 3]]
+    _, ids = q(tokens)
+    for e, (a, b) in zip(result.entries, [(0, 1), (1, 5), (5, 14)]):
+        assert torch.equal(e.found.counts, torch.bincount(ids[:, a:b].reshape(-1), minlength=16))
+        assert e.latents.shape == (12 * (b - a), 3)

@@ -8,13 +8,12 @@ the same quantizer (compare: before and after) are overlaid in the colours ``COD
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..stages import PANELS, StageGroup
-from .figures import CODE_COLORS, Series, new_figure, set_title
+from .figures import CODE_COLORS, Series, panel_grid, set_title
 
 __all__ = ["DepthDisplay"]
 
@@ -73,19 +72,8 @@ class DepthDisplay:
         """Draw one panel per metric on ``axes`` (a sequence with at least one axes per panel; a new figure
         in one row when None). Returns ``self`` with ``figure_`` and ``axes_`` set."""
         n = max(1, len(self.panels))
-        if axes is None:
-            cols = min(n, 3)
-            rows = math.ceil(n / cols)
-            fig = new_figure((3.6 * cols, 2.7 * rows + 0.9))
-            axes = fig.subplots(rows, cols, squeeze=False).ravel()
-            h = fig.get_figheight()
-            fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.6 / h, bottom=0.55 / h + 0.08, wspace=0.35,
-                                hspace=0.75)
-            if self.title:
-                fig.suptitle(self.title, fontsize=12, y=1 - 0.12 / h, va="top")
-        else:
-            axes = np.asarray(axes, dtype=object).ravel()
-            fig = axes[0].figure
+        fig, axes = panel_grid(axes, n, cols=min(n, 3), panel=(3.6, 2.7), top_in=0.6, bottom_in=0.6,
+                               title=self.title, title_size=12, wspace=0.35, hspace=0.75)
         self.figure_, self.axes_ = fig, axes
         pos = [p for p, _ in self.ticks]
         many = len(pos) > 8

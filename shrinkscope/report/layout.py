@@ -70,7 +70,7 @@ table{border-collapse:collapse;width:100%;font-size:.9em}
 th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 th{background:var(--soft);font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;
 white-space:nowrap}td.key{white-space:nowrap}td.what{color:var(--muted);min-width:12em}
-.depth{display:grid;grid-template-columns:minmax(0,2fr) minmax(14em,1fr);gap:14px;align-items:start;
+.depth{display:grid;grid-template-columns:minmax(0,3fr) minmax(14em,1fr);gap:14px;align-items:start;
 margin:0 0 1em}.depth .sum p{margin:.2em 0 .6em}
 footer{margin-top:2.5em;font-size:.85em;color:var(--muted)}
 @media (max-width:640px){main{padding:12px}.depth{grid-template-columns:minmax(0,1fr)}td.what,th.what{display:none}th,td{padding:4px 5px}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import METRIC_KEYS
-from .figures import new_figure, Series, set_title
+from .figures import panel_grid, Series, set_title
 from .text import format_rows
 
 # Metrics drawn when present (num_codes/dim are constant and stay out).
@@ -216,23 +216,10 @@ class TimelineDisplay:
         when None). Returns ``self`` with ``figure_`` and ``axes_`` set."""
         n = max(1, len(self.panels))
         cols = 3 if n > 4 else 2
-        rows = math.ceil(n / cols)
         labels = list(dict.fromkeys(s.label for lines in self.panels.values() for s in lines))
         top_in, legend_in = 0.75, 0.45 + 0.22 * math.ceil(len(labels) / 4)  # inches above / below the panels
-        if axes is None:
-            fig = new_figure((4.0 * cols, 2.9 * rows + top_in + legend_in))
-            axes = fig.subplots(rows, cols, squeeze=False).ravel()
-            # Fixed margins (in inches, so they hold for any number of rows and legend entries) instead of
-            # constrained layout, which measures every text box and cost ~0.5 s per figure.
-            h = fig.get_figheight()
-            fig.subplots_adjust(
-                left=0.08, right=0.98, top=1 - top_in / h, bottom=legend_in / h, wspace=0.3, hspace=0.6
-            )
-            if self.title:
-                fig.suptitle(self.title, fontsize=13, y=1 - 0.15 / h, va="top")
-        else:
-            axes = np.asarray(axes, dtype=object).ravel()
-            fig = axes[0].figure
+        fig, axes = panel_grid(axes, n, cols=cols, panel=(4.0, 2.9), top_in=top_in, bottom_in=legend_in,
+                               title=self.title)
         self.figure_, self.axes_ = fig, axes
         for ax, (metric, lines) in zip(axes, self.panels.items()):
             for s in lines:
