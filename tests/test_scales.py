@@ -201,3 +201,31 @@ def test_live_analysis_takes_the_scales_option():
     for e, (a, b) in zip(result.entries, [(0, 1), (1, 5), (5, 14)]):
         assert torch.equal(e.found.counts, torch.bincount(ids[:, a:b].reshape(-1), minlength=16))
         assert e.latents.shape == (12 * (b - a), 3)
+
+
+def test_var_ids_come_from_its_own_embedding_calls_and_replay_is_the_fallback(monkeypatch):
+    import shrinkscope.families.scales as scales_mod
+
+    torch.manual_seed(0)
+    model = TinyVQVAE(patch_nums=PATCHES)
+    x = _images(5)
+
+    def no_search(*a, **k):
+        raise AssertionError("the codebook was searched again")
+
+    monkeypatch.setattr(scales_mod, "_nearest_rows", no_search)
+    with shrinkscope.watch(model, every=0, log_warnings=False) as m:
+        model(x)
+        m.report()
+        assert not m.disabled and not m.skipped
+        for i, ids in enumerate(model.quantize.last_ids):
+            assert torch.equal(m.counts(f"quantize/scales.{i}"), torch.bincount(ids, minlength=32))
+    monkeypatch.undo()
+    # without the embedding calls seen (here: an unwatched call): the lookup is replayed, same ids
+    fam = VarScales()
+    f = model.quant_conv(model.encoder(x)).detach()
+    out = model.quantize(f)
+    caps = fam.extract(model.quantize, (f,), {}, out)
+    assert [c.codebook for c in caps] == [f"scales.{i}" for i in range(4)]
+    for c, ids in zip(caps, model.quantize.last_ids):
+        assert torch.equal(c.indices.reshape(-1), ids)

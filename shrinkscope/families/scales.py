@@ -9,10 +9,13 @@ scale's position ``si / (S - 1)``) and subtracts them from the residual. Its ``f
 ``(f_hat, usages, loss)``: no ids. Each scale sees different latents (a coarse residual at 1x1, a fine one at
 16x16), so one pooled row per codebook would hide a dead coarse scale behind a healthy fine one.
 
-``VarScales`` reads VAR's quantizer by replaying that loop in the forward hook (no grad, autocast off, in
-float32 as VAR does): each scale ``si`` becomes the codebook ``scales.{si}`` (the shared codebook, that
-scale's ids, that scale's residual rows as latents). The replay costs about one no-grad forward of the
-quantizer per watched step; it never touches the module and makes no host sync.
+``VarScales`` reads VAR's quantizer scale by scale: each scale ``si`` becomes the codebook ``scales.{si}`` (the
+shared codebook, that scale's ids, that scale's residual rows as latents). The ids are those VAR itself passes
+to ``embedding`` (a hook on it keeps the ids of its latest calls, ``(B, h, w)`` per scale); the forward hook
+then rebuilds each scale's residual from the input and those ids (pooling, upsampling, ``quant_resi``; no
+grad, autocast off, float32 as VAR works) without any codebook search. When the embedding calls were not seen
+it falls back to replaying VAR's lookup too (about one no-grad quantizer forward). Nothing touches the module,
+nothing syncs the host.
 
 ``MultiScale`` is the generic mechanism for your own multi-scale quantizer: wrap the family that reads it
 (``"generic"`` by default) and give the scales; each call's ids are split by scale from their shapes (a list
@@ -21,6 +24,8 @@ when they come as the same token stream ``(..., L, D)``.
 """
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,14 +123,31 @@ class VarScales(VarVQ):
     def scales(self, module: nn.Module) -> dict[str, tuple[int, int]]:
         return {scale_name(i): hw for i, hw in enumerate(self._sizes(module))}
 
+    def taps(self, module: nn.Module) -> dict[str, nn.Module]:
+        # the codebook lookup module: VAR embeds each scale's ids through it, (B, h, w) per scale, in order
+        return {"embedding": module.embedding, "": module}
+
+    def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
+                    output: Any) -> list[Capture]:
+        if prefix == "embedding":  # keep the ids of the last calls (bounded); the forward's hook reads them
+            ids = as_index_tensor(args[0] if args else kwargs.get("input"))
+            if ids is not None:
+                _recent_ids.setdefault(submodule, deque(maxlen=_KEEP_CALLS)).append(ids)
+            return []
+        return self.extract(submodule, args, kwargs, output)
+
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
         f = args[0] if args else kwargs.get("f_BChw")
+        recent = _recent_ids.pop(module.embedding, None)
         if not isinstance(f, torch.Tensor) or f.ndim != 4:
             return []
+        ids = _forward_ids(recent, self._sizes(module), f.shape[0])
         with torch.no_grad(), torch.autocast(f.device.type, enabled=False):
-            return self._replay(module, f.detach().float())
+            return self._replay(module, f.detach().float(), ids)
 
-    def _replay(self, module: nn.Module, f: torch.Tensor) -> list[Capture]:
+    def _replay(self, module: nn.Module, f: torch.Tensor, ids: list[torch.Tensor] | None = None) -> list[Capture]:
+        """Each scale's residual rows (the latents its lookup saw) and ids: the ids VAR embedded in this call
+        when the embedding hook saw them, else recomputed by VAR's lookup (about one quantizer forward)."""
         sizes, norm = self._sizes(module), self.is_normalized(module)
         b, c, h, w = f.shape
         emb = module.embedding.weight.detach().float()
@@ -135,15 +157,31 @@ class VarScales(VarVQ):
             z = rest if si == last else F.interpolate(rest, size=(ph, pw), mode="area")
             rows = z.permute(0, 2, 3, 1).reshape(-1, c)
             rows = l2norm(rows) if norm else rows
-            ids = _nearest_rows(rows, look, norm)
-            caps.append(Capture(scale_name(si), ids.view(b, z.shape[2], z.shape[3]),
+            idx = ids[si].reshape(-1) if ids is not None else _nearest_rows(rows, look, norm)
+            caps.append(Capture(scale_name(si), idx.view(b, z.shape[2], z.shape[3]),
                                 rows.view(b, z.shape[2], z.shape[3], c)))
             if si == last:
                 break
-            up = emb[ids].view(b, z.shape[2], z.shape[3], c).permute(0, 3, 1, 2)
+            up = emb[idx].view(b, z.shape[2], z.shape[3], c).permute(0, 3, 1, 2)
             up = F.interpolate(up, size=(h, w), mode="bicubic")
             rest = rest - module.quant_resi[si / last](up)
         return caps
+
+
+_KEEP_CALLS = 64  # embedding calls remembered per quantizer (VAR makes one per scale in a forward; bounded)
+_recent_ids: weakref.WeakKeyDictionary[nn.Module, deque[torch.Tensor]] = weakref.WeakKeyDictionary()
+"""Ids of the latest embedding calls per VAR quantizer (keyed by its embedding module), emptied by each forward."""
+
+
+def _forward_ids(recent: deque[torch.Tensor] | None, sizes: list[tuple[int, int]], b: int) -> list[torch.Tensor] | None:
+    """The ids of the forward that just ran: its last ``S`` embedding calls, when they have the scales' shapes
+    ``(B, h, w)`` in scale order (other callers of the embedding, e.g. VAR's teacher-forcing input, do not)."""
+    if recent is None or len(recent) < len(sizes):
+        return None
+    got = list(recent)[-len(sizes):]
+    if all(tuple(t.shape) == (b, ph, pw) for t, (ph, pw) in zip(got, sizes)):
+        return got
+    return None
 
 
 def _id_list(output: Any, n: int, depth: int = 0) -> list[torch.Tensor] | None:
