@@ -30,13 +30,13 @@ from .checkpoint import FoundCodebook
 from .families import Family, find_quantizers, get_family
 from .families.scales import with_scales
 from .implicit import BitUsageStream, bit_usage_health
+from .live_dist import agree, distributed, from_rank0, world_size
 from .live_labels import BatchLabels, LiveError, LiveMonitor
 from .measure import usage_health
 from .metrics import HealthThresholds, codebook_health
 from .watch import Monitor
 
-__all__ = ["LiveError", "analyze_model", "build_model", "dist_world", "iter_batches", "load_data",
-           "load_weights"]
+__all__ = ["LiveError", "analyze_model", "build_model", "iter_batches", "load_data", "load_weights"]
 
 
 def iter_batches(data: Any, *, batch_size: int = 64) -> Iterator[Any]:
@@ -165,7 +165,7 @@ def analyze_model(
     dev = torch.device(device) if device is not None else _device_of(model)
     quantizers = with_scales(_quantizers(model, adapter), scales)
     take_labels = BatchLabels(labels) if labels is not None and labels is not False else None
-    distributed, rank = _distributed(process_group)
+    is_dist, rank = distributed(process_group)
     modes = [(m, m.training) for m in model.modules()]
     saved = _snapshot(quantizers)
     monitor = LiveMonitor(quantizers, every=0, sinks=[], reservoir_size=int(max_latents), collect="all",
@@ -192,15 +192,15 @@ def analyze_model(
                 if take_labels is not None and max_batches is None:
                     take_labels.finish()
             except LiveError as exc:
-                if not distributed:
+                if not is_dist:
                     raise
                 error = exc  # raised after the other ranks learn of it, so that none waits forever
         monitor.remove()
         changed = [name or type(q).__name__ for (name, q, _), before in zip(quantizers, saved)
                    if _changed(q, before)]
         total = batches
-        if distributed:
-            total = _agree(error, bool(changed and eval_mode), batches, dev, process_group)
+        if is_dist:
+            total = agree(error, bool(changed and eval_mode), batches, dev, process_group)
         if changed and eval_mode:
             raise LiveError(
                 f"running the data changed the state of {', '.join(changed)} even in eval mode (e.g. "
@@ -209,16 +209,16 @@ def analyze_model(
                 "checkpoint itself, or train first")
         if total == 0:
             raise LiveError("data: no batch to run (empty data)")
-        diverged = monitor._reduce(seed=seed, extra_columns=int(take_labels is not None)) if distributed else {}
+        diverged = monitor._reduce(seed=seed, extra_columns=int(take_labels is not None)) if is_dist else {}
         result = _result(monitor, quantizers, thresholds or HealthThresholds(), max_points, seed,
                          source or f"<{type(model).__name__}>", total, labelled=take_labels is not None,
                          diverged=diverged)
         for e in result.entries if changed else []:
             e.notes.append("the codebook changed during the run (training-mode forwards); measured after the run; "
                            "the model was then restored")
-        if distributed:
+        if is_dist:
             for e in result.entries:
-                e.notes.append(f"distributed: {dist_world(process_group)} ranks, each on its own shard; counts "
+                e.notes.append(f"distributed: {world_size(process_group)} ranks, each on its own shard; counts "
                                "summed and latents merged over the ranks")
         return result
     finally:
@@ -289,7 +289,7 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
             key = w.key(c)
             cb = cbs.get(c)
             if key in diverged and cb is not None:  # first: every rank joins this broadcast, whatever comes next
-                cb = _from_rank0(cb, monitor._device(w), monitor.group)
+                cb = from_rank0(cb, monitor._device(w), monitor.group)
             if key in monitor.disabled or w.name in monitor.disabled:
                 silent.append(f"{key} (its hook failed; see the shrinkscope log)")
                 continue
@@ -346,51 +346,6 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
         raise LiveError("no quantizer call was seen while running the data (" + ", ".join(silent) + "); "
                         "check that forward reaches the quantizer")
     return AnalysisResult(source, entries, "live model" if any(e.latents is not None for e in entries) else None)
-
-
-# ---- torch.distributed: every rank runs its own shard ----------------------------------------------------
-
-def _distributed(group: Any) -> tuple[bool, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
-        return True, dist.get_rank(group)
-    return False, 0
-
-
-def dist_world(group: Any = None) -> int:
-    """Ranks in ``group`` (1 without ``torch.distributed``)."""
-    return int(torch.distributed.get_world_size(group)) if _distributed(group)[0] else 1
-
-
-def _from_rank0(cb: torch.Tensor, device: torch.device, group: Any) -> torch.Tensor:
-    """Rank 0's copy of a codebook on every rank (one broadcast; every rank calls it for the same keys, since
-    the divergence verdict comes from all-gathered fingerprints)."""
-    import torch.distributed as dist
-
-    buf = cb.detach().to(device=device, dtype=torch.float32).contiguous()
-    src = dist.get_global_rank(group, 0) if group is not None else 0
-    dist.broadcast(buf, src=src, group=group)
-    return buf.to(cb.device)
-
-
-def _agree(error: LiveError | None, changed: bool, batches: int, device: torch.device, group: Any) -> int:
-    """One all-reduce after the run, before any other collective: a rank that failed (or whose quantizer
-    changed in eval mode) stops every rank with an error instead of leaving them waiting. Returns the
-    number of batches run over all ranks."""
-    import torch.distributed as dist
-
-    flags = torch.tensor([int(error is not None), int(changed), batches], dtype=torch.int64, device=device)
-    dist.all_reduce(flags, group=group)
-    if error is not None:
-        raise error
-    if int(flags[0]):
-        raise LiveError(f"{int(flags[0])} other rank(s) failed while running their shard of the data (see their "
-                        "error); no rank measured anything")
-    if int(flags[1]) and not changed:
-        raise LiveError("running the data changed a quantizer's state on another rank even in eval mode; the "
-                        "model was restored (see that rank's error)")
-    return int(flags[2])
 
 
 from .user_model import build_model, load_data, load_weights  # the CLI's helpers, importable from here too
