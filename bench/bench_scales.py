@@ -29,8 +29,8 @@ import shrinkscope
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from bench_watch import _sync, ab_medians, report_ms  # noqa: E402
-from var_lookalike import TinyVQVAE  # noqa: E402
+from bench_watch import _sync, ab_medians, report_ms
+from var_lookalike import TinyVQVAE
 
 PATCHES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 

@@ -96,7 +96,8 @@ def _named_latents(
     out: list[tuple[torch.Tensor | None, list[str]]] = []
     for fc in found:
         name = _norm_name(fc.name)
-        def like(k: str) -> bool:
+
+        def like(k: str, name: str = name) -> bool:
             k = _norm_name(k)
             return name == k or name.endswith("." + k) or k.endswith("." + name)
 

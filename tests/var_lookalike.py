@@ -43,7 +43,7 @@ class PhiPartiallyShared(nn.Module):
 class VectorQuantizer2(nn.Module):
     """Multi-scale residual quantizer with one shared codebook (VAR's structure)."""
 
-    def __init__(self, vocab_size: int, Cvae: int, using_znorm: bool = False,  # noqa: N803 - VAR's name
+    def __init__(self, vocab_size: int, Cvae: int, using_znorm: bool = False,  # VAR's argument name
                  v_patch_nums: tuple[int, ...] = (1, 2, 3, 4), quant_resi: float = 0.5, share_quant_resi: int = 4,
                  beta: float = 0.25):
         super().__init__()
@@ -64,7 +64,7 @@ class VectorQuantizer2(nn.Module):
         d = rows.square().sum(1, keepdim=True) + w.square().sum(1)
         return d.addmm_(rows, w.t(), alpha=-2, beta=1).argmin(1)
 
-    def forward(self, f_BChw: torch.Tensor, ret_usages: bool = False):  # noqa: N803 - VAR's name
+    def forward(self, f_BChw: torch.Tensor, ret_usages: bool = False):  # VAR's argument name
         f = f_BChw.float()
         b, c, h, w = f.shape
         rest = f.detach().clone()

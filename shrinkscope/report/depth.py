@@ -8,7 +8,8 @@ the same quantizer (compare: before and after) are overlaid in the colours ``COD
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

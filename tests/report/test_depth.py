@@ -15,8 +15,13 @@ import pytest
 import torch
 
 from shrinkscope.analyze import analyze, compare
-from shrinkscope.report import read_timeline, timeline_text, write_analysis_report, write_comparison_report
-from shrinkscope.report import write_timeline_report
+from shrinkscope.report import (
+    read_timeline,
+    timeline_text,
+    write_analysis_report,
+    write_comparison_report,
+    write_timeline_report,
+)
 from shrinkscope.report.depth import DepthDisplay
 from shrinkscope.stages import as_rows, stage_groups
 
