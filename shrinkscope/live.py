@@ -19,6 +19,7 @@ The result is the ``AnalysisResult`` that ``analyze(checkpoint)`` returns (same 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -268,6 +269,18 @@ def _bit_entry(name: str, key: str, adapter: Family, stream: BitUsageStream, t: 
     ])
 
 
+LABELS_HOW = ("pass labels=... to analyze(model, data) (one mode id per input row, or labels=True for (x, y) "
+              "batches), or --labels FILE with --model/--data (one integer per --data row)")
+
+
+def _live_hints(h: Any) -> None:
+    """The verdict's "how to get it" in live terms: labels describe the inputs here, not rows of a latents file."""
+    v = h.verdict
+    if v is not None and any(m.get("input") == "labels" for m in v.missing):
+        h.verdict = replace(v, missing=tuple({**m, "how": LABELS_HOW} if m.get("input") == "labels" else m
+                                             for m in v.missing))
+
+
 def _canonical(rows: torch.Tensor) -> torch.Tensor:
     """Rows in lexicographic order: the sample is a set, and a fixed order makes every order-dependent step
     after it (k-means seeding, subsets) independent of batch order and of how the data was sharded."""
@@ -339,6 +352,7 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
                                 thresholds=t, seed=seed, max_points=max_points, labels=y)
             if key in diverged:
                 h.warnings.append(dict(diverged[key]))
+            _live_hints(h)
             found = FoundCodebook(name, cb.cpu(), counts if n_ids else None, adapter.name, key,
                                   usage_source="live hooks" if n_ids else None)
             entries.append(Entry(h, found, None if x is None else x.cpu(), notes, scale=scale, labels=y))

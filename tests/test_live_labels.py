@@ -83,8 +83,12 @@ def test_labels_from_xy_batches_equal_labels_given_in_data_order():
 
 def test_without_labels_the_mode_metrics_stay_null():
     x, _ = modes_data()
-    (e,) = shrinkscope.analyze(Model(), x).entries
+    result = shrinkscope.analyze(Model(), x)
+    (e,) = result.entries
     assert e.labels is None and e.health.metrics["token_mode_entropy"] is None
+    (missing,) = [m for m in e.health.verdict.missing if m["input"] == "labels"]
+    assert "labels=True for (x, y)" in missing["how"] and "--latents" not in missing["how"]
+    assert "--labels FILE with --model/--data" in result.verdict()
 
 
 @pytest.mark.parametrize("labels, match", [
