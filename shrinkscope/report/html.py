@@ -71,9 +71,11 @@ def _umap_figure(codebooks: dict[str, Any], latents: Any, seed: int) -> bytes:
 
 def _entry_meta(e: Entry) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in e.notes)
+    scale = (f" &middot; scale {int(e.scale['index'])}, {int(e.scale['size'][0])}x{int(e.scale['size'][1])} tokens"
+             if e.scale else "")
     return (
         f"<p class='meta'>key <code>{html.escape(e.found.key)}</code> &middot; family "
-        f"{html.escape(e.found.family)} &middot; K={e.health.num_codes}, D={e.health.dim}</p>"
+        f"{html.escape(e.found.family)} &middot; K={e.health.num_codes}, D={e.health.dim}{scale}</p>"
         + (f"<ul class='meta'>{notes}</ul>" if notes else "")
     )
 

@@ -127,4 +127,5 @@ def test_live_var_lookalike_report_shows_scales(tmp_path):
                               torch.rand(24, 3, 8, 8, generator=torch.Generator().manual_seed(0)), batch_size=8)
     text = Path(write_analysis_report(res, str(tmp_path), umap=False)).read_text()
     assert "quantize: health by scale" in text and "quantize (4 scales)" in text
+    assert "K=32, D=4 &middot; scale 3, 4x4 tokens" in text
     assert json.loads((tmp_path / "health.json").read_text())["codebooks"][3]["scale"] == {"index": 3, "size": [4, 4]}
