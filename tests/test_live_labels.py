@@ -143,3 +143,19 @@ def test_cli_labels_with_model_and_data(tmp_path, monkeypatch, capsys):
                "--labels", str(tmp_path / "y_short.npy")])
     err = capsys.readouterr().err
     assert rc == 2 and "10 labels for 60 rows" in err and len(err.strip().splitlines()) == 1
+
+
+def test_labels_reach_every_stage_of_a_real_residual_vq():
+    vqp = pytest.importorskip("vector_quantize_pytorch")
+    torch.manual_seed(0)
+    rvq = vqp.ResidualVQ(dim=D, codebook_size=8, num_quantizers=2)
+    x, y = modes_data(n=40)
+    rvq(x)  # a training-mode forward: codebooks k-means initialised
+    result = shrinkscope.analyze(rvq, x, labels=y, batch_size=8)
+    assert [e.health.name for e in result.entries] == ["layers.0", "layers.1"]
+    for e in result.entries:
+        assert e.labels is not None and e.labels.shape[0] == e.latents.shape[0] == 40 * 5
+        assert e.health.metrics["token_mode_entropy"] is not None
+    # stage 0 sees the inputs themselves: each row's label is its true mode
+    first = result.entries[0]
+    assert torch.equal(first.labels, (first.latents[:, 0] / SEP).round().long())
