@@ -13,18 +13,25 @@ stacked digits, the bundled conv tokenizer with codes of dimension D, Euclidean 
 ``--plan tune``: every demo arm (``arms.tune_grid``) at the demo's CPU preset on a validation split of the
 training images, one seed; the choice per arm is the lowest validation MSE.
 
+``--plan study``: the older study's runs (``study.py``: l2-normalised 8-d codes, K = 64 .. 4,096, a prior and its
+samples per run) on the current code. Its first 58 runs (docs/study-h200.json) ran on code before the EMA
+smoothing fix and the single defer path and do not reproduce bit for bit on the current code, so they are not
+merged with these. Whatever the order asked for, cells start tune -> paper -> warmup -> study (``planned_cells``).
+
 Each finished cell is appended as one JSON line to ``OUT/cells.jsonl`` at once, so a lost machine or a deadline
 loses the cells in flight, not the study; ``OUT/tables.md`` is written from that file at the end (or later with
 ``--tables-only``). Cells run in worker processes spread over the visible GPUs.
 
     python -m shrinkscope.reference.reproduce --plan paper --device cuda --out repro
     python -m shrinkscope.reference.reproduce --plan tune --device cuda --out tune
+    python -m shrinkscope.reference.reproduce --plan study --device cuda --out study
     python -m shrinkscope.reference.reproduce --plan smoke --out /tmp/repro-smoke    # CPU, seconds
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +49,8 @@ SMOKE = {"dataset": "stacked-digits", "n_train": 600, "n_test": 200, "steps": 30
 TUNE = {"dataset": "stacked-digits", "n_train": 20_000, "n_test": 2_000, "steps": 1000, "batch_size": 128,
         "hidden": 64, "kmeans_items": 2000, "num_codes": 512, "code_dim": 64, "val": 2000, "data_seed": 100}
 SEEDS = (0, 1, 2)
+#: plans in the order their cells start (see ``main``)
+PRIORITY = ("smoke", "tune", "paper", "warmup", "study")
 
 #: published numbers (research/papers.md B.5 and A.4), shown beside ours
 PUBLISHED = {
@@ -81,12 +90,46 @@ def smoke_cells() -> list[dict]:
              "settings": asdict(arm_base(arm))} for arm in ARM_NAMES]
 
 
+def study_cells(*, smoke: bool = False) -> list[dict]:
+    """The older study's runs (``study.tasks``: K = 64 .. 4,096, early vs deferred 25% and the continuous-share
+    sweep at K = 1,024; l2-normalised 8-d codes; tokenizer, prior and samples per run) on the current code.
+
+    Order: stacked digits before gaussians (the paper cells are digits too, and its runs measure sample diversity
+    over 1,000 modes), seed-major within each, so a deadline cuts whole seeds of the last dataset.
+    """
+    from . import study
+
+    tasks = study.tasks(study.SMOKE if smoke else study.FULL)
+    tasks.sort(key=lambda t: (study.DATASETS.index(t["dataset"]), t["seed"]))  # stable: keeps each seed's order
+    return [{"plan": "study", "code_dim": 8, "arm": "early" if t["fraction"] == 0 else "deferred", **t,
+             **({"smoke": True} if smoke else {})} for t in tasks]
+
+
+def planned_cells(plans: list[str], *, study_smoke: bool = False) -> list[dict]:
+    """The cells of ``plans`` in the order they start, whatever the order asked for (``PRIORITY``): the demo
+    depends on the tuning (cheap), then the paper cells, the longer warm-up, and the old study's runs last, so
+    a deadline cuts the end of this list."""
+    makers = {"paper": paper_cells, "warmup": warmup_cells, "tune": tune_cells, "smoke": smoke_cells,
+              "study": lambda: study_cells(smoke=study_smoke)}
+    return [c for plan in PRIORITY if plan in plans for c in makers[plan]()]
+
+
 def _spec(plan: str) -> dict:
     return {"paper": PAPER, "tune": TUNE, "smoke": SMOKE}[plan]
 
 
 def run_cell(cell: dict, device: str, deadline: float) -> dict:
-    """Train one tokenizer and measure its codebook on held-out latents; skipped past ``deadline``."""
+    """Train one tokenizer and measure its codebook on held-out latents; skipped past ``deadline``.
+
+    A ``study`` cell is the old study's run (``study.run_one``: tokenizer, prior and sample diversity).
+    A run whose held-out reconstruction is not finite (a learning rate past stability) is returned with
+    ``diverged: True`` and no codebook metrics, so the tuning table shows the edge instead of losing it.
+    """
+    if cell["plan"] == "study":
+        from . import study
+
+        task = {k: cell[k] for k in ("dataset", "num_codes", "fraction", "seed", "sweep")}
+        return {**cell, **study.run_one(task, study.SMOKE if cell.get("smoke") else study.FULL, device, deadline)}
     import torch
 
     torch.set_num_threads(1)
@@ -106,24 +149,36 @@ def run_cell(cell: dict, device: str, deadline: float) -> dict:
     data = load_dataset(spec["dataset"], seed=spec.get("data_seed", cell["seed"]), n_train=spec["n_train"],
                         n_test=spec["n_test"])
     if "val" in spec:  # tuning never sees the test images: validate on held-back training images
-        data = replace(data, train=data.train[: -spec["val"]], test=data.train[-spec["val"]:])
+        v, tm = spec["val"], data.train_modes
+        data = replace(data, train=data.train[:-v], test=data.train[-v:],
+                       train_modes=None if tm is None else tm[:-v], test_modes=None if tm is None else tm[-v:])
     tcfg = tokenizer_config_for(data, num_codes=cell["num_codes"], code_dim=cell["code_dim"], hidden=spec["hidden"],
                                 quantize_start=round(s.fraction * spec["steps"]), decay=s.decay,
                                 l2_normalize=s.l2_normalize, dead_code_threshold=s.dead_code_threshold)
     cfg = TrainConfig(steps=spec["steps"], batch_size=spec["batch_size"], lr=s.lr, seed=cell["seed"], device=device,
                       kmeans_items=spec["kmeans_items"])
     tok, _ = train_tokenizer(tcfg, data, cfg, progress=False)
+    mse = recon_mse(tok, data.test)
     codebook = tok.quantizer.effective_codebook()
     lat = tok.latents(data.test.to(device))
+    if not (math.isfinite(mse) and bool(torch.isfinite(codebook).all()) and bool(torch.isfinite(lat).all())):
+        return {**cell, "skipped": False, "diverged": True, "seconds": time.time() - t0,
+                "metrics": {"recon_mse": None}, "warnings": [], "verdict": None}
     idx, _ = assign(codebook, lat)  # usage over every held-out latent (Paper A's perplexity "over the dataset")
     counts = torch.bincount(idx, minlength=cell["num_codes"]).cpu()
-    sub = lat[torch.randperm(len(lat), generator=torch.Generator().manual_seed(cell["seed"]))[:10_000].to(device)]
+    pick = torch.randperm(len(lat), generator=torch.Generator().manual_seed(cell["seed"]))[:10_000]
+    sub, labels = lat[pick.to(device)], None
+    if data.test_modes is not None:  # every token of an item carries the item's mode (Paper A's modes)
+        h, w = tok.grid
+        labels = data.test_modes.reshape(-1).repeat_interleave(h * w)[pick]
     try:
-        health = codebook_health(codebook, latents=sub, counts=counts.to(device), name="quantizer")
+        health = codebook_health(codebook, latents=sub, counts=counts.to(device), name="quantizer",
+                                 labels=None if labels is None else labels.to(device), seed=cell["seed"])
     except (RuntimeError, TypeError):  # a metric without a device path: measure on the CPU
-        health = codebook_health(codebook.cpu(), latents=sub.cpu(), counts=counts, name="quantizer")
+        health = codebook_health(codebook.cpu(), latents=sub.cpu(), counts=counts, name="quantizer", labels=labels,
+                                 seed=cell["seed"])
     h = health.to_dict()
-    metrics = {"recon_mse": recon_mse(tok, data.test), **h["metrics"],
+    metrics = {"recon_mse": mse, **h["metrics"],
                "usage_perplexity_all": float(utilization_perplexity(counts)),
                "latent_effective_dimension_all": int(effective_dimension(lat.cpu()))}
     return {**cell, "skipped": False, "quantize_start": tok.config.quantize_start, "seconds": time.time() - t0,
@@ -152,49 +207,110 @@ def _group(rows: list[dict], **match) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
 
+def verdict_counts(rows: list[dict]) -> str:
+    """``"shrunk 2, healthy 1"``: how many runs got each verdict status (unknown statuses are counted too)."""
+    from collections import Counter
+
+    c = Counter((r.get("verdict") or {}).get("status", "none") for r in rows)
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def verdict_reasons(rows: list[dict]) -> str:
+    """The deciding measurements over the runs: ``metric mean value (< or > threshold) in n of the runs``."""
+    seen: dict[tuple, list[float]] = {}
+    for r in rows:
+        for x in (r.get("verdict") or {}).get("reasons", []):
+            if x.get("value") is not None:
+                seen.setdefault((x["metric"], x["direction"], x["threshold"]), []).append(float(x["value"]))
+    parts = [f"{m} {sum(v) / len(v):.3g} ({'<' if d == 'min' else '>'} {t:.3g}) in {len(v)}"
+             for (m, d, t), v in sorted(seen.items(), key=lambda kv: -len(kv[1]))]
+    return "; ".join(parts) or "–"
+
+
+def _arm_label(arm: str, frac: float) -> str:
+    return f"deferred {frac:.0%}" if arm == "deferred" else arm
+
+
 def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
-    """Markdown: Paper B and Paper A side by side with ours, then the alternative fixes and code dimension."""
+    """Markdown: every cell's metrics (mean ± std over seeds) with its verdicts, then the deciding measurements."""
     done = [r for r in rows if r.get("plan") == plan and not r.get("skipped") and "metrics" in r]
     sp = _spec(plan)
     out = [(f"Stacked digits, {sp['steps']} tokenizer steps, batch {sp['batch_size']}, conv tokenizer width "
            f"{sp['hidden']}, 4x4 token grid, Euclidean EMA codebook (decay 0.99, beta 0.25, Adam 1e-3), "
            f"deferred N% = continuous for the first N% of the steps. Metrics on {sp['n_test']:,} held-out images "
-           f"({16 * sp['n_test']:,} latents); mean ± std over seeds 0, 1, 2 (n shown when fewer finished)."), ""]
+           f"({16 * sp['n_test']:,} latents); mean ± std over seeds 0, 1, 2 (n shown when fewer finished). "
+           f"Verdict: `codebook_health` on 10,000 of those latents with their digit-triple labels (k-means "
+           f"reference of the same K); the count of runs per status."), ""]
     cols = [("codebook eff. dim", "effective_dimension", ".3g"), ("latent eff. dim", "latent_effective_dimension_all",
             ".3g"), ("cosine spread", "spread_cosine", ".3f"), ("usage perplexity", "usage_perplexity_all", ".4g"),
             ("spread ratio", "spread_ratio", ".2f"), ("dead codes", "dead_code_ratio", ".2f"),
-            ("recon MSE", "recon_mse", ".4f")]
-    out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | spread ratio < 0.5 |",
+            ("excess distortion", "excess_distortion", ".2f"), ("recon MSE", "recon_mse", ".4f")]
+    out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | verdict (runs) |",
             "|" + "---|" * (len(cols) + 4)]
     keys = sorted({(r["code_dim"], r["num_codes"], r["arm"], r["settings"]["fraction"]) for r in done},
                   key=lambda t: (-t[0], t[1], ARM_NAMES.index(t[2]), t[3]))
-    for d, k, arm, frac in keys:
-        g = [r for r in _group(done, code_dim=d, num_codes=k, arm=arm) if r["settings"]["fraction"] == frac]
-        if arm == "deferred":
-            arm = f"deferred {frac:.0%}"
-        # the pre-verdict `shrinkage` rule, computed from the metric so old and new cells read alike
-        flagged = sum(r["metrics"].get("spread_ratio") is not None and r["metrics"]["spread_ratio"] < 0.5
-                      for r in g)
-        out.append(f"| {d} | {k:,} | {arm} | " + " | ".join(_cell([r["metrics"].get(c) for r in g], f)
-                                                            for _, c, f in cols) + f" | {flagged}/{len(g)} |")
+    groups = {key: [r for r in _group(done, code_dim=key[0], num_codes=key[1], arm=key[2])
+                    if r["settings"]["fraction"] == key[3]] for key in keys}
+    for (d, k, arm, frac), g in groups.items():
+        out.append(f"| {d} | {k:,} | {_arm_label(arm, frac)} | "
+                   + " | ".join(_cell([r["metrics"].get(c) for r in g], f) for _, c, f in cols)
+                   + f" | {verdict_counts(g)} |")
+    out += ["", ("Deciding measurements (the verdict's reasons: mean value over the runs that cite it, the threshold, "
+                 "and in how many runs):"), "", "| D | K | arm | reasons |", "|---|---|---|---|"]
+    out += [f"| {d} | {k:,} | {_arm_label(arm, frac)} | {verdict_reasons(g)} |" for (d, k, arm, frac), g in
+            groups.items()]
     out += ["", "Published: Paper B codebook effective dimension " + PUBLISHED["paper_b_codebook_dim"] + "; Paper A "
             "cosine spread " + PUBLISHED["paper_a_spread"] + "; perplexity " + PUBLISHED["paper_a_perplexity"] + "."]
     return "\n".join(out)
 
 
-def tune_table(rows: list[dict]) -> str:
-    """Markdown: every tuning configuration's validation MSE and the choice per arm."""
-    done = [r for r in rows if r.get("plan") == "tune" and not r.get("skipped") and "metrics" in r]
-    out = ["| arm | lr | knob | value | validation MSE | spread ratio | chosen |", "|---|---|---|---|---|---|---|"]
+def tune_choice(rows: list[dict]) -> dict[str, tuple[dict, bool]]:
+    """Per arm: the finished tuning run of lowest validation MSE, and whether its learning rate is interior to
+    the grid (neither the smallest nor the largest value in ``arms.LRS``)."""
+    from .arms import LRS
+
+    out = {}
     for arm in ARM_NAMES:
-        g = sorted(_group(done, arm=arm), key=lambda r: (r["settings"]["lr"], r["settings"][KNOBS[arm][0]]))
-        best = min(g, key=lambda r: r["metrics"]["recon_mse"]) if g else None
-        for r in g:
-            knob = KNOBS[arm][0]
-            out.append(f"| {arm} | {r['settings']['lr']:g} | {knob} | {r['settings'][knob]:g} | "
-                       f"{r['metrics']['recon_mse']:.5f} | {r['metrics']['spread_ratio']:.2f} | "
-                       f"{'yes' if r is best else ''} |")
+        ok = [r for r in _group(rows, plan="tune", arm=arm)
+              if not r.get("skipped") and (r.get("metrics") or {}).get("recon_mse") is not None]
+        if ok:
+            best = min(ok, key=lambda r: r["metrics"]["recon_mse"])
+            out[arm] = (best, min(LRS) < best["settings"]["lr"] < max(LRS))
+    return out
+
+
+def tune_table(rows: list[dict]) -> str:
+    """Markdown: every tuning configuration's validation MSE (or why it has none) and the choice per arm."""
+    tuned = [r for r in rows if r.get("plan") == "tune"]
+    choice = tune_choice(rows)
+    out = ["| arm | lr | knob | value | validation MSE | spread ratio | verdict | chosen |",
+           "|---|---|---|---|---|---|---|---|"]
+    for arm in ARM_NAMES:
+        knob = KNOBS[arm][0]
+        for r in sorted(_group(tuned, arm=arm), key=lambda r: (r["settings"]["lr"], r["settings"][knob])):
+            m = r.get("metrics") or {}
+            if r.get("skipped"):
+                mse, sr = ("failed: " + r["error"][:60]) if r.get("error") else "not run (deadline)", "–"
+            elif r.get("diverged"):
+                mse, sr = "diverged (non-finite)", "–"
+            else:
+                mse, sr = f"{m['recon_mse']:.5f}", f"{m['spread_ratio']:.2f}"
+            chosen = arm in choice and choice[arm][0] is r
+            out.append(f"| {arm} | {r['settings']['lr']:g} | {knob} | {r['settings'][knob]:g} | {mse} | {sr} | "
+                       f"{(r.get('verdict') or {}).get('status', '–')} | "
+                       f"{('yes' + ('' if choice[arm][1] else ' (grid edge)')) if chosen else ''} |")
     return "\n".join(out)
+
+
+def study_tables(rows: list[dict]) -> str:
+    """Markdown of the older study's tables (``study.markdown``) from its runs in ``rows``."""
+    from . import study
+
+    runs = [r for r in rows if r.get("plan") == "study"]
+    done = sum(not r.get("skipped") for r in runs)
+    head = (f"Runs: {done} of {len(study.tasks(study.FULL))} planned done, "
+            f"{sum(bool(r.get('error')) for r in runs)} failed, {len(runs) - done} skipped or failed here.")
+    return study.markdown(runs, study.SMOKE if any(r.get("smoke") for r in runs) else study.FULL, head=head)
 
 
 def read_cells(path: Path) -> list[dict]:
@@ -202,10 +318,13 @@ def read_cells(path: Path) -> list[dict]:
 
 
 def write_tables(out: Path) -> str:
+    """Write ``OUT/tables.md`` from ``OUT/cells.jsonl`` (every plan found there) and return it."""
     rows = read_cells(out / "cells.jsonl")
     parts = [paper_tables(rows, plan=plan) for plan in ("paper", "smoke") if _group(rows, plan=plan)]
     if _group(rows, plan="tune"):
         parts.append(tune_table(rows))
+    if _group(rows, plan="study"):
+        parts.append(study_tables(rows))
     md = "\n\n".join(parts)
     (out / "tables.md").write_text(md + "\n")
     return md
@@ -213,12 +332,13 @@ def write_tables(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shrinkscope.reference.reproduce", description=__doc__.splitlines()[0])
-    p.add_argument("--plan", nargs="+", default=["paper"], choices=("paper", "warmup", "tune", "smoke"))
+    p.add_argument("--plan", nargs="+", default=["paper"], choices=PRIORITY)
     p.add_argument("--out", default="shrinkscope-repro")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--workers", type=int, default=None, help="concurrent cells (default: 8 per GPU, 1 on cpu)")
     p.add_argument("--budget-minutes", type=float, default=8.0, help="no cell starts after this many minutes")
     p.add_argument("--tables-only", action="store_true", help="rewrite OUT/tables.md from OUT/cells.jsonl")
+    p.add_argument("--study-smoke", action="store_true", help="--plan study: the study's tiny CPU plan")
 
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -233,12 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             p.error("--device cuda: CUDA is not available")
         gpus = torch.cuda.device_count()
-    makers = {"paper": paper_cells, "warmup": warmup_cells, "tune": tune_cells, "smoke": smoke_cells}
-    todo = [c for plan in a.plan for c in makers[plan]()]
-    # tuning cells are cheap and the demo depends on them: run them between the first two paper blocks
-    if "tune" in a.plan and "paper" in a.plan:
-        paper, tune = [c for c in todo if c["plan"] == "paper"], [c for c in todo if c["plan"] == "tune"]
-        todo = paper[:12] + tune + paper[12:]
+    todo = planned_cells(a.plan, study_smoke=a.study_smoke)
+    if any(c["plan"] == "study" for c in todo):
+        from .classifier import load_classifier
+
+        load_classifier()  # train and cache once here, so the workers only read the cache
     t0 = time.time()
     deadline = t0 + a.budget_minutes * 60
     workers = a.workers or (8 * gpus if gpus else 1)

@@ -36,6 +36,11 @@ REPORTED = ("recon_mse", "utilization_perplexity", "utilization", "dead_code_rat
             "mean_pairwise_l2", "precision", "recall", "coverage")
 
 
+def task_key(task: dict) -> tuple:
+    """What identifies a run: ``(dataset, K, continuous share, seed)``."""
+    return task["dataset"], task["num_codes"], task["fraction"], task["seed"]
+
+
 def tasks(plan: dict) -> list[dict]:
     """All runs of the study, seed-major, without duplicates (the size sweep's 25% run is reused)."""
     out, seen = [], set()
@@ -49,7 +54,7 @@ def tasks(plan: dict) -> list[dict]:
                 out.append({"dataset": ds, "num_codes": k, "fraction": frac, "seed": seed, "sweep": "fraction"})
     uniq = []
     for t in out:
-        key = (t["dataset"], t["num_codes"], t["fraction"], t["seed"])
+        key = task_key(t)
         if key not in seen:
             seen.add(key)
             uniq.append(t)
@@ -102,15 +107,18 @@ def _mean_std(vals: list) -> str:
     return f"{m:.4g} ± {s:.2g}" if len(v) > 1 else f"{m:.4g}"
 
 
-def markdown(results: list[dict], plan: dict, seconds: float) -> str:
-    """The study's tables: per dataset, size sweep (early vs deferred) and fraction sweep."""
+def markdown(results: list[dict], plan: dict, seconds: float | None = None, *, head: str | None = None) -> str:
+    """The study's tables: per dataset, size sweep (early vs deferred) and fraction sweep.
+
+    ``head``: the first sentence (default: runs done / skipped / failed and ``seconds``).
+    """
     done = [r for r in results if not r.get("skipped")]
     failed = sum(1 for r in results if r.get("error"))
     cols = ("recon_mse", "utilization_perplexity", "spread_cosine", "effective_rank", "latent_coverage",
             "modes_covered", "mode_kl", "mode_entropy", "mean_pairwise_l2", "recall", "coverage")
-    head = (f"Runs: {len(done)} done, {len(results) - len(done) - failed} skipped by the deadline, {failed} failed "
-            f"(see study.json); {seconds:.0f} s. "
-            f"{plan['steps']} tokenizer steps, {plan['prior_steps']} prior steps, {plan['samples']} samples per run; "
+    head = head or (f"Runs: {len(done)} done, {len(results) - len(done) - failed} skipped by the deadline, {failed} "
+                    f"failed (see study.json); {seconds:.0f} s.")
+    head += (f" {plan['steps']} tokenizer steps, {plan['prior_steps']} prior steps, {plan['samples']} samples per run; "
             f"shared: {json.dumps(SHARED)}. Cells: mean ± std over seeds (n in the last column).")
     lines = [head, ""]
     for ds in DATASETS:
