@@ -114,6 +114,12 @@ def planned_cells(plans: list[str], *, study_smoke: bool = False) -> list[dict]:
     return [c for plan in PRIORITY if plan in plans for c in makers[plan]()]
 
 
+def cell_key(cell: dict) -> str:
+    """What identifies a cell across runs (its plan, place in the grid, seed and settings), as a string."""
+    keys = ("plan", "code_dim", "num_codes", "arm", "seed", "settings", "dataset", "fraction", "smoke")
+    return json.dumps({k: cell.get(k) for k in keys}, sort_keys=True)
+
+
 def _spec(plan: str) -> dict:
     return {"paper": PAPER, "tune": TUNE, "smoke": SMOKE}[plan]
 
@@ -216,13 +222,16 @@ def verdict_counts(rows: list[dict]) -> str:
 
 
 def verdict_reasons(rows: list[dict]) -> str:
-    """The deciding measurements over the runs: ``metric mean value (< or > threshold) in n of the runs``."""
+    """The deciding measurements over the runs: ``metric mean value (min or max threshold) in n of the runs``.
+
+    A reason is cited whether it passed or failed its threshold (a healthy verdict cites the checks it passed).
+    """
     seen: dict[tuple, list[float]] = {}
     for r in rows:
         for x in (r.get("verdict") or {}).get("reasons", []):
             if x.get("value") is not None:
                 seen.setdefault((x["metric"], x["direction"], x["threshold"]), []).append(float(x["value"]))
-    parts = [f"{m} {sum(v) / len(v):.3g} ({'<' if d == 'min' else '>'} {t:.3g}) in {len(v)}"
+    parts = [f"{m} {sum(v) / len(v):.3g} ({d} {t:.3g}) in {len(v)}"
              for (m, d, t), v in sorted(seen.items(), key=lambda kv: -len(kv[1]))]
     return "; ".join(parts) or "–"
 
@@ -255,8 +264,9 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
         out.append(f"| {d} | {k:,} | {_arm_label(arm, frac)} | "
                    + " | ".join(_cell([r["metrics"].get(c) for r in g], f) for _, c, f in cols)
                    + f" | {verdict_counts(g)} |")
-    out += ["", ("Deciding measurements (the verdict's reasons: mean value over the runs that cite it, the threshold, "
-                 "and in how many runs):"), "", "| D | K | arm | reasons |", "|---|---|---|---|"]
+    out += ["", ("Deciding measurements (the verdict's reasons: mean value over the runs that cite it, its threshold "
+                 "as a min or max, and in how many runs it is cited; passed checks are cited for a healthy verdict):"),
+            "", "| D | K | arm | reasons |", "|---|---|---|---|"]
     out += [f"| {d} | {k:,} | {_arm_label(arm, frac)} | {verdict_reasons(g)} |" for (d, k, arm, frac), g in
             groups.items()]
     out += ["", "Published: Paper B codebook effective dimension " + PUBLISHED["paper_b_codebook_dim"] + "; Paper A "
@@ -314,7 +324,15 @@ def study_tables(rows: list[dict]) -> str:
 
 
 def read_cells(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """Every line of a ``cells.jsonl``; a cell written more than once (``--resume``) keeps its last finished line,
+    or its last line when none finished."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    last: dict[str, dict] = {}
+    for r in rows:
+        k = cell_key(r)
+        if not r.get("skipped") or last.get(k, {}).get("skipped", True):
+            last[k] = r
+    return list(last.values())
 
 
 def write_tables(out: Path) -> str:
@@ -339,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-minutes", type=float, default=8.0, help="no cell starts after this many minutes")
     p.add_argument("--tables-only", action="store_true", help="rewrite OUT/tables.md from OUT/cells.jsonl")
     p.add_argument("--study-smoke", action="store_true", help="--plan study: the study's tiny CPU plan")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the cells that OUT/cells.jsonl already holds as finished (after a lost machine)")
 
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -354,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--device cuda: CUDA is not available")
         gpus = torch.cuda.device_count()
     todo = planned_cells(a.plan, study_smoke=a.study_smoke)
+    if a.resume:
+        done = {cell_key(r) for r in read_cells(out / "cells.jsonl") if not r.get("skipped")}
+        todo = [c for c in todo if cell_key(c) not in done]
     if any(c["plan"] == "study" for c in todo):
         from .classifier import load_classifier
 

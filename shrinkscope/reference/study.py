@@ -131,6 +131,9 @@ def markdown(results: list[dict], plan: dict, seconds: float | None = None, *, h
             else:
                 lines.append(f"### {ds}: codebook-size sweep (early = 0%, deferred = 25% continuous)")
             lines.append("")
+            if not rows:
+                lines += ["No run of this sweep finished.", ""]
+                continue
             lines.append(f"| {label} | arm | " + " | ".join(cols) + " | n |")
             lines.append("|" + "---|" * (len(cols) + 3))
             groups: dict[tuple, list] = {}

@@ -60,7 +60,7 @@ def test_tables_mean_std_and_verdict_counts(tmp_path):
     assert "5 ± 0" in early and early.endswith("| shrunk 3 |")
     assert "9 ± 1.41 (n=2)" in deferred  # a missing seed is shown, not hidden
     assert deferred.endswith("| healthy 1, some_new_status 1 |")  # an unknown status is counted, not dropped
-    assert "excess_distortion 2 (> 0.5) in 3" in reasons  # mean of 1, 2, 3 over the three runs that cite it
+    assert "excess_distortion 2 (max 0.5) in 3" in reasons  # mean of 1, 2, 3 over the three runs that cite it
     assert (tmp_path / "tables.md").read_text().strip() == md.strip()
 
 
@@ -88,6 +88,14 @@ def test_tune_table_shows_every_run_and_says_when_the_choice_is_at_the_grid_edge
     assert len(md.splitlines()) == 2 + len(rows) + len(rows_edge)  # every run has its row
 
 
+def test_read_cells_keeps_a_resumed_cells_finished_line(tmp_path):
+    a, b = _row("early", 0, 5), _row("early", 1, 5)
+    lines = [{**a, "skipped": True}, {**a, "skipped": False}, {**a, "skipped": True}, {**b, "skipped": True}]
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = reproduce.read_cells(tmp_path / "cells.jsonl")
+    assert [(r["seed"], r["skipped"]) for r in rows] == [(0, False), (1, True)]
+
+
 def test_study_tables_from_the_pool_rows():
     rows = [{"plan": "study", "dataset": "gaussians", "num_codes": 64, "fraction": 0.0, "seed": s, "sweep": "size",
              "code_dim": 8, "arm": "early", "skipped": False, "metrics": {"recon_mse": 0.1 + 0.2 * s}} for s in (0, 1)]
@@ -105,6 +113,9 @@ def test_smoke_plan_runs_on_cpu(tmp_path):
     assert [c["arm"] for c in cells if not c["skipped"]] and all("metrics" in c for c in cells)
     assert all(c["verdict"]["status"] in {"shrunk", "underused", "healthy", "cannot_tell"} for c in cells)
     assert all(c["metrics"]["token_mode_entropy"] is not None for c in cells)  # labels reached the verdict
+    lines = (tmp_path / "cells.jsonl").read_text()
+    assert reproduce.main(["--plan", "smoke", "--out", str(tmp_path), "--workers", "1", "--resume"]) == 0
+    assert (tmp_path / "cells.jsonl").read_text() == lines  # every cell had finished: nothing ran again
 
 
 @pytest.mark.slow
