@@ -38,7 +38,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .arms import ARM_NAMES, KNOBS, arm_base, tune_grid
+from .arms import ARM_NAMES, arm_base, tune_grid
 
 #: shared by every paper cell
 PAPER = {"dataset": "stacked-digits", "n_train": 20_000, "n_test": 5_000, "steps": 3000, "batch_size": 256,
@@ -194,140 +194,6 @@ def run_cell(cell: dict, device: str, deadline: float) -> dict:
             "verdict": h.get("verdict")}
 
 
-def _stats(vals: list) -> tuple[float, float, int] | None:
-    v = [float(x) for x in vals if x is not None]
-    if not v:
-        return None
-    m = sum(v) / len(v)
-    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
-    return m, sd, len(v)
-
-
-def _cell(vals: list, fmt: str = ".3g") -> str:
-    st = _stats(vals)
-    if st is None:
-        return "–"
-    m, sd, n = st
-    return f"{m:{fmt}} ± {sd:{fmt}}" + ("" if n == 3 else f" (n={n})")
-
-
-def _group(rows: list[dict], **match) -> list[dict]:
-    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
-
-
-def verdict_counts(rows: list[dict]) -> str:
-    """``"shrunk 2, healthy 1"``: how many runs got each verdict status (unknown statuses are counted too)."""
-    from collections import Counter
-
-    c = Counter((r.get("verdict") or {}).get("status", "none") for r in rows)
-    return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def verdict_reasons(rows: list[dict]) -> str:
-    """The deciding measurements over the runs: ``metric mean value (min or max threshold) in n of the runs``.
-
-    A reason is cited whether it passed or failed its threshold (a healthy verdict cites the checks it passed).
-    """
-    seen: dict[tuple, list[float]] = {}
-    for r in rows:
-        for x in (r.get("verdict") or {}).get("reasons", []):
-            if x.get("value") is not None:
-                seen.setdefault((x["metric"], x["direction"], x["threshold"]), []).append(float(x["value"]))
-    parts = [f"{m} {sum(v) / len(v):.3g} ({d} {t:.3g}) in {len(v)}"
-             for (m, d, t), v in sorted(seen.items(), key=lambda kv: -len(kv[1]))]
-    return "; ".join(parts) or "–"
-
-
-def _arm_label(arm: str, frac: float) -> str:
-    return f"deferred {frac:.0%}" if arm == "deferred" else arm
-
-
-def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
-    """Markdown: every cell's metrics (mean ± std over seeds) with its verdicts, then the deciding measurements."""
-    done = [r for r in rows if r.get("plan") == plan and not r.get("skipped") and "metrics" in r]
-    sp = _spec(plan)
-    out = [(f"Stacked digits, {sp['steps']} tokenizer steps, batch {sp['batch_size']}, conv tokenizer width "
-           f"{sp['hidden']}, 4x4 token grid, Euclidean EMA codebook (decay 0.99, beta 0.25, Adam 1e-3), "
-           f"deferred N% = continuous for the first N% of the steps. Metrics on {sp['n_test']:,} held-out images "
-           f"({16 * sp['n_test']:,} latents); mean ± std over seeds 0, 1, 2 (n shown when fewer finished). "
-           f"Verdict: `codebook_health` on {HEALTH_LATENTS:,} of those latents with their digit-triple labels (k-means "
-           f"reference of the same K); the count of runs per status."
-           + (f" Where K exceeds those {HEALTH_LATENTS:,} latents there is no k-means reference: excess distortion "
-              f"is blank and the verdict rests on usage and the codes alone (its `missing` field says so)."
-              if any(r["num_codes"] > HEALTH_LATENTS for r in done) else "")), ""]
-    cols = [("codebook eff. dim", "effective_dimension", ".3g"), ("latent eff. dim", "latent_effective_dimension_all",
-            ".3g"), ("cosine spread", "spread_cosine", ".3f"), ("usage perplexity", "usage_perplexity_all", ".4g"),
-            ("spread ratio", "spread_ratio", ".2f"), ("dead codes", "dead_code_ratio", ".2f"),
-            ("excess distortion", "excess_distortion", ".2f"), ("recon MSE", "recon_mse", ".4f")]
-    out += ["| D | K | arm | " + " | ".join(c[0] for c in cols) + " | verdict (runs) |",
-            "|" + "---|" * (len(cols) + 4)]
-    keys = sorted({(r["code_dim"], r["num_codes"], r["arm"], r["settings"]["fraction"]) for r in done},
-                  key=lambda t: (-t[0], t[1], ARM_NAMES.index(t[2]), t[3]))
-    groups = {key: [r for r in _group(done, code_dim=key[0], num_codes=key[1], arm=key[2])
-                    if r["settings"]["fraction"] == key[3]] for key in keys}
-    for (d, k, arm, frac), g in groups.items():
-        out.append(f"| {d} | {k:,} | {_arm_label(arm, frac)} | "
-                   + " | ".join(_cell([r["metrics"].get(c) for r in g], f) for _, c, f in cols)
-                   + f" | {verdict_counts(g)} |")
-    out += ["", ("Deciding measurements (the verdict's reasons: mean value over the runs that cite it, its threshold "
-                 "as a min or max, and in how many runs it is cited; passed checks are cited for a healthy verdict):"),
-            "", "| D | K | arm | reasons |", "|---|---|---|---|"]
-    out += [f"| {d} | {k:,} | {_arm_label(arm, frac)} | {verdict_reasons(g)} |" for (d, k, arm, frac), g in
-            groups.items()]
-    out += ["", "Published: Paper B codebook effective dimension " + PUBLISHED["paper_b_codebook_dim"] + "; Paper A "
-            "cosine spread " + PUBLISHED["paper_a_spread"] + "; perplexity " + PUBLISHED["paper_a_perplexity"] + "."]
-    return "\n".join(out)
-
-
-def tune_choice(rows: list[dict]) -> dict[str, tuple[dict, bool]]:
-    """Per arm: the finished tuning run of lowest validation MSE, and whether its learning rate is interior to
-    the grid (neither the smallest nor the largest value in ``arms.LRS``)."""
-    from .arms import LRS
-
-    out = {}
-    for arm in ARM_NAMES:
-        ok = [r for r in _group(rows, plan="tune", arm=arm)
-              if not r.get("skipped") and (r.get("metrics") or {}).get("recon_mse") is not None]
-        if ok:
-            best = min(ok, key=lambda r: r["metrics"]["recon_mse"])
-            out[arm] = (best, min(LRS) < best["settings"]["lr"] < max(LRS))
-    return out
-
-
-def tune_table(rows: list[dict]) -> str:
-    """Markdown: every tuning configuration's validation MSE (or why it has none) and the choice per arm."""
-    tuned = [r for r in rows if r.get("plan") == "tune"]
-    choice = tune_choice(rows)
-    out = ["| arm | lr | knob | value | validation MSE | spread ratio | verdict | chosen |",
-           "|---|---|---|---|---|---|---|---|"]
-    for arm in ARM_NAMES:
-        knob = KNOBS[arm][0]
-        for r in sorted(_group(tuned, arm=arm), key=lambda r: (r["settings"]["lr"], r["settings"][knob])):
-            m = r.get("metrics") or {}
-            if r.get("skipped"):
-                mse, sr = ("failed: " + r["error"][:60]) if r.get("error") else "not run (deadline)", "–"
-            elif r.get("diverged"):
-                mse, sr = "diverged (non-finite)", "–"
-            else:
-                mse, sr = f"{m['recon_mse']:.5f}", f"{m['spread_ratio']:.2f}"
-            chosen = arm in choice and choice[arm][0] is r
-            out.append(f"| {arm} | {r['settings']['lr']:g} | {knob} | {r['settings'][knob]:g} | {mse} | {sr} | "
-                       f"{(r.get('verdict') or {}).get('status', '–')} | "
-                       f"{('yes' + ('' if choice[arm][1] else ' (grid edge)')) if chosen else ''} |")
-    return "\n".join(out)
-
-
-def study_tables(rows: list[dict]) -> str:
-    """Markdown of the older study's tables (``study.markdown``) from its runs in ``rows``."""
-    from . import study
-
-    runs = [r for r in rows if r.get("plan") == "study"]
-    done = sum(not r.get("skipped") for r in runs)
-    head = (f"Runs: {done} of {len(study.tasks(study.FULL))} planned done, "
-            f"{sum(bool(r.get('error')) for r in runs)} failed, {len(runs) - done} skipped or failed here.")
-    return study.markdown(runs, study.SMOKE if any(r.get("smoke") for r in runs) else study.FULL, head=head)
-
-
 def read_cells(path: Path) -> list[dict]:
     """Every line of a ``cells.jsonl``; a cell written more than once (``--resume``) keeps its last finished line,
     or its last line when none finished."""
@@ -338,19 +204,6 @@ def read_cells(path: Path) -> list[dict]:
         if not r.get("skipped") or last.get(k, {}).get("skipped", True):
             last[k] = r
     return list(last.values())
-
-
-def write_tables(out: Path) -> str:
-    """Write ``OUT/tables.md`` from ``OUT/cells.jsonl`` (every plan found there) and return it."""
-    rows = read_cells(out / "cells.jsonl")
-    parts = [paper_tables(rows, plan=plan) for plan in ("paper", "smoke") if _group(rows, plan=plan)]
-    if _group(rows, plan="tune"):
-        parts.append(tune_table(rows))
-    if _group(rows, plan="study"):
-        parts.append(study_tables(rows))
-    md = "\n\n".join(parts)
-    (out / "tables.md").write_text(md + "\n")
-    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the cells that OUT/cells.jsonl already holds as finished (after a lost machine)")
 
     a = p.parse_args(argv)
+    from .repro_tables import write_tables
+
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.tables_only:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from shrinkscope.reference import reproduce, study
+from shrinkscope.reference import repro_tables, reproduce, study
 from shrinkscope.reference.arms import ARM_NAMES, KNOBS, LRS, TUNED, tune_grid
 
 
@@ -54,7 +54,7 @@ def test_tables_mean_std_and_verdict_counts(tmp_path):
     rows = [_row("early", s, 5) for s in range(3)] + [_row("deferred", 0, 8, 0.25),
                                                        _row("deferred", 1, 10, 0.25, status="some_new_status")]
     (tmp_path / "cells.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    md = reproduce.write_tables(tmp_path)
+    md = repro_tables.write_tables(tmp_path)
     early, reasons = [ln for ln in md.splitlines() if "| early |" in ln]
     deferred = next(ln for ln in md.splitlines() if "| deferred 25% |" in ln)
     assert "5 ± 0" in early and early.endswith("| shrunk 3 |")
@@ -76,13 +76,13 @@ def test_tune_table_shows_every_run_and_says_when_the_choice_is_at_the_grid_edge
     rows += [_tune_row("deferred", LRS[-1], None, diverged=True, metrics={"recon_mse": None})]
     rows += [_tune_row("early", lr, 0.01 + abs(lr - LRS[2])) for lr in LRS[:-1]]
     rows += [{**_tune_row("early", LRS[-1], None), "skipped": True, "error": "RuntimeError('boom')"}]
-    choice = reproduce.tune_choice(rows)
+    choice = repro_tables.tune_choice(rows)
     assert choice["deferred"][0]["settings"]["lr"] == LRS[-2] and choice["deferred"][1]  # below a diverged edge
     assert choice["early"][0]["settings"]["lr"] == LRS[2] and choice["early"][1]
     rows_edge = [_tune_row("l2", lr, 0.02 - lr) for lr in LRS]
-    assert reproduce.tune_choice(rows_edge)["l2"][0]["settings"]["lr"] == LRS[-1]
-    assert not reproduce.tune_choice(rows_edge)["l2"][1]
-    md = reproduce.tune_table(rows + rows_edge)
+    assert repro_tables.tune_choice(rows_edge)["l2"][0]["settings"]["lr"] == LRS[-1]
+    assert not repro_tables.tune_choice(rows_edge)["l2"][1]
+    md = repro_tables.tune_table(rows + rows_edge)
     assert md.count("| yes") == 3 and "yes (grid edge)" in md
     assert "diverged (non-finite)" in md and "failed: RuntimeError('boom')" in md
     assert len(md.splitlines()) == 2 + len(rows) + len(rows_edge)  # every run has its row
@@ -100,7 +100,7 @@ def test_study_tables_from_the_pool_rows():
     rows = [{"plan": "study", "dataset": "gaussians", "num_codes": 64, "fraction": 0.0, "seed": s, "sweep": "size",
              "code_dim": 8, "arm": "early", "skipped": False, "metrics": {"recon_mse": 0.1 + 0.2 * s}} for s in (0, 1)]
     rows.append({**rows[0], "seed": 2, "skipped": True, "metrics": None})
-    md = reproduce.study_tables(rows)
+    md = repro_tables.study_tables(rows)
     assert md.startswith(f"Runs: 2 of {len(study.tasks(study.FULL))} planned done, 0 failed, 1 skipped")
     row = next(ln for ln in md.splitlines() if ln.startswith("| 64 | early |"))
     assert "0.2 ± 0.14" in row and row.endswith("| 2 |")
