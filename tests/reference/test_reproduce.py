@@ -1,10 +1,13 @@
 """The reproduction plan and its tables (no training here; the CPU smoke plans are exercised by the slow tests)."""
 import json
+from pathlib import Path
 
 import pytest
 
 from shrinkscope.reference import repro_tables, reproduce, study
-from shrinkscope.reference.arms import ARM_NAMES, KNOBS, LRS, TUNED, tune_grid
+from shrinkscope.reference.arms import ARM_NAMES, KNOBS, LRS, TUNED, ArmSettings, tune_grid
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_plan_three_seeds_per_cell_priority_order():
@@ -24,6 +27,17 @@ def test_every_arm_gets_the_same_tuning_budget():
         assert TUNED[arm] in grid  # the chosen setting comes from the arm's own grid
         assert min(LRS) < TUNED[arm].lr < max(LRS)  # chosen inside the grid, not at its edge
     assert len(reproduce.tune_cells()) == sum(len(g) for g in grids.values())
+
+
+def test_published_tables_and_tuned_settings_come_from_the_committed_cells():
+    rows = reproduce.read_cells(DOCS / "study-h200-repro.jsonl")
+    md = (DOCS / "study-h200-repro.md").read_text()
+    for table in (repro_tables.paper_tables(rows), repro_tables.tune_table(rows), repro_tables.study_tables(rows)):
+        assert table in md  # the doc is regenerated from the raw cells, not edited by hand
+    choice = repro_tables.tune_choice(rows)
+    assert set(choice) == set(ARM_NAMES)
+    for arm, (best, interior) in choice.items():
+        assert ArmSettings(**best["settings"]) == TUNED[arm] and interior
 
 
 def test_plans_start_in_priority_order_whatever_the_order_asked():
