@@ -62,6 +62,14 @@ def _arm_label(arm: str, frac: float) -> str:
     return f"deferred {frac:.0%}" if arm == "deferred" else arm
 
 
+def _judged(done: list[dict]) -> str:
+    """How many held-out latents the verdicts read: cells written before ``judged_latents`` read 10,000."""
+    sizes = sorted({r.get("judged_latents", HEALTH_LATENTS) for r in done})
+    if sizes == [HEALTH_LATENTS]:
+        return f"{HEALTH_LATENTS:,}"
+    return f"max({HEALTH_LATENTS:,}, 4K) ({', '.join(f'{n:,}' for n in sizes)})"
+
+
 def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
     """Markdown: every cell's metrics (mean ± std over seeds) with its verdicts, then the deciding measurements."""
     done = [r for r in rows if r.get("plan") == plan and not r.get("skipped") and "metrics" in r]
@@ -70,11 +78,11 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
            f"{sp['hidden']}, 4x4 token grid, Euclidean EMA codebook (decay 0.99, beta 0.25, Adam 1e-3), "
            f"deferred N% = continuous for the first N% of the steps. Metrics on {sp['n_test']:,} held-out images "
            f"({16 * sp['n_test']:,} latents); mean ± std over seeds 0, 1, 2 (n shown when fewer finished). "
-           f"Verdict: `codebook_health` on {HEALTH_LATENTS:,} of those latents with their digit-triple labels (k-means "
-           f"reference of the same K); the count of runs per status."
-           + (f" Where K exceeds those {HEALTH_LATENTS:,} latents there is no k-means reference: excess distortion "
+           f"Verdict: `codebook_health` on {_judged(done)} of those latents with their digit-triple labels "
+           f"(k-means reference of the same K); the count of runs per status."
+           + (f" Where K exceeds the judged latents there is no k-means reference: excess distortion "
               f"is blank and the verdict rests on usage and the codes alone (its `missing` field says so)."
-              if any(r["num_codes"] > HEALTH_LATENTS for r in done) else "")), ""]
+              if any(r["num_codes"] > r.get("judged_latents", HEALTH_LATENTS) for r in done) else "")), ""]
     cols = [("codebook eff. dim", "effective_dimension", ".3g"), ("latent eff. dim", "latent_effective_dimension_all",
             ".3g"), ("cosine spread", "spread_cosine", ".3f"), ("usage perplexity", "usage_perplexity_all", ".4g"),
             ("spread ratio", "spread_ratio", ".2f"), ("dead codes", "dead_code_ratio", ".2f"),

@@ -49,8 +49,14 @@ SMOKE = {"dataset": "stacked-digits", "n_train": 600, "n_test": 200, "steps": 30
 TUNE = {"dataset": "stacked-digits", "n_train": 20_000, "n_test": 2_000, "steps": 1000, "batch_size": 128,
         "hidden": 64, "kmeans_items": 2000, "num_codes": 512, "code_dim": 64, "val": 2000, "data_seed": 100}
 SEEDS = (0, 1, 2)
-#: held-out latents that ``codebook_health`` judges each paper cell on (the k-means reference needs at least K)
+#: held-out latents that ``codebook_health`` judges each paper cell on: at least this many, and 4K where that is
+#: more, so that the k-means reference (2K fit rows + held-out rows) exists at K = 16,384 too
 HEALTH_LATENTS = 10_000
+
+
+def health_latents(num_codes: int) -> int:
+    """Held-out latents judged for a cell of K codes: ``max(HEALTH_LATENTS, 4 * K)``."""
+    return max(HEALTH_LATENTS, 4 * num_codes)
 #: plans in the order their cells start (see ``main``)
 PRIORITY = ("smoke", "tune", "paper", "warmup", "study")
 
@@ -174,7 +180,7 @@ def run_cell(cell: dict, device: str, deadline: float) -> dict:
                 "metrics": {"recon_mse": None}, "warnings": [], "verdict": None}
     idx, _ = assign(codebook, lat)  # usage over every held-out latent (Paper A's perplexity "over the dataset")
     counts = torch.bincount(idx, minlength=cell["num_codes"]).cpu()
-    pick = torch.randperm(len(lat), generator=torch.Generator().manual_seed(cell["seed"]))[:HEALTH_LATENTS]
+    pick = torch.randperm(len(lat), generator=torch.Generator().manual_seed(cell["seed"]))[:health_latents(cell["num_codes"])]
     sub, labels = lat[pick.to(device)], None
     if data.test_modes is not None:  # every token of an item carries the item's mode (Paper A's modes)
         h, w = tok.grid
@@ -190,7 +196,7 @@ def run_cell(cell: dict, device: str, deadline: float) -> dict:
                "usage_perplexity_all": float(utilization_perplexity(counts)),
                "latent_effective_dimension_all": int(effective_dimension(lat.cpu()))}
     return {**cell, "skipped": False, "quantize_start": tok.config.quantize_start, "seconds": time.time() - t0,
-            "held_out_latents": len(lat), "metrics": metrics, "warnings": [w["code"] for w in h["warnings"]],
+            "held_out_latents": len(lat), "judged_latents": len(sub), "metrics": metrics, "warnings": [w["code"] for w in h["warnings"]],
             "verdict": h.get("verdict")}
 
 
