@@ -39,25 +39,24 @@ def _verdict(r: dict) -> dict:
 
 
 def decided_by(verdict: dict) -> str | None:
-    """What decides a verdict, in a few words: the rules that fired (``metric < threshold`` / ``>``), or for a
-    healthy codebook the closest call among the rules it passed. The values are in the table's own rows.
+    """What decides a verdict, in a few words: the metrics whose rules fired, most severe first, or for a
+    codebook no rule flags, the closest call. Their values are in the table's own rows; the thresholds in each
+    arm's verdict summary under the table.
 
     Example:
         >>> decided_by({"status": "shrunk", "reasons": [{"metric": "excess_distortion", "value": 2.1,
         ...     "threshold": 1.86, "direction": "max"}]})
-        'excess_distortion > 1.86'
+        'excess_distortion'
     """
     if not verdict:
         return None
     reasons = verdict.get("reasons") or []
-    fired = [r for r in reasons if _fails(r)]
+    fired = [r["metric"] for r in reasons if _fails(r)]
     if fired:
-        return ", ".join(f"{r['metric']} {'<' if r['direction'] == 'min' else '>'} {r['threshold']:.3g}"
-                         for r in fired)
+        return ", ".join(fired)
     if reasons:
-        r = reasons[0]  # sorted closest call first
-        return f"none fired (closest: {r['metric']} {'>=' if r['direction'] == 'min' else '<='} {r['threshold']:.3g})"
-    return "no rule could be applied"
+        return f"none fired (closest: {reasons[0]['metric']})"  # sorted closest call first
+    return "no rule applied"
 
 
 def _fails(r: dict) -> bool:
@@ -153,7 +152,7 @@ def format_table(rows: list[dict], arms: list[str], *, better: bool = True) -> s
     def fmt(v):
         if v is None:
             return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+        return f"{v + 0.0:.4g}" if isinstance(v, float) else str(v)  # + 0.0: no "-0"
 
     head = ["metric", "good", *arms] + (["better"] if better else [])
     body = [[r["metric"], r["direction"], *[fmt(v) for v in r["values"]]] + ([r["better"]] if better else [])

@@ -224,7 +224,8 @@ def write_report(path: str | Path, results: list[dict], rows: list[dict], meta: 
         sections.append(section("Prior training", figure_html(prior, "prior loss"), anchor="prior"))
     sections.append(section("Codebook over held-out latents", figure_html(
         _projection_png(results), "projections", caption="Top-2 principal components of each arm's own held-out "
-        "latents (grey); its codes used by some latent and unused."), anchor="projection"))
+        "latents (grey); its codes used by some latent and unused. Unused codes that sit on one point (a codebook "
+        "collapsed there) draw as a single dot: the legend counts them."), anchor="projection"))
     sf = _samples_png(results, data)
     if sf:
         sections.append(section("Generated samples", figure_html(sf, "prior samples"), anchor="samples"))
