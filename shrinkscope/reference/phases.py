@@ -20,14 +20,14 @@ __all__ = ["COST", "PHASES", "PhaseClock", "Progress", "apply", "evaluation_unit
 
 PHASES = ("tokenizer", "prior", "evaluate", "save")
 
-#: Relative cost of one unit of each phase, in CPU seconds of one thread at the default preset (K = 512,
-#: D = 64, width 64, batch 128; docs/performance.md "demo"). They only weight the progress bar.
-COST = {"tokenizer_step": 0.08, "prior_step": 0.02, "evaluate": 40.0, "save": 1.0}
+#: Cost of one unit of each phase, in CPU seconds of one thread at the default preset (K = 512, D = 64, width
+#: 64, batch 128, 5,000 samples; measured, docs/performance.md "demo"). They only weight the progress bar.
+COST = {"tokenizer_step": 0.06, "prior_step": 0.065, "evaluate": 13.0, "save": 0.2}
 
 
 def evaluation_units(num_samples: int) -> float:
-    """Estimated work of one arm's evaluation: about half of it grows with the number of prior samples."""
-    return COST["evaluate"] * (0.5 + 0.5 * min(1.0, num_samples / 5000))
+    """Estimated work of one arm's evaluation: sampling, about 60% of it, grows with the number of samples."""
+    return COST["evaluate"] * (0.4 + 0.6 * min(1.0, num_samples / 5000))
 
 
 def work_units(steps: int, prior_steps: int, *, num_samples: int) -> float:
