@@ -24,58 +24,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .arms import ARM_NAMES, TUNED, ArmSettings
 from .data import DATASETS, load_dataset
+from .demo_arm import BETA, PRESETS, DemoPreset, auto_switch_options, run_arm
 from .demo_table import ROWS, comparison_rows, format_table, seed_table, verdict_lines
-from .phases import COST, PhaseClock, Progress, apply, evaluation_units, work_units
-from .prior import PriorConfig
-from .train import TrainConfig, save_checkpoint, tokenizer_config_for, train_prior, train_tokenizer
+from .phases import PhaseClock, work_units
+from .train import TrainConfig, tokenizer_config_for
+from .workers import cores, run_jobs
 
-__all__ = ["PRESETS", "ROWS", "DemoPreset", "add_arguments", "comparison_rows", "format_table", "main", "run_arm",
-           "seed_table"]
-
-
-@dataclass
-class DemoPreset:
-    """Sizes of one demo run (CPU default, ``--quick``, or the CUDA preset)."""
-
-    n_train: int
-    n_test: int
-    steps: int
-    prior_steps: int
-    num_samples: int
-    num_codes: int
-    code_dim: int
-    hidden: int
-    n_embd: int
-    batch_size: int
-    watch_every: int
+__all__ = ["BETA", "PRESETS", "ROWS", "DemoPreset", "add_arguments", "auto_switch_options", "comparison_rows",
+           "format_table", "main", "run_arm", "seed_table"]
 
 
-#: The default preset is the one the arms were tuned at (reproduce.TUNE); beta 0.25 is shared by every arm.
-PRESETS = {
-    "default": DemoPreset(n_train=20_000, n_test=2_000, steps=1000, prior_steps=500, num_samples=5_000,
-                          num_codes=512, code_dim=64, hidden=64, n_embd=96, batch_size=128, watch_every=100),
-    "quick": DemoPreset(n_train=2_000, n_test=400, steps=120, prior_steps=60, num_samples=400,
-                        num_codes=64, code_dim=16, hidden=16, n_embd=32, batch_size=64, watch_every=40),
-    "cuda": DemoPreset(n_train=50_000, n_test=5_000, steps=6000, prior_steps=4000, num_samples=10_000,
-                       num_codes=1024, code_dim=64, hidden=128, n_embd=256, batch_size=256, watch_every=250),
-}
-BETA = 0.25
 QUICK_BANNER = ("SMOKE RUN (--quick): far too short to compare the arms; this checks that the pipeline runs "
                 "and draws no conclusion. Run without --quick for the comparison.")
-#: the progress bar counts weighted work units (``phases.COST``), so it shows a percentage and the ETA only
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,85 +98,6 @@ def _preset(args: argparse.Namespace) -> DemoPreset:
     over = {k: v for k, v in (("steps", args.steps), ("prior_steps", args.prior_steps),
                              ("num_codes", args.num_codes), ("num_samples", args.samples)) if v is not None}
     return replace(PRESETS[_preset_name(args)], **over)
-
-
-def run_arm(name: str, settings: ArmSettings, data, preset: DemoPreset, cfg: TrainConfig, out: Path, *,
-            classifier=None, progress: Any = None, progress_label: str | None = None,
-            auto: bool = False) -> dict[str, Any]:
-    """Train, evaluate and save one arm; returns its results (``evaluate.evaluate_arm`` + timings).
-
-    Args:
-        name: the arm's name (file stem of its checkpoint and timeline).
-        settings: the arm's hyperparameters (``arms.TUNED[...]``); ``cfg`` supplies the rest.
-        out: folder of the arm's ``.jsonl`` timeline and ``.pt`` checkpoint.
-        progress: where progress goes (``phases.Progress``'s sink: a queue, a callable, or None).
-        progress_label: the arm's name in the progress bar (default ``name``).
-        auto: defer with ``switch="auto"`` instead of ``settings.fraction``.
-
-    Returns:
-        ``evaluate_arm``'s dict plus ``arm``, ``settings``, ``quantize_start``, training histories and
-        ``timing``: ``{phase: {"cpu_s", "wall_s"}}`` for tokenizer, prior, evaluate (and its parts), save.
-    """
-    from .evaluate import evaluate_arm
-
-    clock, bar = PhaseClock(), Progress(progress, progress_label or name)
-    t0 = time.perf_counter()
-    cfg = replace(cfg, lr=settings.lr)
-    tcfg = tokenizer_config_for(data, num_codes=preset.num_codes, code_dim=preset.code_dim, hidden=preset.hidden,
-                                quantize_start=round(settings.fraction * preset.steps), beta=BETA,
-                                decay=settings.decay, l2_normalize=settings.l2_normalize,
-                                dead_code_threshold=settings.dead_code_threshold)
-    auto_switch = auto_switch_options(preset.steps) if auto else None
-    bar.phase("tokenizer")
-    with clock.phase("tokenizer"):
-        tok, hist = train_tokenizer(tcfg, data, cfg, log_to=out / f"{name}.jsonl", progress=False,
-                                    auto_switch=auto_switch, on_step=lambda _: bar.advance(COST["tokenizer_step"]))
-    bar.phase("prior")
-    with clock.phase("prior"):
-        tokens = tok.tokenize(data.train.to(cfg.device))
-        h, w = tok.grid
-        pcfg = PriorConfig(num_codes=tcfg.num_codes, seq_len=h * w, n_embd=preset.n_embd,
-                           n_layer=2 if h * w > 1 else 1)
-        prior, phist = train_prior(tokens, pcfg, cfg, progress=False, on_step=lambda _: bar.advance(COST["prior_step"]))
-    bar.phase("evaluate")
-    with clock.phase("evaluate"):
-        res = evaluate_arm(tok, prior, data, num_samples=preset.num_samples, seed=cfg.seed, classifier=classifier,
-                           clock=clock)
-    res.pop("_health", None)  # the dict under "health" says it all; the object may hold GPU tensors
-    bar.advance(evaluation_units(preset.num_samples))
-    bar.phase("save")
-    with clock.phase("save"):
-        save_checkpoint(out / f"{name}.pt", tok, data, cfg, prior=prior,
-                        extra={"arm": name, "quantize_start": tok.config.quantize_start})
-        latents = tok.latents(data.test[:1000].to(cfg.device)).cpu()
-    bar.advance(COST["save"])
-    bar.phase("done")
-    bar.flush()
-    timing = clock.as_dict()
-    res.update({"arm": name, "settings": asdict(settings), "quantize_start": tok.config.quantize_start,
-                "train_history": hist, "prior_history": phist,
-                "prior_final_loss": phist[-1]["loss"] if phist else None,
-                "seconds": time.perf_counter() - t0, "tokenizer_seconds": timing["tokenizer"]["wall_s"],
-                "timing": timing, "_latents": latents, "_codebook": tok.quantizer.effective_codebook().cpu()})
-    return res
-
-
-_QUEUE: Any = None
-
-
-def _init_worker(queue: Any, threads: int) -> None:
-    global _QUEUE
-    _QUEUE = queue
-    torch.set_num_threads(threads)  # one core per arm on CPU: see main()
-
-
-def _run_arm_worker(job: dict) -> dict[str, Any]:
-    return run_arm(**job, progress=_QUEUE)
-
-
-def auto_switch_options(steps: int) -> dict:
-    """``shrinkscope.defer`` options for the auto arm: check 40 times per budget, switch within 5-50% of it."""
-    return {"check_every": max(5, steps // 40), "min_steps": max(1, steps // 20), "max_steps": max(2, steps // 2)}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -316,7 +207,11 @@ def _build(out: Path, args: argparse.Namespace, preset: DemoPreset, seeds: list[
             jobs.append({"name": name, "settings": st, "data": datas[s], "preset": preset, "cfg": cfg,
                          "out": folders[s], "classifier": classifier, "auto": auto,
                          "progress_label": name if len(seeds) == 1 else f"{name}/s{s}"})
-    results = _run_jobs(jobs, args, preset)
+    workers = args.workers or (min(2, cores()) if args.device == "cpu" else 1)
+    # on CPU one core per arm (see main); on a GPU the workers share the cores
+    results = run_jobs(run_arm, jobs, workers=workers, threads=1 if args.device == "cpu" else max(1, cores() // workers),
+                       total=len(jobs) * work_units(preset.steps, preset.prior_steps, num_samples=preset.num_samples),
+                       progress=args.progress)
     for s in seeds:
         mine = [r for r, j in zip(results, jobs) if j["cfg"].seed == s]
         with clock.phase("report"):
@@ -341,40 +236,6 @@ def _add_timing(path: Path, timing: dict) -> None:
     blob = json.loads(path.read_text())
     blob["meta"]["timing"] = timing
     path.write_text(json.dumps(blob, indent=1))
-
-
-def _run_jobs(jobs: list[dict], args: argparse.Namespace, preset: DemoPreset) -> list[dict[str, Any]]:
-    """Run the jobs (in this process, or side by side in worker processes) under one progress bar."""
-    from .._progress import progress_bar
-
-    workers = args.workers or (min(2, os.cpu_count() or 1) if args.device == "cpu" else 1)
-    total = len(jobs) * work_units(preset.steps, preset.prior_steps, num_samples=preset.num_samples)
-    with progress_bar(total, desc="shrinkscope demo", unit="", enabled=None if args.progress else False,
-                      bar_format=BAR_FORMAT) as bar:
-        phases: dict[str, str] = {}
-        if workers <= 1 or len(jobs) == 1:
-            return [run_arm(**j, progress=lambda m: apply(bar, phases, m)) for j in jobs]
-        # arms are independent and seeded on their own, so running them side by side gives the same table
-        import multiprocessing as mp
-        import queue as queue_mod
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        threads = 1 if args.device == "cpu" else max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q, threads)) as ex:
-            futs = [ex.submit(_run_arm_worker, j) for j in jobs]
-            pending = set(futs)
-            while pending:
-                _, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                while True:
-                    try:
-                        msg = q.get_nowait()
-                    except queue_mod.Empty:
-                        break
-                    apply(bar, phases, msg)
-            return [f.result() for f in futs]
 
 
 def _write_seed(out: Path, results: list[dict], args: argparse.Namespace, preset: DemoPreset, seed: int, data,
