@@ -39,9 +39,9 @@ def _verdict(r: dict) -> dict:
 
 
 def decided_by(verdict: dict) -> str | None:
-    """What decides a verdict, in a few words: the metrics whose rules fired, most severe first, or for a
-    codebook no rule flags, the closest call. Their values are in the table's own rows; the thresholds in each
-    arm's verdict summary under the table.
+    """What decides a verdict, in a few words: the metrics whose rules fired, most severe first, or "none
+    fired". Their values are in the table's own rows; the thresholds in each arm's verdict summary under the
+    table, and a healthy codebook's closest calls on its verdict card in the report.
 
     Example:
         >>> decided_by({"status": "shrunk", "reasons": [{"metric": "excess_distortion", "value": 2.1,
@@ -54,9 +54,7 @@ def decided_by(verdict: dict) -> str | None:
     fired = [r["metric"] for r in reasons if _fails(r)]
     if fired:
         return ", ".join(fired)
-    if reasons:
-        return f"none fired (closest: {reasons[0]['metric']})"  # sorted closest call first
-    return "no rule applied"
+    return "none fired" if reasons else "no rule applied"  # a healthy card lists the closest calls
 
 
 def _fails(r: dict) -> bool:
@@ -193,14 +191,18 @@ def _cell(vals: list) -> str:
 
 def seed_table(folders: list[str | Path]) -> str:
     """Markdown table of several demo runs (one ``results.json`` per folder): mean ± sample std per arm, and
-    in how many runs each arm was best. Text rows show the value once when every run agrees, else each run's
-    value (``a / b / c``, in the order of ``folders``)."""
+    in how many runs each arm was best (a tie counts for every arm in it). Text rows show the value once when
+    every run agrees, else each run's value (``a / b / c``, in the order of ``folders``)."""
     runs = [json.loads((Path(f) / "results.json").read_text()) for f in folders]
+    # rebuilt from each run's arms where they carry their measurements, so runs of an older version get
+    # today's rows; else the run's own table
+    tables = [comparison_rows(r["arms"], rank=not r.get("meta", {}).get("quick"))
+              if all("health" in a for a in r["arms"]) else r["table"] for r in runs]
     arms = [a["arm"] for a in runs[0]["arms"]]
     lines = ["| section | metric | good | " + " | ".join(arms) + " | best (runs) |",
              "|---|---|---|" + "---|" * len(arms) + "---|"]
-    for row in runs[0]["table"]:
-        per = [p for r in runs for p in r["table"] if p["metric"] == row["metric"]]
+    for row in tables[0]:
+        per = [p for t in tables for p in t if p["metric"] == row["metric"]]
         cells = [_cell([p["values"][j] for p in per]) for j in range(len(arms))]
         wins = {a: sum(a in p["better"].split(" = ") or p["better"] == "tie" for p in per) for a in arms}
         best = ", ".join(f"{a} {n}" for a, n in wins.items() if n) if row["direction"] else ""

@@ -146,7 +146,7 @@ def test_decided_by_names_the_rules_that_fired_or_the_closest_call():
                                               _reason("spread_vs_kmeans", 0.5, 0.8167, "min")]}
     assert decided_by(shrunk) == "excess_distortion, spread_vs_kmeans"
     healthy = {"status": "healthy", "reasons": [_reason("spread_vs_kmeans", 0.9, 0.8167, "min")]}
-    assert decided_by(healthy) == "none fired (closest: spread_vs_kmeans)"
+    assert decided_by(healthy) == "none fired"
     assert decided_by({}) is None
     rows = demo.comparison_rows([{"arm": "early", "recon_mse": 0.1, "diversity": None,
                                   "health": {"metrics": {}, "verdict": shrunk,
