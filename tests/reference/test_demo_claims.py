@@ -32,20 +32,26 @@ def test_the_standard_early_arm_is_judged_shrunk(table):
     rows, arms = table
     assert rows["verdict"]["early"] == "shrunk"
     fired = {r["metric"] for r in arms["early"]["health"]["verdict"]["reasons"]}
-    assert fired and rows["verdict decided by"]["early"].split(", ")[0] in fired
-    assert rows["spread_ratio"]["early"] < 0.5 and rows["dead_code_ratio"]["early"] > 0.5
+    assert rows["verdict decided by"]["early"].split(", ")[0] in fired
+    # most codes never used, and clumped where the untrained encoder's outputs were
+    assert rows["dead_code_ratio"]["early"] > 0.5 and rows["spread_all_vs_live"]["early"] < 0.5
+    assert rows["spread_ratio"]["early"] < 0.5
 
 
 @pytest.mark.slow
 def test_the_deferred_arm_is_not_shrunk(table):
     rows, _ = table
-    assert rows["verdict"]["deferred"] not in ("shrunk", None)
+    assert rows["verdict"]["deferred"] == "healthy" and rows["verdict decided by"]["deferred"] == "none fired"
+    assert rows["codes_used"]["deferred"] > 0.95
     assert rows["spread_ratio"]["deferred"] > 2 * rows["spread_ratio"]["early"]
     assert rows["held-out recon MSE"]["deferred"] < rows["held-out recon MSE"]["early"]
 
 
 @pytest.mark.slow
-def test_the_l2_arm_is_judged_by_its_unused_codes(table):
+def test_the_l2_arm_is_shrunk_by_its_unused_codes_not_its_live_ones(table):
+    """Measured on CPU seed 0 and H200 seeds 0-2 (docs/results.md): the l2 arm's live codes spread at least as
+    wide as k-means' (1.09-1.13x), but half or more of its codes are unused and clumped."""
     rows, _ = table
-    assert rows["dead_code_ratio"]["l2"] > 0.5  # most of its codes are never used
-    assert rows["verdict"]["l2"] in ("underused", "shrunk")
+    assert rows["verdict"]["l2"] == "shrunk" and "spread_all_vs_live" in rows["verdict decided by"]["l2"]
+    assert rows["spread_vs_kmeans"]["l2"] > 1.0
+    assert rows["dead_code_ratio"]["l2"] > 0.5 and rows["spread_all_vs_live"]["l2"] < 0.9
