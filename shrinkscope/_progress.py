@@ -20,7 +20,13 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def progress_bar(
-    total: int, *, desc: str, unit: str, enabled: bool | None = None, delay: float = 1.0
+    total: float,
+    *,
+    desc: str,
+    unit: str,
+    enabled: bool | None = None,
+    delay: float = 1.0,
+    bar_format: str | None = None,
 ) -> Iterator[Any]:
     """A ``tqdm`` bar of ``total`` steps (``bar.update()``, ``bar.set_postfix_str(name, refresh=False)``).
 
@@ -29,6 +35,7 @@ def progress_bar(
         desc, unit: tqdm's label and unit.
         enabled: True / False forces the bar on / off; None: only when stderr is a terminal.
         delay: seconds of work before the bar first appears.
+        bar_format: tqdm's layout (e.g. percentage and ETA only, for a total in weighted work units).
     """
     from tqdm.auto import tqdm
 
@@ -40,6 +47,7 @@ def progress_bar(
         leave=False,
         file=sys.stderr,
         disable=None if enabled is None else not enabled,
+        bar_format=bar_format,
     )
     stop = threading.Event()
 

@@ -36,12 +36,18 @@ def printable(text: str) -> str:
                         f"\\u{ord(m.group()):04x}", text)
 
 
-def check_out(out: str, *, force: bool) -> str:
+def check_out(out: str, *, force: bool, nonempty: bool = False) -> str:
     """Validate ``--out`` before any work: returns its absolute path.
 
+    Args:
+        out: the folder.
+        force: allow replacing an existing report.
+        nonempty: refuse any non-empty folder unless ``force`` (not only one holding ``REPORT_FILES``): for
+            writers whose file names vary from run to run, such as the demo's ``<arm>.pt``.
+
     Raises:
-        OutputError: the path is a file, names too long, sits under a file, or holds a report and
-            ``force`` is False.
+        OutputError: the path is a file, names too long, sits under a file, or holds a report (with
+            ``nonempty``: anything) and ``force`` is False.
     """
     target = os.path.abspath(out)
     try:
@@ -60,6 +66,15 @@ def check_out(out: str, *, force: bool) -> str:
         if old and not force:
             raise OutputError(f"--out {out}: already holds a report ({', '.join(old)}); pass --force to "
                               "replace it or choose another folder")
+        if nonempty and not force:
+            try:
+                entries = sorted(os.listdir(target))
+            except OSError as exc:
+                raise OutputError(f"--out {out}: {exc.strerror or exc}") from None
+            if entries:
+                shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+                raise OutputError(f"--out {out}: is not empty ({shown}); pass --force to replace what this run "
+                                  "writes there, or choose a new folder")
     return target
 
 
@@ -88,7 +103,7 @@ def _hold_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def write_atomically(write: Callable[[str], str], out: str, *, force: bool) -> str:
+def write_atomically(write: Callable[[str], str], out: str, *, force: bool, nonempty: bool = False) -> str:
     """Run ``write(tmp_dir) -> path inside it`` in a temporary folder beside ``out``, then move into place.
 
     A new ``out`` is one rename. An existing folder keeps its other files; the report's files replace
@@ -98,9 +113,9 @@ def write_atomically(write: Callable[[str], str], out: str, *, force: bool) -> s
         The path ``write`` returned, as it is after the move.
 
     Raises:
-        OutputError: see ``check_out`` (checked again right before the move).
+        OutputError: see ``check_out`` (``nonempty`` is passed on; checked again right before the move).
     """
-    target = check_out(out, force=force)
+    target = check_out(out, force=force, nonempty=nonempty)
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -111,7 +126,7 @@ def write_atomically(write: Callable[[str], str], out: str, *, force: bool) -> s
         produced = write(tmp)
         rel = os.path.relpath(produced, tmp)
         with _hold_sigint():
-            check_out(out, force=force)  # another process may have written meanwhile
+            check_out(out, force=force, nonempty=nonempty)  # another process may have written meanwhile
             if not os.path.exists(target):
                 os.rename(tmp, target)
             else:

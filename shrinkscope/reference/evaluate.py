@@ -11,6 +11,7 @@ decoded to items, and their modes/features.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -48,20 +49,21 @@ def tokenizer_health(tokenizer: VQTokenizer, x: torch.Tensor, *, name: str = "qu
     """
     from ..metrics import codebook_health
 
-    lat = tokenizer.latents(x.to(next(tokenizer.parameters()).device)).cpu()
+    # measured where the tokenizer lives: on a GPU the k-means reference takes a fraction of a second
+    dev = next(tokenizer.parameters()).device
+    lat = tokenizer.latents(x.to(dev))
     labels = None
     if modes is not None:  # one label per latent: every token of an item belongs to the item's mode
         h, w = tokenizer.grid
         labels = modes.reshape(-1).repeat_interleave(h * w)
     if len(lat) > max_latents:
         keep = torch.randperm(len(lat), generator=torch.Generator().manual_seed(seed))[:max_latents]
-        lat = lat[keep]
+        lat = lat[keep.to(dev)]
         labels = None if labels is None else labels[keep]
     kwargs = {}
     if labels is not None and "labels" in inspect.signature(codebook_health).parameters:
         kwargs["labels"] = labels  # mode-level metrics (token_mode_entropy) where this version has them
-    return codebook_health(tokenizer.quantizer.effective_codebook().cpu(), latents=lat, name=name, seed=seed,
-                           **kwargs)
+    return codebook_health(tokenizer.quantizer.effective_codebook(), latents=lat, name=name, seed=seed, **kwargs)
 
 
 def _mode_centroids(data: Dataset) -> torch.Tensor:
@@ -148,18 +150,28 @@ def _as_dict(result: Any, keys: tuple[str, ...], rename: tuple[str, ...] | None 
 
 def evaluate_arm(tokenizer: VQTokenizer, prior: TokenPrior | None, data: Dataset, *, num_samples: int = 10_000,
                  seed: int = 0, classifier=None, temperature: float = 1.0, top_k: int | None = None,
-                 name: str = "quantizer") -> dict[str, Any]:
+                 name: str = "quantizer", clock=None) -> dict[str, Any]:
     """Everything the study reports for one arm.
+
+    ``clock``: an optional ``phases.PhaseClock``; its ``evaluate/health``, ``evaluate/recon``,
+    ``evaluate/sample`` and ``evaluate/diversity`` phases get the time of each part.
 
     Returns:
         ``{"recon_mse": float, "health": CodebookHealth.to_dict(), "diversity": dict | None}`` (the
         ``CodebookHealth`` object itself under ``"_health"`` for plots, and the samples under ``"_samples"``).
     """
-    health = tokenizer_health(tokenizer, data.test, name=name, seed=seed, modes=data.test_modes)
-    res: dict[str, Any] = {"recon_mse": recon_mse(tokenizer, data.test), "health": health.to_dict(),
-                           "diversity": None, "_health": health}
+    def phase(part: str):
+        return clock.phase(f"evaluate/{part}") if clock is not None else contextlib.nullcontext()
+
+    with phase("health"):
+        health = tokenizer_health(tokenizer, data.test, name=name, seed=seed, modes=data.test_modes)
+    with phase("recon"):
+        mse = recon_mse(tokenizer, data.test)
+    res: dict[str, Any] = {"recon_mse": mse, "health": health.to_dict(), "diversity": None, "_health": health}
     if prior is not None and num_samples > 0:
-        samples = sample_items(tokenizer, prior, num_samples, seed=seed, temperature=temperature, top_k=top_k)
-        res["diversity"] = generative_diversity(samples, data, classifier=classifier, seed=seed)
+        with phase("sample"):
+            samples = sample_items(tokenizer, prior, num_samples, seed=seed, temperature=temperature, top_k=top_k)
+        with phase("diversity"):
+            res["diversity"] = generative_diversity(samples, data, classifier=classifier, seed=seed)
         res["_samples"] = samples[:64]
     return res

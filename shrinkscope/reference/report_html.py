@@ -1,129 +1,116 @@
-"""The demo's self-contained HTML report: table, health timelines, projections, sample grids.
+"""The demo's ``report.html``, in the shared report layout: verdict cards, table, timelines, projections, samples.
 
-matplotlib is imported inside the drawing functions; every figure is a PNG embedded as base64, so the
-report is one file that can be mailed or attached to an issue.
+The page is assembled from ``shrinkscope.report.layout`` blocks (header, sections, figures, CSS) and
+``report.verdict.verdict_card`` (one card per arm: status, the measurements that decide it against k-means,
+what is missing), so it reads like the ``analyze`` / ``compare`` / timeline reports. The health timelines come
+from the arms' ``shrinkscope.watch`` JSONL files through ``report.timeline.read_timeline`` and are drawn by
+``TimelineDisplay``; the code-over-latents views by ``ProjectionDisplay``. Every figure is a PNG embedded as a
+data URI, so the report is one file that can be mailed or attached to an issue.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 
-ARM_COLORS = {"early": "tab:red", "deferred": "tab:blue", "l2": "tab:orange", "expiry": "tab:purple",
-              "deferred-auto": "tab:green"}
-TIMELINE_KEYS = ("utilization_perplexity", "dead_code_ratio", "spread_cosine", "effective_rank",
-                 "latent_coverage", "quantization_error")
+from ..report.figures import Series, detached, new_figure, png_bytes, set_title
+from ..report.layout import figure_html, fmt, page, section
+from ..report.verdict import verdict_card
+
+ARM_COLORS = {"early": "#d55e00", "deferred": "#0072b2", "l2": "#e69f00", "expiry": "#cc79a7",
+              "deferred-auto": "#009e73"}
+"""Okabe-Ito colours per arm (early in the shared layout's vermillion, deferred in its blue)."""
+TIMELINE_KEYS = ("spread_vs_kmeans", "coverage_vs_kmeans", "excess_distortion", "dead_code_ratio",
+                 "spread_ratio", "effective_rank", "utilization_perplexity", "quantization_error")
 
 
 def _color(arm: str) -> str:
-    return ARM_COLORS.get(arm, "tab:gray")
+    return ARM_COLORS.get(arm, "0.4")
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def timeline_panels(results: list[dict], out_dir: Path) -> tuple[dict[str, list[Series]], list[tuple[int, str]]]:
+    """Per metric, one ``(step, value)`` series per arm from its JSONL timeline (window scope, quantized phase
+    only: before the switch the codebook is a placeholder), plus the batch recon MSE; and the switch events
+    of the arms that quantize after step 0."""
+    from ..report.timeline import TimelineError, read_timeline
 
-
-def _img(b64: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def read_jsonl(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """Metric lines and event lines of a ``shrinkscope.watch`` JSONL file (missing file: empty lists)."""
-    metrics, events = [], []
-    p = Path(path)
-    if not p.exists():
-        return metrics, events
-    for line in p.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-        (events if "event" in rec else metrics).append(rec)
-    return metrics, events
-
-
-def timeline_figure(results: list[dict], out_dir: Path) -> str | None:
-    """Health metrics over training steps, one line per arm, dotted line where quantization starts."""
-    from matplotlib.figure import Figure
-
-    series = {}
+    panels: dict[str, list[Series]] = {}
+    events: list[tuple[int, str]] = []
     for r in results:
-        lines, events = read_jsonl(out_dir / f"{r['arm']}.jsonl")
-        scopes = {ln.get("scope") for ln in lines}
-        scope = "window" if "window" in scopes else next(iter(scopes), None)
-        series[r["arm"]] = ([ln for ln in lines if ln.get("scope") == scope], events, r)
-    if not any(s[0] for s in series.values()):
-        return None
-    fig = Figure(figsize=(12, 6.5), layout="constrained")
-    axes = fig.subplots(2, 4).ravel()
-    for arm, (lines, events, r) in series.items():
-        # before the switch the codebook is a placeholder: only the quantized phase is drawn
-        lines = [ln for ln in lines if ln["step"] >= r["quantize_start"]]
-        steps = [ln["step"] for ln in lines]
-        for ax, key in zip(axes, TIMELINE_KEYS):
-            ys = [ln["metrics"].get(key) for ln in lines]
-            pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
+        try:
+            tl = read_timeline(str(out_dir / f"{r['arm']}.jsonl"))
+        except TimelineError:
+            continue  # an arm that logged nothing is left out of the plot, not the report
+        keys = [k for k in tl.series if k[1] == "window"] or list(tl.series)
+        start = r["quantize_start"]
+        for metric in TIMELINE_KEYS:
+            xs, ys = tl.values(keys[0], metric)
+            pts = [(x, y) for x, y in zip(xs, ys) if x >= start]
             if pts:
-                ax.plot(*zip(*pts), color=_color(arm), label=arm, lw=1.4)
+                panels.setdefault(metric, []).append(Series(r["arm"], np.array(pts, dtype=float), _color(r["arm"])))
+        events += [(int(e["step"]), f"{r['arm']}: {e['event']}") for e in tl.events if int(e["step"]) > 0]
+    for r in results:
         hist = r.get("train_history") or []
-        axes[6].plot([h["step"] for h in hist], [h["recon_mse"] for h in hist], color=_color(arm), label=arm, lw=1.2)
-        phist = r.get("prior_history") or []
-        axes[7].plot([h["step"] for h in phist], [h["loss"] for h in phist], color=_color(arm), label=arm, lw=1.2)
-        for ax in axes[:7]:
-            ax.axvline(r["quantize_start"], color=_color(arm), ls=":", lw=1)
-    for ax, title in zip(axes, [*TIMELINE_KEYS, "train recon MSE (batch)", "prior loss (nats/token)"]):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    axes[6].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    return _png(fig)
+        if hist:
+            pts = np.array([(h["step"], h["recon_mse"]) for h in hist], dtype=float)
+            panels.setdefault("train recon MSE (batch)", []).append(Series(r["arm"], pts, _color(r["arm"])))
+    return panels, events
 
 
-def projection_figure(results: list[dict]) -> str:
-    """Per arm: held-out latents (grey) and codes (used: colour, unused: black x) on the latents' top-2 PCs."""
-    from matplotlib.figure import Figure
+def _timeline_png(results: list[dict], out_dir: Path) -> bytes | None:
+    from ..report.timeline import TimelineDisplay
 
+    panels, events = timeline_panels(results, out_dir)
+    if not panels:
+        return None
+    d = TimelineDisplay(panels, events=events, title="Codebook health during tokenizer training (window scope)")
+    d.plot()
+    if "train recon MSE (batch)" in panels:
+        d.axes_[list(panels).index("train recon MSE (batch)")].set_yscale("log")
+    return png_bytes(d.figure_)
+
+
+def _prior_png(results: list[dict]) -> bytes | None:
+    from ..report.timeline import TimelineDisplay
+
+    lines = [Series(r["arm"], np.array([(h["step"], h["loss"]) for h in r["prior_history"]], dtype=float),
+                    _color(r["arm"])) for r in results if r.get("prior_history")]
+    if not lines:
+        return None
+    return png_bytes(TimelineDisplay({"prior loss (nats per token)": lines}, title="Prior training").plot().figure_)
+
+
+def _projection_png(results: list[dict]) -> bytes:
+    """Per arm: its held-out latents and its codes, used and unused, on the latents' top-2 PCs."""
     from ..metrics import assign
+    from ..report.projection import ProjectionDisplay
 
-    fig = Figure(figsize=(4.2 * len(results), 4), layout="constrained")
+    fig = new_figure((4.3 * len(results), 4.4))
     axes = fig.subplots(1, len(results), squeeze=False)[0]
+    fig.subplots_adjust(left=0.04, right=0.99, top=0.88, bottom=0.12, wspace=0.25)
     for ax, r in zip(axes, results):
         lat, cb = r["_latents"].double(), r["_codebook"].double()
-        g = torch.Generator().manual_seed(0)
-        lat_s = lat[torch.randperm(len(lat), generator=g)[:4000]]
-        mean = lat_s.mean(0)
-        _, _, vh = torch.linalg.svd(lat_s - mean, full_matrices=False)
-        basis = vh[:2].t() if vh.shape[0] >= 2 else torch.cat([vh.t(), torch.zeros_like(vh.t())], 1)
-        pl, pc = (lat_s - mean) @ basis, (cb - mean) @ basis
         used = torch.bincount(assign(cb, lat)[0], minlength=len(cb)) > 0
-        ax.scatter(pl[:, 0], pl[:, 1], s=2, c="0.7", label="held-out latents", rasterized=True)
-        ax.scatter(pc[used, 0], pc[used, 1], s=9, c=_color(r["arm"]), label=f"used codes ({int(used.sum())})")
+        parts = {f"used codes ({int(used.sum())})": cb[used]}
         if (~used).any():
-            ax.scatter(pc[~used, 0], pc[~used, 1], s=12, c="k", marker="x", label=f"unused ({int((~used).sum())})")
-        ax.set_title(f"{r['arm']} (quantize_start={r['quantize_start']})", fontsize=10)
-        ax.legend(fontsize=7, loc="best")
+            parts[f"unused codes ({int((~used).sum())})"] = cb[~used]
+        ProjectionDisplay.from_codebooks(parts, lat, seed=0).plot(ax=ax)
+        set_title(ax, f"{r['arm']} (quantized from step {r['quantize_start']})")
         ax.set_xticks([]), ax.set_yticks([])
-    return _png(fig)
+    return png_bytes(fig)
 
 
-def samples_figure(results: list[dict], data) -> str | None:
+def _samples_png(results: list[dict], data) -> bytes | None:
     """Grids of prior samples per arm (images) or a 2-D scatter of samples over data (vectors)."""
-    from matplotlib.figure import Figure
-
     with_samples = [r for r in results if "_samples" in r]
     if not with_samples:
         return None
-    fig = Figure(figsize=(4.2 * len(with_samples), 4.4), layout="constrained")
+    fig = new_figure((4.2 * len(with_samples), 4.4))
     axes = fig.subplots(1, len(with_samples), squeeze=False)[0]
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.02, wspace=0.1)
     for ax, r in zip(axes, with_samples):
         s = r["_samples"]
         if s.dim() == 4:
@@ -139,75 +126,114 @@ def samples_figure(results: list[dict], data) -> str | None:
             ax.scatter(data.test[:2000, 0], data.test[:2000, 1], s=3, c="0.7", label="held-out data")
             ax.scatter(s[:, 0], s[:, 1], s=6, c=_color(r["arm"]), label="samples")
             ax.legend(fontsize=7)
-        ax.set_title(f"{r['arm']}: prior samples", fontsize=10)
+        set_title(ax, f"{r['arm']}: prior samples")
         ax.set_xticks([]), ax.set_yticks([])
-    return _png(fig)
+    return png_bytes(fig)
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "&ndash;"
-    return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
-
-
-def verdict(rows: list[dict], arms: list[str], *, quick: bool = False) -> str:
-    """One honest sentence: how many metrics each arm won, and which ones (none for a smoke run)."""
+def summary_sentence(rows: list[dict], arms: list[str], *, quick: bool = False) -> str:
+    """One honest sentence: how many ranked rows each arm won, and which (none for a smoke run)."""
     if quick:
         return "Smoke run (--quick): too short to compare the arms; no winner is named."
     rows = [r for r in rows if r["direction"]]  # ranked rows only
     wins = {a: [r["metric"] for r in rows if r["better"] == a] for a in arms}
     ties = [r["metric"] for r in rows if r["better"] == "tie" or " = " in r["better"]]
-    parts = [f"{a} won {len(w)} of {len(rows)} metrics" + (f" ({', '.join(w)})" if w else "")
+    parts = [f"{a} was best on {len(w)} of {len(rows)} rows" + (f" ({', '.join(w)})" if w else "")
              for a, w in wins.items()]
     return "; ".join(parts) + (f"; ties: {', '.join(ties)}" if ties else "") + "."
 
 
+def comparison_table(rows: list[dict], arms: list[str], *, better: bool = True) -> str:
+    """The demo's table as HTML: one header row per section, a value per arm, which way is good, the best arm."""
+    head = "".join(f"<th class='num'>{html.escape(a)}</th>" for a in arms)
+    body, current = [], None
+    for r in rows:
+        if r.get("section") != current:
+            current = r.get("section")
+            body.append(f"<tr><th colspan='{len(arms) + 2 + better}'>{html.escape(current or '')}</th></tr>")
+        cells = "".join(f"<td class='num'>{fmt(v) if not isinstance(v, str) else html.escape(v)}</td>"
+                        for v in r["values"])
+        win = f"<td><b>{html.escape(r['better'])}</b></td>" if better else ""
+        body.append(f"<tr><td class='key'>{html.escape(r['metric'])}</td><td>{html.escape(r['direction'])}</td>"
+                    f"{cells}{win}</tr>")
+    last = "<th>best</th>" if better else ""
+    return (f"<div class='tablewrap'><table class='metrics'><tr><th>metric</th><th>good</th>{head}{last}</tr>"
+            f"{''.join(body)}</table></div>")
+
+
+def timing_table(results: list[dict]) -> str:
+    """CPU and wall seconds per phase and arm (``run_arm``'s ``timing``)."""
+    phases = list(dict.fromkeys(p for r in results for p in (r.get("timing") or {})))
+    if not phases:
+        return ""
+    head = "".join(f"<th class='num'>{html.escape(r['arm'])}</th>" for r in results)
+    body = "".join(
+        f"<tr><td class='key'>{html.escape(p)}</td>"
+        + "".join(f"<td class='num'>{_secs((r.get('timing') or {}).get(p))}</td>" for r in results) + "</tr>"
+        for p in phases)
+    return (f"<div class='tablewrap'><table class='metrics'><tr><th>phase (CPU s / wall s)</th>{head}</tr>{body}"
+            "</table></div>")
+
+
+def _secs(p: dict | None) -> str:
+    return "&ndash;" if not p else f"{p['cpu_s']:.1f} / {p['wall_s']:.1f}"
+
+
+@detached()  # figures stay out of pyplot's registry even when the user imported pyplot
 def write_report(path: str | Path, results: list[dict], rows: list[dict], meta: dict, data) -> Path:
-    """Write the demo's ``report.html`` (self-contained) and return its path."""
+    """Write the demo's ``report.html`` (self-contained) and return its path.
+
+    Args:
+        path: the HTML file; the arms' ``<arm>.jsonl`` timelines are read from its folder.
+        results: ``run_arm`` results (with the ``_latents``, ``_codebook``, ``_samples`` entries).
+        rows: ``demo_table.comparison_rows(results)``.
+        meta: the run's description (``results.json``'s ``meta``).
+        data: the dataset (for the vector-data sample scatter).
+    """
     path = Path(path)
     arms = [r["arm"] for r in results]
-    head = "".join(f"<th>{html.escape(a)}</th>" for a in arms)
-    body, section = [], None
-    for r in rows:
-        if r.get("section") != section:
-            section = r.get("section")
-            body.append(f"<tr><th colspan={len(arms) + 3} style='text-align:left'>"
-                        f"{html.escape(section or '')}</th></tr>")
-        body.append(f"<tr><td>{html.escape(r['metric'])}</td><td class=d>{r['direction']}</td>"
-                    + "".join(f"<td>{_fmt(v)}</td>" for v in r["values"])
-                    + f"<td><b>{html.escape(r['better'])}</b></td></tr>")
-    body = "".join(body)
-    table = (f"<table><tr><th>metric</th><th>good</th>{head}<th>better</th></tr>{body}</table>")
-    preset = meta["preset"]
-    settings = "; ".join(f"<i>{html.escape(r['arm'])}</i>: {html.escape(json.dumps(r.get('settings', {})))}, "
-                         f"quantization from step {r['quantize_start']}" for r in results)
-    intro = (f"<p>Dataset <b>{html.escape(meta['dataset'])}</b>, K={preset['num_codes']} codes of dim "
-             f"{preset['code_dim']}, {preset['steps']} tokenizer steps per arm, seed {meta['seed']}, device "
-             f"{html.escape(meta['device'])}. The arms share the data, model, seed and step budget; each runs "
-             f"with the settings its own validation grid chose ({settings}). <i>early</i> k-means-initialises "
-             f"its codebook on the untrained encoder; <i>deferred</i> first trains a continuous autoencoder, "
-             f"then k-means-initialises on the mature encoder. Diversity uses {preset['num_samples']} prior "
-             f"samples per arm. Run time {meta['seconds']:.0f} s.</p>")
-    quick = bool(meta.get("quick"))
-    sections = [f"<h1>shrinkscope demo: early quantization, deferral and the common fixes</h1>{intro}",
-                f"<h2>Before / after</h2><p>{html.escape(verdict(rows, arms, quick=quick))}</p>{table}"]
-    tl = timeline_figure(results, path.parent)
+    preset, quick = meta["preset"], bool(meta.get("quick"))
+    cards = "".join(verdict_card(r["arm"], r["health"].get("verdict"), warnings=r["health"].get("warnings") or [],
+                                 caption=f"quantized from step {r['quantize_start']}") for r in results)
+    settings = "; ".join(f"<i>{html.escape(r['arm'])}</i>: {html.escape(json.dumps(r.get('settings', {})))}"
+                         for r in results)
+    head = [(f"Dataset <b>{html.escape(meta['dataset'])}</b>, K={preset['num_codes']} codes of dim "
+             f"{preset['code_dim']}, {preset['steps']} tokenizer steps per arm, prior of {preset['prior_steps']} "
+             f"steps, {preset['num_samples']} prior samples per arm, seed {meta['seed']}, device "
+             f"{html.escape(meta['device'])} (preset {html.escape(str(meta.get('preset_name', '')))})."),
+            ("The arms share the data, model, seed and step budget; each runs with the settings its own "
+             f"validation grid chose ({settings}). <i>early</i> k-means-initialises its codebook on the untrained "
+             "encoder; <i>deferred</i> first trains a continuous autoencoder, then k-means-initialises on the "
+             "mature encoder.")]
+    if quick:
+        head.append("<b>Smoke run (--quick)</b>: too short to compare the arms; no winner is named.")
+    sections = [
+        section("Verdicts", "<p class='muted'>Each arm's codebook judged against k-means with the same K on the "
+                "arm's own held-out latents (docs/verdicts.md): the measurements listed decide it.</p>"
+                f"<div class='cards'>{cards}</div>", anchor="verdict"),
+        section("Before / after", f"<p>{html.escape(summary_sentence(rows, arms, quick=quick))}</p>"
+                + comparison_table(rows, arms, better=not quick), anchor="table"),
+    ]
+    tl = _timeline_png(results, path.parent)
     if tl:
-        sections.append("<h2>Codebook health during training</h2><p>From the JSONL written by "
-                        "<code>shrinkscope.watch</code>; dotted lines mark where quantization starts.</p>"
-                        + _img(tl, "health timelines"))
-    sections.append("<h2>Codebook over held-out latents</h2><p>Top-2 principal components of each arm's own "
-                    "latents.</p>" + _img(projection_figure(results), "projections"))
-    sf = samples_figure(results, data)
+        sections.append(section("Codebook health during training", figure_html(
+            tl, "health timelines", caption="From the JSONL written by shrinkscope.watch (window scope), from the "
+            "step each arm starts quantizing; dotted lines: the deferred arms' switch."), anchor="timeline"))
+    prior = _prior_png(results)
+    if prior:
+        sections.append(section("Prior training", figure_html(prior, "prior loss"), anchor="prior"))
+    sections.append(section("Codebook over held-out latents", figure_html(
+        _projection_png(results), "projections", caption="Top-2 principal components of each arm's own held-out "
+        "latents (grey); its codes used by some latent and unused. Unused codes that sit on one point (a codebook "
+        "collapsed there) draw as a single dot: the legend counts them."), anchor="projection"))
+    sf = _samples_png(results, data)
     if sf:
-        sections.append("<h2>Generated samples</h2>" + _img(sf, "prior samples"))
-    files = ", ".join(f"<code>{a}.pt</code>" for a in arms)
-    sections.append(f"<h2>Files</h2><p>{files}: reference checkpoints for <code>shrinkscope analyze</code> / "
-                    f"<code>compare</code>; <code>results.json</code>: every number above; "
-                    f"<code>&lt;arm&gt;.jsonl</code>: health timelines.</p>")
-    css = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;color:#222}"
-           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-           "td:first-child{text-align:left}td.d{color:#777}img{max-width:100%}")
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>shrinkscope demo</title>"
-                    f"<style>{css}</style></head><body>{''.join(sections)}</body></html>")
+        sections.append(section("Generated samples", figure_html(sf, "prior samples"), anchor="samples"))
+    files = ", ".join(f"<code>{html.escape(a)}.pt</code>" for a in arms)
+    sections.append(section("Run time and files", timing_table(results) + (
+        f"<p>{files}: reference checkpoints for <code>shrinkscope analyze</code> / <code>compare</code>; "
+        "<code>results.json</code>: every number above; <code>&lt;arm&gt;.jsonl</code>: health timelines "
+        "(<code>shrinkscope report ARM.jsonl</code>).</p>"), anchor="files"))
+    path.write_text(page("shrinkscope demo: early quantization, deferral and the common fixes", sections,
+                         meta=head), encoding="utf-8")
     return path

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,8 @@ def _observe_untrained(model: VQTokenizer, deferred: DeferredQuantizer, data: Da
 
 def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *, log_to: str | Path | None = None,
                     progress: bool = True, desc: str = "tokenizer",
-                    auto_switch: dict | None = None, bar_position: int = 0) -> tuple[VQTokenizer, list[dict]]:
+                    auto_switch: dict | None = None, bar_position: int = 0,
+                    on_step: Callable[[int], None] | None = None) -> tuple[VQTokenizer, list[dict]]:
     """Train a tokenizer with the quantization schedule of ``config.quantize_start``.
 
     Args:
@@ -121,6 +123,7 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
         auto_switch: when given (a dict of ``shrinkscope.defer`` options, e.g. ``{}``), the quantizer is wrapped
             in ``shrinkscope.defer(quantizer, switch="auto", **auto_switch)``, which decides the switch step
             itself; ``config.quantize_start`` is then ignored and set to the step the switch happened at.
+        on_step: called with the step index after every optimisation step (the demo's one progress bar).
 
     Returns:
         ``(model, history)``: the trained tokenizer (on ``cfg.device``, unwrapped) and one dict per
@@ -175,6 +178,8 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
                 history.append({"step": step, "recon_mse": rec.item(), "commit_loss": out["commit_loss"].item()})
                 bar.set_postfix(mse=f"{rec.item():.4f}", vq=deferred.switched)
             bar.update(1)
+            if on_step is not None:
+                on_step(step)
     finally:
         bar.close()
         if monitor is not None:
@@ -188,8 +193,11 @@ def train_tokenizer(config: TokenizerConfig, data: Dataset, cfg: TrainConfig, *,
 
 
 def train_prior(tokens: torch.Tensor, config: PriorConfig, cfg: TrainConfig, *, progress: bool = True,
-                desc: str = "prior", bar_position: int = 0) -> tuple[TokenPrior, list[dict]]:
+                desc: str = "prior", bar_position: int = 0,
+                on_step: Callable[[int], None] | None = None) -> tuple[TokenPrior, list[dict]]:
     """Train the autoregressive prior on ``(N, h, w)`` (or ``(N, T)``) token grids.
+
+    ``on_step`` is called with the step index after every optimisation step.
 
     Returns:
         ``(prior, history)`` with ``history`` entries ``{"step", "loss"}`` (nats per token).
@@ -222,6 +230,8 @@ def train_prior(tokens: torch.Tensor, config: PriorConfig, cfg: TrainConfig, *, 
             history.append({"step": step, "loss": loss.item()})
             bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.update(1)
+        if on_step is not None:
+            on_step(step)
     bar.close()
     prior.eval()
     return prior, history
