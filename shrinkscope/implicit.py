@@ -7,7 +7,8 @@ counts every code exactly, as for any codebook. Above that a histogram no longer
 
 - ``ones[i]``: ids whose bit ``i`` is 1;  ``pair[i, j]``: ids whose bits ``i`` and ``j`` are both 1;
 
-``b + b^2`` numbers, updated on the device with one ``(N, b)^T (N, b)`` matmul per call and no host sync.
+``b + b^2`` numbers, counted on the device with one ``(N, b + 1)^T (N, b + 1)`` matmul per ``flush_rows`` ids
+(a step only copies its ids; see ``BitUsageStream``) and no host sync.
 
 What they give (``bit_usage_estimates``), all in nats:
 
@@ -20,8 +21,12 @@ What they give (``bit_usage_estimates``), all in nats:
   1968), so it is also an upper bound, and a tighter one. This holds exactly for the empirical distribution of
   the window, so ``exp(H_T)`` never understates the measured usage perplexity.
 
-Because both are upper bounds, a low estimate is conclusive ("at most X% of the codes' perplexity"), a high
-one is not. The ids' bits are a bijection of the ids, so the bounds hold for any implicit codebook; the per-bit
+- ``codes_used_bound``: bits that never vary and pairs of bits that leave combinations out rule those ids
+  out, which bounds the share of codes used in the window from above (``codes_used_bound``).
+
+Because all are upper bounds, a low estimate is conclusive ("at most X% of the codes' perplexity"), a high
+one is not: the verdict of such a codebook (metrics/implicit_verdict.py) can be ``underused``, never
+``healthy``. The ids' bits are a bijection of the ids, so the bounds hold for any implicit codebook; the per-bit
 reading is meaningful for LFQ / BSQ, whose id bits are the quantized signs.
 """
 from __future__ import annotations
@@ -38,43 +43,68 @@ EXACT_COUNT_LIMIT = 2 ** 22
 class BitUsageStream:
     """Per-bit and pairwise bit counts of code ids, for one implicit codebook too large to histogram.
 
+    The per-step cost is one copy of the step's ids (the caller may reuse its tensor); the bit counts are
+    taken every ``flush_rows`` ids or more, in one ``(n, b + 1)^T (n, b + 1)`` matmul over the ids kept since
+    the last flush, and at report time. Every id is counted (nothing is sampled): batching only changes when
+    the counts are added, so the kernel launches of the counting (about ten) are paid once per flush rather
+    than once per step. Memory: at most ``flush_rows`` ids plus one call's worth are kept.
+
     Args:
         num_codes: K (any size; ``b = ceil(log2 K)`` bits are tracked, at most 63).
     """
 
     reservoir_size = 0
+    flush_rows = 1 << 17
+    """Ids kept before the bit counts are taken (the counting's temporaries are ``flush_rows x (b + 1)``)."""
 
     def __init__(self, num_codes: int):
         if int(num_codes) < 2:
             raise ValueError(f"BitUsageStream: num_codes must be >= 2, got {num_codes}")
         self.num_codes = int(num_codes)
-        self.bits = max(1, math.ceil(math.log2(self.num_codes)))
+        self.bits = (self.num_codes - 1).bit_length()  # ceil(log2 K), exact for any integer K >= 2
         if self.bits > 63:
             raise ValueError(f"BitUsageStream: at most 2^63 codes, got K={num_codes}")
-        self._pair: torch.Tensor | None = None  # (b, b) float64
-        self._ones: torch.Tensor | None = None  # (b,) float64
-        self._n: torch.Tensor | None = None  # 0-d float64: valid ids this window
+        # (b + 1, b + 1) float64 on the ids' device: [:b, :b] pair counts, [:b, b] ones, [b, b] valid ids
+        self._m: torch.Tensor | None = None
         self._shifts: torch.Tensor | None = None
+        self._pending: list[torch.Tensor] = []  # ids not counted yet (copies, on their device)
+        self._pending_rows = 0  # host: from shapes only, no sync
         self.cumulative_ids = 0  # host: valid ids in closed windows
         self.updates = 0
 
     def update_indices(self, indices: torch.Tensor) -> None:
         """Add code ids of any shape (``-1`` and other negative ids ignored); no host sync."""
-        idx = indices.detach().reshape(-1).long()
-        dev = idx.device
-        if self._ones is None or self._ones.device != dev:
-            b = self.bits
-            self._pair = torch.zeros(b, b, dtype=torch.float64, device=dev)
-            self._ones = torch.zeros(b, dtype=torch.float64, device=dev)
-            self._n = torch.zeros((), dtype=torch.float64, device=dev)
-            self._shifts = torch.arange(b, device=dev)
-        valid = (idx >= 0).float()
-        # float32 0/1 matmul is exact (TF32 too: 0 and 1 are exact, sums of < 2^24 ones are exact in fp32)
-        bits = ((idx.clamp(min=0)[:, None] >> self._shifts) & 1).float() * valid[:, None]
-        self._pair += (bits.T @ bits).double()
-        self._ones += bits.sum(0).double()
-        self._n += valid.sum().double()
+        flat = indices.detach().reshape(-1)
+        if self._pending and self._pending[0].device != flat.device:
+            self._flush()
+        # ids < 2^30 fit int32: half the memory while kept, and the copy is the one kernel of the step
+        dtype = torch.int32 if self.bits <= 30 else torch.int64
+        self._pending.append(flat.to(dtype, copy=True))
+        self._pending_rows += flat.numel()
         self.updates += 1
+        if self._pending_rows >= self.flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Count the kept ids into the bit statistics (on their device, no host sync)."""
+        if not self._pending:
+            return
+        ids = self._pending[0] if len(self._pending) == 1 else torch.cat(self._pending)
+        self._pending, self._pending_rows = [], 0
+        dev, b = ids.device, self.bits
+        if self._m is None:
+            self._m = torch.zeros(b + 1, b + 1, dtype=torch.float64, device=dev)
+        elif self._m.device != dev:
+            self._m = self._m.to(dev)
+        if self._shifts is None or self._shifts.device != dev or self._shifts.dtype != ids.dtype:
+            self._shifts = torch.arange(b + 1, device=dev, dtype=ids.dtype)
+        flag = 1 << b if b < 63 else -(1 << 63)  # bit b: set on every valid id, so column b counts them
+        for s in range(0, ids.numel(), self.flush_rows):  # bounded temporaries even for one huge call
+            x = ids[s:s + self.flush_rows]
+            x = torch.where(x >= 0, x | flag, 0)  # a negative (ignored) id becomes all-zero bits
+            bits = ((x[:, None] >> self._shifts) & 1).float()
+            # exact: 0/1 products summed in fp32 (also under TF32) stay exact below 2^24 rows per chunk
+            self._m += bits.T @ bits
 
     def update_latents(self, *args: Any, **kwargs: Any) -> None:
         """Implicit codebooks have no latents to sample."""
@@ -87,38 +117,38 @@ class BitUsageStream:
 
     def window_stats(self) -> tuple[int, torch.Tensor, torch.Tensor]:
         """``(n, ones (b,), pair (b, b))`` of the current window, on host (float64 counts)."""
-        if self._ones is None:
-            b = self.bits
+        self._flush()
+        b = self.bits
+        if self._m is None:
             return 0, torch.zeros(b, dtype=torch.float64), torch.zeros(b, b, dtype=torch.float64)
-        return int(self._n), self._ones.cpu(), self._pair.cpu()
+        m = self._m.cpu()
+        return int(m[b, b]), m[:b, b].clone(), m[:b, :b].clone()
 
     def load_window(self, n: float, ones: torch.Tensor, pair: torch.Tensor) -> None:
-        """Replace the window statistics (after a DDP reduction)."""
-        dev = ones.device
-        self._shifts = torch.arange(self.bits, device=dev)
-        self._n = torch.as_tensor(float(n), dtype=torch.float64, device=dev)
-        self._ones, self._pair = ones.double().clone(), pair.double().clone()
+        """Replace the window statistics (after a DDP reduction); ids not yet counted are dropped."""
+        b = self.bits
+        self._pending, self._pending_rows = [], 0
+        m = torch.zeros(b + 1, b + 1, dtype=torch.float64, device=ones.device)
+        m[:b, :b], m[:b, b], m[b, :b], m[b, b] = pair.double(), ones.double(), ones.double(), float(n)
+        self._m = m
 
     def all_reduce(self, *, device: torch.device | str, group: Any = None) -> None:
         """Sum the window statistics over every rank (report time only; every rank must call it)."""
         import torch.distributed as dist
 
+        self._flush()
         b = self.bits
-        flat = torch.zeros(1 + b + b * b, dtype=torch.float64, device=device)
-        if self._ones is not None:
-            flat[0] = self._n.to(device)
-            flat[1:1 + b] = self._ones.to(device)
-            flat[1 + b:] = self._pair.to(device).reshape(-1)
-        dist.all_reduce(flat, group=group)
-        self.load_window(float(flat[0]), flat[1:1 + b], flat[1 + b:].reshape(b, b))
+        m = torch.zeros(b + 1, b + 1, dtype=torch.float64, device=device) if self._m is None \
+            else self._m.to(device)
+        dist.all_reduce(m, group=group)
+        self._m = m
 
     def close_window(self, *_: Any) -> None:
         """Start a new window (the bit statistics describe one window; ids seen are kept in a running total)."""
-        if self._ones is not None:
-            self.cumulative_ids += int(self._n)
-            self._ones.zero_()
-            self._pair.zero_()
-            self._n.zero_()
+        self._flush()
+        if self._m is not None:
+            self.cumulative_ids += int(self._m[self.bits, self.bits])
+            self._m.zero_()
         self.updates = 0
 
 
@@ -164,6 +194,37 @@ def _max_spanning_tree_weight(w: torch.Tensor) -> float:
     return total
 
 
+def codes_used_bound(n: float, ones: torch.Tensor, pair: torch.Tensor, num_codes: int) -> float:
+    """An upper bound on the share of the K codes used in the window, from bits and pairs that never vary.
+
+    A bit that is constant over the window rules out every id with the other value; a pair of bits whose 2x2
+    table has empty cells rules out the ids with those combinations. Constraints on disjoint bits multiply, so
+    the bound takes the constant bits and a greedy matching of the other bits into disjoint pairs (most
+    restrictive first): of the ``2^b`` bit patterns at most ``2^b * prod(allowed share)`` occur, and the share
+    of the K codes used is at most that over K. Exact for the window (no chance involved); 1.0 when every bit
+    and every pair varies freely, or when ``n == 0``.
+    """
+    b = ones.numel()
+    if n <= 0 or b == 0:
+        return 1.0
+    n = float(n)
+    o = ones.double()
+    constant = (o <= 0) | (o >= n)
+    n11 = pair.double()
+    cells = torch.stack([n11, o[:, None] - n11, o[None, :] - n11, n - o[:, None] - o[None, :] + n11])
+    empty = (cells <= 0).sum(0)  # (b, b): empty cells of each pair's 2x2 table
+    share = 0.5 ** int(constant.sum())
+    free = [i for i in range(b) if not bool(constant[i])]
+    candidates = sorted((-int(empty[i, j]), i, j) for x, i in enumerate(free) for j in free[x + 1:]
+                        if int(empty[i, j]) > 0)
+    taken: set[int] = set()
+    for neg_empty, i, j in candidates:
+        if i not in taken and j not in taken:
+            taken |= {i, j}
+            share *= (4 + neg_empty) / 4  # cells left over the 4 combinations
+    return min(1.0, share * 2 ** b / num_codes)
+
+
 def bit_usage_estimates(n: float, ones: torch.Tensor, pair: torch.Tensor, num_codes: int) -> dict[str, Any]:
     """Entropy bounds on code usage from per-bit and pairwise counts (see the module docstring).
 
@@ -176,34 +237,36 @@ def bit_usage_estimates(n: float, ones: torch.Tensor, pair: torch.Tensor, num_co
     Returns:
         ``{"ids": n, "bit_entropy": [b floats, nats], "constant_bits": int (entropy < 0.01 nats),
         "perplexity_bound_independent": exp(sum H), "perplexity_bound": exp(H_T) (Chow-Liu),
-        "utilization_bound": exp(H_T) / K}``; bounds are None when ``n == 0``.
+        "utilization_bound": exp(H_T) / K, "codes_used_bound": ``codes_used_bound``}``; bounds are None when
+        ``n == 0``.
     """
     if n <= 0:
         return {"ids": 0, "bit_entropy": None, "constant_bits": None, "perplexity_bound_independent": None,
-                "perplexity_bound": None, "utilization_bound": None}
+                "perplexity_bound": None, "utilization_bound": None, "codes_used_bound": None}
     hb = _h((ones.double() / float(n)).clamp(0, 1))
     h_indep = float(hb.sum())
     h_tree = max(0.0, h_indep - _max_spanning_tree_weight(pairwise_mutual_information(n, ones, pair)))
     return {"ids": int(n), "bit_entropy": [float(x) for x in hb], "constant_bits": int((hb < 0.01).sum()),
             "perplexity_bound_independent": math.exp(h_indep), "perplexity_bound": math.exp(h_tree),
-            "utilization_bound": math.exp(h_tree) / num_codes}
+            "utilization_bound": min(1.0, math.exp(h_tree) / num_codes),
+            "codes_used_bound": codes_used_bound(n, ones, pair, num_codes)}
 
 
 def bit_usage_health(name: str, num_codes: int, n: float, ones: torch.Tensor, pair: torch.Tensor,
-                     thresholds: Any) -> tuple[Any, dict[str, Any]]:
-    """A usage-only ``CodebookHealth`` (exact usage metrics None, so its verdict cannot tell) plus the estimates,
-    with a ``low_utilization`` warning when even the upper bound on utilization is below
-    ``thresholds.min_utilization`` (conclusive, because it is a bound)."""
-    from .metrics import CodebookHealth, judge_health
+                     thresholds: Any = None) -> tuple[Any, dict[str, Any]]:
+    """A usage-only ``CodebookHealth`` judged on the bounds (exact usage metrics None), plus the estimates.
 
-    h = judge_health(CodebookHealth(name=name, num_codes=num_codes, dim=0), thresholds, all_zero=False)
+    The verdict (metrics/implicit_verdict.py) is ``underused`` when the upper bound on the share of codes used
+    or on perplexity / K falls below its threshold (conclusive, because they are bounds), else ``cannot_tell``:
+    a high bound cannot show healthy use.
+    """
+    from .metrics import CodebookHealth
+    from .metrics.verdict import HealthThresholds, Judged, judge
+
     est = bit_usage_estimates(n, ones, pair, num_codes)
-    u = est["utilization_bound"]
-    if u is not None and u < thresholds.min_utilization:
-        const = f"; {est['constant_bits']} of {len(est['bit_entropy'])} id bits are constant" \
-            if est["constant_bits"] else ""
-        h.warnings.append({"code": "low_utilization", "message":
-                           f"usage perplexity is at most {est['perplexity_bound']:.4g}, {u:.2%} of K={num_codes} "
-                           f"(< {thresholds.min_utilization:.0%}; an upper bound from per-bit and pairwise "
-                           f"statistics of {est['ids']} ids{const})"})
+    h = CodebookHealth(name=name, num_codes=num_codes, dim=0)
+    h.judged = Judged(num_codes, 0, ("usage",), {"utilization_bound": est["utilization_bound"],
+                                                 "codes_used_bound": est["codes_used_bound"]},
+                      implicit=True, tokens=float(n), bounds=True)
+    h.warnings, h.verdict = judge(h.judged, thresholds or HealthThresholds())
     return h, est

@@ -335,7 +335,7 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
                 notes.append(f"scale {scale['index']} ({scale['size'][0]}x{scale['size'][1]} tokens per input) of "
                              "a multi-scale quantizer: its ids and the residual it quantizes")
             if cb is None:  # codebook-free quantizer (FSQ, LFQ): usage only
-                h = usage_health(name, stream.num_codes, 0, counts, t)
+                h = usage_health(name, stream.num_codes, 0, counts, t, implicit=adapter.usage_only)
                 found = FoundCodebook(name, torch.zeros(0, 0), h.counts, adapter.name, key,
                                       usage_source="live hooks")
                 entries.append(Entry(h, found, None, notes + ["implicit codebook: usage metrics only"],

@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 from .metrics import CodebookHealth, HealthThresholds, dead_code_ratio, judge_health, utilization_perplexity
+from .metrics.health import judged_from
 
 __all__ = ["set_usage", "usage_health", "with_counts"]
 
@@ -30,7 +31,7 @@ def set_usage(h: CodebookHealth, counts: torch.Tensor, thresholds: HealthThresho
 
 
 def usage_health(name: str, num_codes: int, dim: int, counts: torch.Tensor,
-                 thresholds: HealthThresholds) -> CodebookHealth:
+                 thresholds: HealthThresholds, *, implicit: bool = False) -> CodebookHealth:
     """A usage-only ``CodebookHealth`` (no codebook geometry): a codebook-free quantizer, or no latents.
 
     Args:
@@ -39,9 +40,13 @@ def usage_health(name: str, num_codes: int, dim: int, counts: torch.Tensor,
         dim: D (0 for an implicit codebook).
         counts: ``(K,)`` usage counts.
         thresholds: warning cut-offs.
+        implicit: a codebook-free quantizer (FSQ, LFQ): judged on usage against uniform use of all K codes
+            (metrics/implicit_verdict.py), never asking for latents.
     """
     h = CodebookHealth(name=name, num_codes=num_codes, dim=dim)
     set_usage(h, counts, thresholds)
+    if implicit:
+        h.judged = judged_from(h, evidence=("usage",), implicit=True)
     judge_health(h, thresholds, all_zero=False, usage=True)
     return h
 

@@ -186,7 +186,8 @@ class Reporting:
         if w.adapter.usage_only or cb is None:
             if not has_counts:
                 return None
-            hw = self._usage_health(key, stream.num_codes, 0 if cb is None else int(cb.shape[1]), wc)
+            hw = self._usage_health(key, stream.num_codes, 0 if cb is None else int(cb.shape[1]), wc,
+                                    implicit=w.adapter.usage_only)
         else:
             use_lat = lat.to(cb.device) if lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1] \
                 else None
@@ -207,8 +208,9 @@ class Reporting:
         hc = replace(hw, warnings=[])  # no cumulative statistics: bits describe one window
         return (hw, hc), None
 
-    def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor) -> CodebookHealth:
-        return usage_health(key, k, d, counts, self.thresholds)
+    def _usage_health(self, key: str, k: int, d: int, counts: torch.Tensor, *,
+                      implicit: bool = False) -> CodebookHealth:
+        return usage_health(key, k, d, counts, self.thresholds, implicit=implicit)
 
     def _with_counts(self, h: CodebookHealth, counts: torch.Tensor, usage_only: bool) -> CodebookHealth:
         return with_counts(h, counts, self.thresholds, usage_only=usage_only)

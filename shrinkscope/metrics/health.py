@@ -112,8 +112,13 @@ class CodebookHealth:
         return self.verdict.status == "healthy"
 
 
-def judged_from(h: CodebookHealth, *, evidence: tuple[str, ...] | None = None, all_zero: bool = False) -> Judged:
-    """The verdict's inputs from a health record's own fields (for records assembled by hand, e.g. usage only)."""
+def judged_from(h: CodebookHealth, *, evidence: tuple[str, ...] | None = None, all_zero: bool = False,
+                implicit: bool = False) -> Judged:
+    """The verdict's inputs from a health record's own fields (for records assembled by hand, e.g. usage only).
+
+    ``implicit``: a codebook-free quantizer (FSQ, LFQ, BSQ), judged on usage alone against uniform use of all
+    K codes on as many ids as ``h.counts`` holds (metrics/implicit_verdict.py).
+    """
     if evidence is None:
         evidence = ("codes",) * (h.spread_cosine is not None) + ("usage",) * (h.utilization is not None)
     rank_share = None
@@ -121,7 +126,8 @@ def judged_from(h: CodebookHealth, *, evidence: tuple[str, ...] | None = None, a
         rank_share = h.effective_rank / min(h.num_codes - 1, h.dim)
     values = {k: getattr(h, k) for k in METRIC_KEYS}
     values["rank_share"] = rank_share
-    return Judged(h.num_codes, h.dim, evidence, values, all_zero=all_zero)
+    tokens = float(h.counts.sum()) if implicit and h.counts is not None else None
+    return Judged(h.num_codes, h.dim, evidence, values, all_zero=all_zero, implicit=implicit, tokens=tokens)
 
 
 def judge_health(h: CodebookHealth, thresholds: HealthThresholds | None = None, *,
@@ -148,6 +154,8 @@ def judge_health(h: CodebookHealth, thresholds: HealthThresholds | None = None, 
         j = replace(j, all_zero=all_zero)
     for k in ("dead_code_ratio", "utilization", "codes_used"):
         j.values[k] = getattr(h, k)
+    if j.implicit and h.counts is not None:  # the uniform-use reference depends on how many ids were counted
+        j = replace(j, tokens=float(h.counts.sum()))
     if h.utilization is not None and "usage" not in j.evidence and (usage or "latents" not in j.evidence):
         j = replace(j, evidence=(*j.evidence, "usage"))
     h.judged = j

@@ -143,3 +143,45 @@ def dead_code_ratio(counts: Any, *, threshold: float = 0.0) -> float:
     """
     c = as_counts(counts)
     return float((c <= threshold).double().mean())
+
+
+def expected_uniform_usage(num_codes: int, tokens: float) -> tuple[float, float]:
+    """What ideal usage reaches on a finite sample: every code equally likely, ``tokens`` ids drawn.
+
+    The reference of the usage verdict of implicit codebooks (FSQ, LFQ, BSQ): a window of N ids cannot use
+    more than N codes, and chance leaves codes unseen and makes the plug-in perplexity fall short of K, so
+    measured usage is compared with what a perfectly uniform quantizer would show on the same N.
+
+    Args:
+        num_codes: K.
+        tokens: N, the number of ids counted.
+
+    Returns:
+        ``(codes_used, utilization)``: the expected share of codes seen at least once, ``1 - (1 - 1/K)^N``,
+        and ``exp(E[H]) / K`` with ``E[H]`` the expected plug-in entropy (nats) of the N ids' histogram,
+        ``log N - (K / N) E[c log c]`` with ``c ~ Binomial(N, 1/K)`` (summed over the binomial's mass).
+        ``(0.0, 0.0)`` when ``tokens <= 0``.
+
+    Example:
+        >>> used, util = expected_uniform_usage(1024, 1024)
+        >>> round(used, 3)
+        0.632
+    """
+    k, n = int(num_codes), float(tokens)
+    if k < 1:
+        raise ValueError(f"num_codes: expected K >= 1, got {num_codes}")
+    if n <= 0:
+        return 0.0, 0.0
+    used = -math.expm1(n * math.log1p(-1.0 / k)) if k > 1 else 1.0
+    if k == 1:
+        return used, 1.0
+    p, lam = 1.0 / k, n / k
+    sd = math.sqrt(lam * (1 - p))
+    lo, hi = max(1, math.floor(lam - 12 * sd - 2)), min(int(n), math.ceil(lam + 12 * sd + 30))
+    c = torch.arange(lo, hi + 1, dtype=torch.float64)
+    # log pmf of Binomial(N, 1/K); the mass outside [lo, hi] is below 1e-30 (12 sd plus slack)
+    logpmf = (math.lgamma(n + 1) - torch.lgamma(c + 1) - torch.lgamma(n - c + 1)
+              + c * math.log(p) + (n - c) * math.log1p(-p))
+    e_clogc = float((logpmf.exp() * c * c.log()).sum())
+    h = math.log(n) - k * e_clogc / n
+    return used, min(1.0, math.exp(h) / k)

@@ -10,7 +10,11 @@ A verdict is a claim about a user's model, so it is made the way a scientist wou
   from the origin relative to their spread, a rank far below ``min(K - 1, D)``) or answers ``cannot_tell``
   with what to run to find out, never ``healthy``;
 - dead codes are judged by ``dead_codes``; the geometric rules read the live codes when usage is known,
-  so codes parked far away (or exploded) are neither "shrunk" nor "collapsed".
+  so codes parked far away (or exploded) are neither "shrunk" nor "collapsed";
+- implicit codebooks (FSQ, LFQ, BSQ: a fixed grid, nothing to shrink) are judged on usage alone, against
+  uniform use of all K codes on the same number of tokens; ``healthy`` needs enough tokens to have caught
+  under-use, and above the exact-count limit only under-use can be shown (the bit statistics bound usage
+  from above).
 
 Every cut-off is a field of ``HealthThresholds``; the defaults come from ``bench/calibrate_verdicts.py``
 (chosen on one half of a labelled corpus, reported on the other: docs/verdicts.md).
@@ -60,6 +64,14 @@ class HealthThresholds:
         max_excess_unused_share: ``dead_codes`` above this share of codes that no held-out latent picks, beyond
             the share k-means leaves unpicked on the same rows.
         min_utilization: ``low_utilization`` below this usage perplexity / K (usage counts only).
+    Implicit codebooks (FSQ, LFQ, BSQ; usage only, against uniform use of all K codes on the same N tokens):
+        min_codes_used_vs_uniform: ``dead_codes`` below this share of codes used / uniform use's expected share
+            (above the exact-count limit: below this upper bound on the share of codes used).
+        min_utilization_vs_uniform: ``low_utilization`` below this perplexity / uniform use's expected plug-in
+            perplexity (above the limit: below this upper bound on perplexity / K).
+        min_tokens_per_code: ``healthy`` only with at least this many counted ids per code (N / K) in the
+            window; below it a clean window is ``cannot_tell``.
+        min_tokens_per_bit: bit statistics judge nothing below this many ids per id bit (N / b).
     Codes only (no latents):
         min_spread_cosine: ``shrinkage`` below this cosine spread (codes pointing one way).
         max_offset_vs_spread: ``shrinkage`` above this distance of the codes' mean from the origin / their
@@ -86,6 +98,13 @@ class HealthThresholds:
     max_dead_usage: float = 0.0
     max_dead_code_ratio: float = 0.1
     min_utilization: float = 0.25
+    # Implicit codebooks: chosen by bench/calibrate_implicit.py on one half of its constructed corpus
+    # (docs/verdicts.md, "Implicit codebooks");
+    # metrics/implicit_verdict.py applies them; min_tokens_per_bit is a sample-size rule, not calibrated.
+    min_codes_used_vs_uniform: float = 0.5
+    min_utilization_vs_uniform: float = 0.25
+    min_tokens_per_code: float = 1.0
+    min_tokens_per_bit: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,12 @@ class Judged:
     references: dict[str, float | None] = field(default_factory=dict)
     live_codes: int | None = None
     all_zero: bool = False
+    implicit: bool = False
+    """A codebook-free quantizer (FSQ, LFQ, BSQ): judged on usage only (``judge_implicit``)."""
+    tokens: float | None = None
+    """Ids counted in the usage window (implicit codebooks)."""
+    bounds: bool = False
+    """Usage values are upper bounds from bit statistics (``codes_used_bound``, ``utilization_bound``)."""
 
 
 _REF = "k-means, same K, on these latents"
@@ -198,6 +223,10 @@ def judge(j: Judged, t: HealthThresholds) -> tuple[list[dict[str, str]], Verdict
     Returns:
         ``(warnings, verdict)``: warnings as ``{"code", "message"}`` (one per fired rule, first rule per code).
     """
+    if j.implicit:
+        from .implicit_verdict import judge_implicit  # imports this module's helpers
+
+        return judge_implicit(j, t)
     evidence = j.evidence
     basis = "evidence: " + ", ".join(evidence)
     if j.all_zero:
