@@ -21,8 +21,8 @@ What they give (``bit_usage_estimates``), all in nats:
   1968), so it is also an upper bound, and a tighter one. This holds exactly for the empirical distribution of
   the window, so ``exp(H_T)`` never understates the measured usage perplexity.
 
-- ``codes_used_bound``: bits that never vary and pairs of bits that leave combinations out rule those ids
-  out, which bounds the share of codes used in the window from above (``codes_used_bound``).
+- ``codes_used_bound``: bits that never vary, and bits tied to each other (always equal or always different),
+  rule ids out, which bounds the share of codes used in the window from above.
 
 Because all are upper bounds, a low estimate is conclusive ("at most X% of the codes' perplexity"), a high
 one is not: the verdict of such a codebook (metrics/implicit_verdict.py) can be ``underused``, never
@@ -197,12 +197,12 @@ def _max_spanning_tree_weight(w: torch.Tensor) -> float:
 def codes_used_bound(n: float, ones: torch.Tensor, pair: torch.Tensor, num_codes: int) -> float:
     """An upper bound on the share of the K codes used in the window, from bits and pairs that never vary.
 
-    A bit that is constant over the window rules out every id with the other value; a pair of bits whose 2x2
-    table has empty cells rules out the ids with those combinations. Constraints on disjoint bits multiply, so
-    the bound takes the constant bits and a greedy matching of the other bits into disjoint pairs (most
-    restrictive first): of the ``2^b`` bit patterns at most ``2^b * prod(allowed share)`` occur, and the share
-    of the K codes used is at most that over K. Exact for the window (no chance involved); 1.0 when every bit
-    and every pair varies freely, or when ``n == 0``.
+    A bit that is constant over the window rules out every id with the other value. Two bits whose 2x2 table
+    has two empty cells always agree (or always differ): such ties join bits into groups, and a group of ``s``
+    bits takes 2 of its ``2^s`` patterns. Constraints on disjoint bits multiply, so of the ``2^b`` bit patterns
+    at most ``2^b * share`` occur, and at most that many of the K codes were used. Exact for the window (no
+    chance involved) and the same under any relabelling of the bits; 1.0 when no bit is constant or tied, or
+    when ``n == 0``. Weaker dependence (one empty cell, or none) shows in the Chow-Liu perplexity bound.
     """
     b = ones.numel()
     if n <= 0 or b == 0:
@@ -213,15 +213,23 @@ def codes_used_bound(n: float, ones: torch.Tensor, pair: torch.Tensor, num_codes
     n11 = pair.double()
     cells = torch.stack([n11, o[:, None] - n11, o[None, :] - n11, n - o[:, None] - o[None, :] + n11])
     empty = (cells <= 0).sum(0)  # (b, b): empty cells of each pair's 2x2 table
-    share = 0.5 ** int(constant.sum())
     free = [i for i in range(b) if not bool(constant[i])]
-    candidates = sorted((-int(empty[i, j]), i, j) for x, i in enumerate(free) for j in free[x + 1:]
-                        if int(empty[i, j]) > 0)
-    taken: set[int] = set()
-    for neg_empty, i, j in candidates:
-        if i not in taken and j not in taken:
-            taken |= {i, j}
-            share *= (4 + neg_empty) / 4  # cells left over the 4 combinations
+    root = {i: i for i in free}  # union-find over bits tied by two empty cells (equal or complementary)
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for x, i in enumerate(free):
+        for j in free[x + 1:]:
+            if int(empty[i, j]) == 2:
+                root[find(i)] = find(j)
+    groups: dict[int, int] = {}
+    for i in free:
+        groups[find(i)] = groups.get(find(i), 0) + 1
+    share = 0.5 ** int(constant.sum()) * math.prod(0.5 ** (s - 1) for s in groups.values())
     return min(1.0, share * 2 ** b / num_codes)
 
 

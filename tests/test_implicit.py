@@ -130,16 +130,18 @@ def test_monitor_uses_bit_statistics_above_the_limit(tmp_path):
     q = HugeBinaryQuantizer()
     m = watch(q, adapter=HugeAdapter(), every=0, log_to=tmp_path / "run.jsonl", log_warnings=False)
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(64, 40, generator=g)
+    x = torch.randn(4096, 40, generator=g)  # 4096 ids: over 100 per id bit, enough to judge
     x[:, :30] = x[:, :1]  # 30 channels copy the first: 29 redundant bits, usage far below K
     q(x)
     (h,) = m.report()
     assert h.utilization_perplexity is None  # not an exact number: the estimates say what is known
     rec = json.loads((tmp_path / "run.jsonl").read_text().splitlines()[0])
     est = rec["estimates"]
-    assert est["ids"] == 64 and len(est["bit_entropy"]) == 40
+    assert est["ids"] == 4096 and len(est["bit_entropy"]) == 40
     assert est["perplexity_bound"] >= _exact_perplexity(q(x)[1]) * (1 - 1e-9)
-    assert [w["code"] for w in rec["warnings"]] == ["low_utilization"]
+    assert est["codes_used_bound"] == 2.0 ** -29  # 30 identical bits take 2 of their 2^30 patterns
+    assert [w["code"] for w in rec["warnings"]] == ["dead_codes", "low_utilization"]
+    assert rec["verdict"]["status"] == "underused" and rec["verdict"]["evidence"] == ["usage"]
     with pytest.raises(ValueError, match="too many to count"):
         m.counts("HugeBinaryQuantizer")
     m.remove()

@@ -122,8 +122,8 @@ def implicit_message(r: dict[str, Any]) -> str | None:
                                  f"uniform use of all K codes reaches on as many ids ({side} {thr:g})",
         "utilization_vs_uniform": f"usage perplexity is {v * (ref or 0):.1%} of K, {v:.2f}x the {ref or 0:.1%} "
                                   f"that uniform use reaches on as many ids ({side} {thr:g})",
-        "codes_used_bound": f"at most {v:.1%} of the codes were used: some id bits never vary, or some pairs of "
-                            f"bits leave combinations out ({side} {thr:g})",
+        "codes_used_bound": f"at most {v:.1%} of the codes were used: some id bits never vary or are tied to "
+                            f"others (always equal or always different; {side} {thr:g})",
         "utilization_bound": f"usage perplexity is at most {v:.2%} of K (Chow-Liu bound from per-bit and pairwise "
                              f"statistics; {side} {thr:g})",
     }
