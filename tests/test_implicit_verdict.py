@@ -296,3 +296,32 @@ def test_cuda_bit_stream_never_syncs_per_step(num_codes):
     one = _stats(torch.cat(steps).cpu(), num_codes)
     got = s.window_stats()
     assert got[0] == one[0] and torch.equal(got[1], one[1]) and torch.equal(got[2], one[2])
+
+
+# ----------------------------------------------------------------------------------------- calibration
+def test_defaults_are_the_calibrated_run_in_the_docs():
+    import json
+    from pathlib import Path
+
+    run = json.loads((Path(__file__).parents[1] / "docs" / "verdicts-implicit.json").read_text())
+    for field, value in run["thresholds"].items():
+        assert getattr(T, field) == value, field
+    held = run["held_out"]["exact"]["status"]
+    assert "underused" not in held["healthy"] and "healthy" not in held["underused"]
+
+
+def test_calibration_script_quick_run(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / "i.json"
+    subprocess.run([sys.executable, str(root / "bench" / "calibrate_implicit.py"), "--quick", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert res["split"][0] + res["split"][1] == res["cases"] and res["bits_only"] > 0
+    assert 0 < res["thresholds"]["min_codes_used_vs_uniform"] < 1
+    assert res["thresholds"]["min_tokens_per_code"] in (0.25, 1, 4, 16)
+    assert "healthy" not in res["held_out"]["bits"]["status"]["healthy"]  # bounds never show healthy use

@@ -101,9 +101,9 @@ class HealthThresholds:
     # Implicit codebooks: chosen by bench/calibrate_implicit.py on one half of its constructed corpus
     # (docs/verdicts.md, "Implicit codebooks");
     # metrics/implicit_verdict.py applies them; min_tokens_per_bit is a sample-size rule, not calibrated.
-    min_codes_used_vs_uniform: float = 0.5
-    min_utilization_vs_uniform: float = 0.25
-    min_tokens_per_code: float = 1.0
+    min_codes_used_vs_uniform: float = 0.679
+    min_utilization_vs_uniform: float = 0.4485
+    min_tokens_per_code: float = 4.0
     min_tokens_per_bit: float = 100.0
 
 
