@@ -154,6 +154,8 @@ def test_real_lfq_over_the_limit_live_and_watched(monkeypatch):
     result = shrinkscope.analyze(lfq, x, batch_size=4)
     (e,) = result.entries
     assert "too many codes" in e.notes[0] and e.health.utilization is None
+    v = e.health.verdict  # 512 ids for 10 id bits: under 100 per bit, too few for the bit statistics to judge
+    assert v.status == "cannot_tell" and v.evidence == ("usage",) and [m["input"] for m in v.missing] == ["usage"]
     with torch.no_grad():
         lfq.eval()
         ids = lfq(x)[1]

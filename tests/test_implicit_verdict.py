@@ -265,15 +265,20 @@ def test_window_dead_share_and_cumulative_union_under_watch():
     m.remove()
 
 
-def test_real_fsq_verdict_rests_on_usage():
+@pytest.mark.parametrize("kind", ["fsq", "lfq"])
+def test_real_implicit_verdict_rests_on_usage(kind):
     vqp = pytest.importorskip("vector_quantize_pytorch")
-    fsq = vqp.FSQ(levels=[5, 5])  # 25 codes
-    m = watch(fsq, every=0, log_warnings=False)
-    fsq(3 * torch.randn(8, 64, 2, generator=torch.Generator().manual_seed(7)))
+    q, d = (vqp.FSQ(levels=[5, 5]), 2) if kind == "fsq" else (vqp.LFQ(dim=5, codebook_size=32), 5)
+    m = watch(q, every=0, log_warnings=False)
+    x = torch.randn(8, 64, d, generator=torch.Generator().manual_seed(7))
+    q(x)  # 512 ids for 25 / 32 codes: enough to judge
     (h,) = m.report()
-    assert h.verdict.status in ("healthy", "underused")  # 512 ids for 25 codes: enough to judge
+    assert h.verdict.status == "healthy"  # every level / sign of Gaussian inputs is used about evenly
     _never_asks_for_latents(h.verdict)
     assert h.to_dict()["verdict"]["evidence"] == ["usage"]
+    q(torch.zeros(8, 64, d) + 0.3)  # every input on one code
+    (h,) = m.report()
+    assert h.verdict.status == "underused" and {w["code"] for w in h.warnings} == {"dead_codes", "low_utilization"}
     m.remove()
 
 
