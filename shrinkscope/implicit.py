@@ -43,11 +43,12 @@ EXACT_COUNT_LIMIT = 2 ** 22
 class BitUsageStream:
     """Per-bit and pairwise bit counts of code ids, for one implicit codebook too large to histogram.
 
-    The per-step cost is one copy of the step's ids (the caller may reuse its tensor); the bit counts are
-    taken every ``flush_rows`` ids or more, in one ``(n, b + 1)^T (n, b + 1)`` matmul over the ids kept since
-    the last flush, and at report time. Every id is counted (nothing is sampled): batching only changes when
-    the counts are added, so the kernel launches of the counting (about ten) are paid once per flush rather
-    than once per step. Memory: at most ``flush_rows`` ids plus one call's worth are kept.
+    On a GPU the per-step cost is one copy of the step's ids (the caller may reuse its tensor); the bit counts
+    are taken every ``flush_rows`` ids or more, in one ``(n, b + 1)^T (n, b + 1)`` matmul over the ids kept
+    since the last flush, and at report time. Every id is counted (nothing is sampled): batching only changes
+    when the counts are added, so the kernel launches of the counting (about ten) are paid once per flush
+    rather than once per step. Memory: at most ``flush_rows`` ids plus one call's worth are kept. On a CPU,
+    where there are no launches to amortise, ids are counted as they come, in cache-sized chunks.
 
     Args:
         num_codes: K (any size; ``b = ceil(log2 K)`` bits are tracked, at most 63).
@@ -55,7 +56,11 @@ class BitUsageStream:
 
     reservoir_size = 0
     flush_rows = 1 << 17
-    """Ids kept before the bit counts are taken (the counting's temporaries are ``flush_rows x (b + 1)``)."""
+    """Ids kept before the bit counts are taken (the counting's temporaries are at most
+    ``max(flush_rows, 2^16) x (b + 1)``, and at most ``2^23 x (b + 1)``)."""
+    batch_on_cpu = False
+    """Batch on a CPU too (default: count CPU ids as they come, in chunks of 2^14 that stay in cache, which
+    measured faster there; the tests set it to exercise the batched path without a GPU)."""
 
     def __init__(self, num_codes: int):
         if int(num_codes) < 2:
@@ -79,6 +84,10 @@ class BitUsageStream:
             self._flush()
         # ids < 2^30 fit int32: half the memory while kept, and the copy is the one kernel of the step
         dtype = torch.int32 if self.bits <= 30 else torch.int64
+        if flat.device.type == "cpu" and not self.batch_on_cpu:  # no launches to amortise: count now
+            self._count(flat.to(dtype), chunk=1 << 14)
+            self.updates += 1
+            return
         self._pending.append(flat.to(dtype, copy=True))
         self._pending_rows += flat.numel()
         self.updates += 1
@@ -91,6 +100,11 @@ class BitUsageStream:
             return
         ids = self._pending[0] if len(self._pending) == 1 else torch.cat(self._pending)
         self._pending, self._pending_rows = [], 0
+        # chunks bound the temporaries even for one huge call, and keep each fp32 sum below 2^24 (exact)
+        self._count(ids, chunk=min(max(self.flush_rows, 1 << 16), 1 << 23))
+
+    def _count(self, ids: torch.Tensor, *, chunk: int) -> None:
+        """Add flat int ids to the bit statistics, ``chunk`` rows at a time (on their device, no host sync)."""
         dev, b = ids.device, self.bits
         if self._m is None:
             self._m = torch.zeros(b + 1, b + 1, dtype=torch.float64, device=dev)
@@ -99,12 +113,11 @@ class BitUsageStream:
         if self._shifts is None or self._shifts.device != dev or self._shifts.dtype != ids.dtype:
             self._shifts = torch.arange(b + 1, device=dev, dtype=ids.dtype)
         flag = 1 << b if b < 63 else -(1 << 63)  # bit b: set on every valid id, so column b counts them
-        for s in range(0, ids.numel(), self.flush_rows):  # bounded temporaries even for one huge call
-            x = ids[s:s + self.flush_rows]
+        for s in range(0, ids.numel(), chunk):
+            x = ids[s:s + chunk]
             x = torch.where(x >= 0, x | flag, 0)  # a negative (ignored) id becomes all-zero bits
             bits = ((x[:, None] >> self._shifts) & 1).float()
-            # exact: 0/1 products summed in fp32 (also under TF32) stay exact below 2^24 rows per chunk
-            self._m += bits.T @ bits
+            self._m += bits.T @ bits  # 0/1 products summed in fp32 (also under TF32): exact below 2^24 rows
 
     def update_latents(self, *args: Any, **kwargs: Any) -> None:
         """Implicit codebooks have no latents to sample."""

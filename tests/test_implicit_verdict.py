@@ -64,10 +64,8 @@ def test_uniform_reference_limits():
 
 
 # -------------------------------------------------------------------------------------- codes-used bound
-def _stats(ids: torch.Tensor, k: int, flush_rows: int | None = None):
+def _stats(ids: torch.Tensor, k: int):
     s = BitUsageStream(k)
-    if flush_rows:
-        s.flush_rows = flush_rows
     s.update_indices(ids)
     return s.window_stats()
 
@@ -120,23 +118,37 @@ def test_streaming_split_equals_one_pass(sizes, flush_rows, seed):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(-1, 5000, (sum(sizes),), generator=g)
     s = BitUsageStream(5000)
-    s.flush_rows = flush_rows
+    s.flush_rows, s.batch_on_cpu = flush_rows, True  # the batched (GPU) path, on the CPU
     for part in ids.split(sizes):
         s.update_indices(part.reshape(-1, 1) if part.numel() % 2 else part)
         assert s._pending_rows < flush_rows  # counted once flush_rows ids are kept: memory stays bounded
-    one = _stats(ids, 5000, flush_rows=1 << 20)
+    one = _stats(ids, 5000)  # counted as the ids come (the CPU path)
     got = s.window_stats()
     assert got[0] == one[0] and torch.equal(got[1], one[1]) and torch.equal(got[2], one[2])
 
 
+def test_chunked_counts_of_one_big_call_match_a_direct_count():
+    ids = torch.randint(-1, 2 ** 20, (70000,), generator=torch.Generator().manual_seed(8))
+    valid = ids[ids >= 0]
+    bits = ((valid[:, None] >> torch.arange(20)) & 1).double()
+    for batch in (False, True):  # CPU path: chunks of 2^14; batched path: chunks of 2^16
+        s = BitUsageStream(2 ** 20)
+        s.batch_on_cpu = batch
+        s.update_indices(ids)
+        n, ones, pair = s.window_stats()
+        assert n == valid.numel() and torch.equal(ones, bits.sum(0)) and torch.equal(pair, bits.T @ bits)
+
+
 def test_kept_ids_are_copies_and_windows_close_cleanly():
     s = BitUsageStream(2 ** 40)  # int64 ids
+    s.batch_on_cpu = True  # keep ids until a flush, as on a GPU
     ids = torch.tensor([3, 5, -1, 2 ** 39 + 1])
     s.update_indices(ids)
     ids.fill_(0)  # the caller reuses its tensor: the stream counted its own copy
     n, ones, _ = s.window_stats()
     assert n == 3 and ones[0] == 3 and ones[39] == 1 and ones[2] == 1
     s.update_indices(torch.tensor([1]))
+    assert s._pending_rows == 1
     s.close_window()  # ids kept but not yet counted belong to the closing window
     assert s.cumulative_ids == 4 and s.window_stats()[0] == 0
 
