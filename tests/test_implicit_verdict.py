@@ -342,3 +342,12 @@ def test_calibration_script_quick_run(tmp_path):
     assert 0 < res["thresholds"]["min_codes_used_vs_uniform"] < 1
     assert res["thresholds"]["min_tokens_per_code"] in (0.25, 1, 4, 16)
     assert "healthy" not in res["held_out"]["bits"]["status"]["healthy"]  # bounds never show healthy use
+
+
+def test_no_ids_cannot_tell():
+    from shrinkscope.metrics.implicit_verdict import judge_implicit
+    from shrinkscope.metrics.verdict import Judged
+
+    for bounds in (False, True):
+        warns, v = judge_implicit(Judged(1024, 0, ("usage",), {}, implicit=True, tokens=0.0, bounds=bounds), T)
+        assert not warns and v.status == "cannot_tell" and v.missing[0]["why"] == "no code ids were counted"

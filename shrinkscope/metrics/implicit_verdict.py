@@ -27,7 +27,7 @@ __all__ = ["implicit_message", "implicit_values", "judge_implicit"]
 
 
 _UNIFORM = "uniform use of all K codes, same number of tokens"
-_UNIFORM_BITS = "uniform use of all K codes: every id bit and pair of bits varies"
+_UNIFORM_BITS = "uniform use of all K codes: independent id bits, none constant or tied to another"
 
 
 def implicit_values(j: Judged) -> dict[str, float | None]:
@@ -83,7 +83,7 @@ def judge_implicit(j: Judged, t: HealthThresholds) -> tuple[list[dict[str, str]]
         summary = f"{WORDS[status]} ({basis}): " + "; ".join(implicit_message(r) for r in rs) + "."
         return warnings, Verdict(status, j.evidence, summary, tuple(rs), ())
     rs = sorted(passed, key=_severity, reverse=True)
-    if n <= 0:
+    if n <= 0 or (not j.bounds and vals["codes_used_vs_uniform"] is None):
         why, how = "no code ids were counted", "run training or evaluation steps through the quantizer"
     elif few_bits:
         why = (f"{n:,.0f} ids for {bits} id bits: bit statistics need at least {t.min_tokens_per_bit:g} ids per "
