@@ -118,9 +118,9 @@ def implicit_message(r: dict[str, Any]) -> str | None:
     v, thr, m, ref = r["value"], r["threshold"], r["metric"], r["reference"]
     side = "<" if r["direction"] == "min" else ">"
     texts = {
-        "codes_used_vs_uniform": f"{v * (ref or 0):.1%} of the codes were used, {v:.2f}x the {ref or 0:.1%} that "
+        "codes_used_vs_uniform": f"{v * (ref or 0):.1%} of the codes were used, {v:.3g}x the {ref or 0:.1%} that "
                                  f"uniform use of all K codes reaches on as many ids ({side} {thr:g})",
-        "utilization_vs_uniform": f"usage perplexity is {v * (ref or 0):.1%} of K, {v:.2f}x the {ref or 0:.1%} "
+        "utilization_vs_uniform": f"usage perplexity is {v * (ref or 0):.1%} of K, {v:.3g}x the {ref or 0:.1%} "
                                   f"that uniform use reaches on as many ids ({side} {thr:g})",
         "codes_used_bound": f"at most {v:.1%} of the codes were used: some id bits never vary or are tied to "
                             f"others (always equal or always different; {side} {thr:g})",
