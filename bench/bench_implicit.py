@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shrinkscope
+import shrinkscope.implicit
 from shrinkscope.implicit import EXACT_COUNT_LIMIT, BitUsageStream
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
     # set both every call, so several configurations can run in one process (main([...]) repeatedly)
-    sys.modules["shrinkscope.watch"].EXACT_COUNT_LIMIT = 0 if args.path == "bits" else EXACT_COUNT_LIMIT
+    shrinkscope.implicit.EXACT_COUNT_LIMIT = 0 if args.path == "bits" else EXACT_COUNT_LIMIT
     BitUsageStream.flush_rows = args.flush_rows or FLUSH_ROWS
     torch.manual_seed(0)
     plain = ConvFSQAE(args.image, args.grid, args.width, args.quantizer).to(device)

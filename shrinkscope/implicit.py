@@ -37,7 +37,9 @@ from typing import Any
 import torch
 
 EXACT_COUNT_LIMIT = 2 ** 22
-"""Implicit codebooks up to this many codes get exact per-code counts; larger ones get ``BitUsageStream``."""
+"""Implicit codebooks up to this many codes get exact per-code counts; larger ones get ``BitUsageStream``.
+Read when ``watch`` is called: raise it (``shrinkscope.implicit.EXACT_COUNT_LIMIT = ...``) to count more codes
+exactly, at 8 bytes of device memory (and as many on the host) per code."""
 
 
 class BitUsageStream:

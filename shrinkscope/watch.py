@@ -47,7 +47,8 @@ from torch import nn
 from .families import Capture, Family, find_quantizers, get_family
 from .families.scales import scale_info, with_scales
 from .hooks import Hook, _Inert, hook_method  # noqa: F401 - _Inert: old pickles of watched models name it here
-from .implicit import EXACT_COUNT_LIMIT, BitUsageStream
+from . import implicit as _implicit
+from .implicit import BitUsageStream
 from .metrics import CodebookHealth, HealthThresholds
 from .sinks import Sink, make_sinks
 from .stream import CodebookStream
@@ -116,8 +117,9 @@ class Monitor(Reporting):
             ks = adapter.num_codes(module)
             cbs = adapter.codebooks(module)
             dims = {c: (None if adapter.usage_only or c not in cbs else int(cbs[c].shape[1])) for c in ks}
-            # implicit codebooks too large for a histogram keep bit statistics instead (shrinkscope/implicit.py)
-            streams = {c: BitUsageStream(k) if adapter.usage_only and k > EXACT_COUNT_LIMIT else
+            # implicit codebooks too large for a histogram keep bit statistics instead (shrinkscope/implicit.py;
+            # its EXACT_COUNT_LIMIT is read here, at watch() time, so a user can raise it)
+            streams = {c: BitUsageStream(k) if adapter.usage_only and k > _implicit.EXACT_COUNT_LIMIT else
                        CodebookStream(k, reservoir_size=reservoir_size, seed=self.seed + 7919 * i + j)
                        for j, (c, k) in enumerate(ks.items())}
             w = _Watched(label, module, adapter, streams, dims, scale_info(adapter, module))
@@ -224,7 +226,7 @@ class Monitor(Reporting):
         s = self._stream(name)
         if isinstance(s, BitUsageStream):
             raise ValueError(f"{name}: K={s.num_codes} codes are too many to count one by one "
-                             f"(> {EXACT_COUNT_LIMIT}); its reports carry bit-statistics estimates instead")
+                             f"(> {_implicit.EXACT_COUNT_LIMIT}); its reports carry bit-statistics estimates instead")
         return s.cumulative + s.window_counts()
 
     def save_latents(self, path: str | Path) -> Path:

@@ -148,7 +148,7 @@ def test_monitor_uses_bit_statistics_above_the_limit(tmp_path):
 
 
 def test_real_lfq_over_the_limit_live_and_watched(monkeypatch):
-    monkeypatch.setattr(sys.modules["shrinkscope.watch"], "EXACT_COUNT_LIMIT", 2 ** 8)  # LFQ with 2^10 codes takes the bit path
+    monkeypatch.setattr(sys.modules["shrinkscope.implicit"], "EXACT_COUNT_LIMIT", 2 ** 8)  # LFQ with 2^10 codes takes the bit path
     lfq = vqp.LFQ(dim=10, codebook_size=2 ** 10)
     x = torch.randn(16, 32, 10, generator=torch.Generator().manual_seed(4))
     result = shrinkscope.analyze(lfq, x, batch_size=4)

@@ -92,7 +92,7 @@ def judge_implicit(j: Judged, t: HealthThresholds) -> tuple[list[dict[str, str]]
     elif j.bounds:
         why = (f"K={k} codes are too many to count one by one: per-bit and pairwise statistics bound usage from "
                "above, so they can show under-use but never healthy use")
-        how = ("count per code: set shrinkscope.watch.EXACT_COUNT_LIMIT above K before watch() (8 bytes of "
+        how = ("count per code: set shrinkscope.implicit.EXACT_COUNT_LIMIT above K before watch() (8 bytes of "
                "device memory per code), where memory allows")
     elif n < t.min_tokens_per_code * k:
         why = (f"{n:,.0f} ids for K={k} codes ({n / k:.3g} per code): a window under "
