@@ -70,7 +70,7 @@ def test_verdict_deferred_quantizes_like_kmeans_l2_shrunk_by_coverage(arms):
     deferred, l2, early = arms["deferred"][1], arms["l2"][1], arms["early"][1]
     # deferred: optimal distortion, no mode shrunk, its unused codes far less clumped than early's
     assert deferred.excess_distortion < 0.2 and not deferred.shrunk_mode_share
-    assert deferred.spread_all_vs_live > 0.8 > 0.2 > early.spread_all_vs_live
+    assert deferred.spread_all_vs_live > 0.8 and early.spread_all_vs_live < 0.2
     assert deferred.codes_used > 5 * early.codes_used
     # l2: live codes spread like k-means, but most codes clumped unused, poor coverage, high excess distortion
     assert l2.verdict.status == "shrunk" and l2.spread_vs_kmeans > 0.75
