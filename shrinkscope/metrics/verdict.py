@@ -188,7 +188,8 @@ def _rules(j: Judged, t: HealthThresholds) -> list[tuple[str, str, float, str, s
                 ("shrinkage", "offset_vs_spread", t.max_offset_vs_spread, "max", "codes only" + live, None),
                 ("dimensional_collapse", "rank_share", t.min_rank_share, "min",
                  "codes only: effective rank / min(K - 1, D)" + live, None)]
-    if j.live_codes is not None:  # usage known (counts, or latents assigned to their nearest code)
+    if j.live_codes is not None:
+        # the value is None without usage (counts, or latents assigned to their nearest code): rule skipped
         out.append(("shrinkage", "spread_all_vs_live", t.min_spread_all_vs_live, "min",
                     f"the spread of the {j.live_codes} live codes", None))
     if "latents" in j.evidence and "usage" not in j.evidence:
