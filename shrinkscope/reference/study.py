@@ -32,7 +32,8 @@ FULL = {"steps": 3000, "prior_steps": 2000, "samples": 10_000, "batch_size": 256
 SMOKE = {"steps": 30, "prior_steps": 20, "samples": 200, "batch_size": 32, "n_train": 600, "n_test": 200,
          "hidden": 16, "n_embd": 32, "seeds": 1, "sizes": (16, 32), "fractions": (0.0, 0.25)}
 REPORTED = ("recon_mse", "utilization_perplexity", "utilization", "dead_code_ratio", "spread_cosine", "spread_ratio",
-            "effective_rank", "latent_coverage", "quantization_error", "modes_covered", "mode_kl", "mode_entropy",
+            "effective_rank", "latent_coverage", "quantization_error", "spread_all_vs_live", "excess_unused_share",
+            "spread_vs_kmeans", "rank_vs_kmeans", "coverage_vs_kmeans", "modes_covered", "mode_kl", "mode_entropy",
             "mean_pairwise_l2", "precision", "recall", "coverage")
 
 
@@ -95,7 +96,7 @@ def run_one(task: dict, plan: dict, device: str, deadline: float) -> dict:
     flat = {"recon_mse": res["recon_mse"], **res["health"]["metrics"], **(res["diversity"] or {})}
     return {**task, "skipped": False, "quantize_start": qs, "seconds": time.time() - t0,
             "prior_final_loss": phist[-1]["loss"], "metrics": {k2: flat.get(k2) for k2 in REPORTED},
-            "warnings": [w_["code"] for w_ in res["health"]["warnings"]]}
+            "warnings": [w_["code"] for w_ in res["health"]["warnings"]], "verdict": res["health"].get("verdict")}
 
 
 def _mean_std(vals: list) -> str:
@@ -112,6 +113,8 @@ def markdown(results: list[dict], plan: dict, seconds: float | None = None, *, h
 
     ``head``: the first sentence (default: runs done / skipped / failed and ``seconds``).
     """
+    from .repro_tables import verdict_counts
+
     done = [r for r in results if not r.get("skipped")]
     failed = sum(1 for r in results if r.get("error"))
     cols = ("recon_mse", "utilization_perplexity", "spread_cosine", "effective_rank", "latent_coverage",
@@ -134,14 +137,17 @@ def markdown(results: list[dict], plan: dict, seconds: float | None = None, *, h
             if not rows:
                 lines += ["No run of this sweep finished.", ""]
                 continue
-            lines.append(f"| {label} | arm | " + " | ".join(cols) + " | n |")
-            lines.append("|" + "---|" * (len(cols) + 3))
+            judged = any(r.get("verdict") for r in rows)  # runs before the verdict existed have no column
+            lines.append(f"| {label} | arm | " + " | ".join(cols) + (" | verdict (runs)" if judged else "") + " | n |")
+            lines.append("|" + "---|" * (len(cols) + 3 + judged))
             groups: dict[tuple, list] = {}
             for r in rows:
                 groups.setdefault((r[key], r["fraction"]), []).append(r)
             for (kv, frac), rs in sorted(groups.items()):
                 arm = "early" if frac == 0 else f"deferred {frac:.0%}"
                 cells = [_mean_std([r["metrics"].get(c) for r in rs]) for c in cols]
+                if judged:
+                    cells.append(verdict_counts(rs))
                 lines.append(f"| {kv if key == 'num_codes' else f'{kv:.0%}'} | {arm} | " + " | ".join(cells)
                              + f" | {len(rs)} |")
             lines.append("")
