@@ -5,6 +5,7 @@ each cell's verdicts and their deciding measurements, the tuning grid, and the o
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .arms import ARM_NAMES, KNOBS, LRS
@@ -107,38 +108,69 @@ def paper_tables(rows: list[dict], *, plan: str = "paper") -> str:
     return "\n".join(out)
 
 
+def _tune_configs(rows: list[dict], arm: str) -> list[tuple[dict, list[dict]]]:
+    """Arm ``arm``'s tuning configurations in grid order, each with its runs (one per seed)."""
+    knob = KNOBS[arm][0]
+    groups: dict[str, tuple[dict, list[dict]]] = {}
+    for r in _group(rows, plan="tune", arm=arm):
+        groups.setdefault(json.dumps(r["settings"], sort_keys=True), (r["settings"], []))[1].append(r)
+    return sorted(groups.values(), key=lambda g: (g[0]["lr"], g[0][knob]))
+
+
+def _finished(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if not r.get("skipped") and (r.get("metrics") or {}).get("recon_mse") is not None]
+
+
 def tune_choice(rows: list[dict]) -> dict[str, tuple[dict, bool]]:
-    """Per arm: the finished tuning run of lowest validation MSE, and whether its learning rate is interior to
-    the grid (neither the smallest nor the largest value in ``arms.LRS``)."""
+    """Per arm: the configuration of lowest mean validation MSE over its seeds, and whether its learning rate is
+    interior to the grid (neither the smallest nor the largest value in ``arms.LRS``).
+
+    A configuration competes only when every seed it ran finished with a finite MSE (one diverged seed marks
+    a learning rate past stability) and it has the most seeds of any configuration of the arm, so a deadline
+    that cut some seeds cannot favour a configuration measured on fewer. The choice is
+    ``{"settings", "recon_mse" (mean), "seeds", "runs"}``.
+    """
     out = {}
     for arm in ARM_NAMES:
-        ok = [r for r in _group(rows, plan="tune", arm=arm)
-              if not r.get("skipped") and (r.get("metrics") or {}).get("recon_mse") is not None]
-        if ok:
-            best = min(ok, key=lambda r: r["metrics"]["recon_mse"])
-            out[arm] = (best, min(LRS) < best["settings"]["lr"] < max(LRS))
+        full = [(s, runs) for s, runs in _tune_configs(rows, arm)
+                if (ok := _finished(runs)) and len(ok) == sum(not r.get("skipped") for r in runs)]
+        if not full:
+            continue
+        most = max(len(_finished(runs)) for _, runs in full)
+        cands = [(s, _finished(runs)) for s, runs in full if len(_finished(runs)) == most]
+        s, runs = min(cands, key=lambda c: sum(r["metrics"]["recon_mse"] for r in c[1]) / len(c[1]))
+        best = {"settings": s, "recon_mse": sum(r["metrics"]["recon_mse"] for r in runs) / len(runs),
+                "seeds": len(runs), "runs": runs}
+        out[arm] = (best, min(LRS) < s["lr"] < max(LRS))
     return out
 
 
 def tune_table(rows: list[dict]) -> str:
-    """Markdown: every tuning configuration's validation MSE (or why it has none) and the choice per arm."""
-    tuned = [r for r in rows if r.get("plan") == "tune"]
+    """Markdown: every tuning configuration's validation MSE over its seeds (or why it has none), its spread
+    ratio, its verdicts and the choice per arm."""
     choice = tune_choice(rows)
-    out = ["| arm | lr | knob | value | validation MSE | spread ratio | verdict | chosen |",
+    out = ["| arm | lr | knob | value | validation MSE | spread ratio | verdict (runs) | chosen |",
            "|---|---|---|---|---|---|---|---|"]
     for arm in ARM_NAMES:
         knob = KNOBS[arm][0]
-        for r in sorted(_group(tuned, arm=arm), key=lambda r: (r["settings"]["lr"], r["settings"][knob])):
-            m = r.get("metrics") or {}
-            if r.get("skipped"):
-                mse, sr = ("failed: " + r["error"][:60]) if r.get("error") else "not run (deadline)", "–"
-            elif r.get("diverged"):
-                mse, sr = "diverged (non-finite)", "–"
+        for s, runs in _tune_configs(rows, arm):
+            ok, ran = _finished(runs), [r for r in runs if not r.get("skipped")]
+            diverged = sum(bool(r.get("diverged")) for r in ran)
+            if not ran:
+                err = next((r["error"] for r in runs if r.get("error")), None)
+                mse, sr = ("failed: " + err[:60]) if err else "not run (deadline)", "–"
+            elif diverged:
+                mse, sr = f"diverged (non-finite) in {diverged} of {len(ran)}", "–"
             else:
-                mse, sr = f"{m['recon_mse']:.5f}", f"{m['spread_ratio']:.2f}"
-            chosen = arm in choice and choice[arm][0] is r
-            out.append(f"| {arm} | {r['settings']['lr']:g} | {knob} | {r['settings'][knob]:g} | {mse} | {sr} | "
-                       f"{(r.get('verdict') or {}).get('status', '–')} | "
+                mse = _cell([r["metrics"]["recon_mse"] for r in ok], ".5f")
+                # spread ratio is None when the held-out latents have no spread (an encoder collapsed to a point)
+                sr = _cell([r["metrics"].get("spread_ratio") for r in ok], ".2f")
+                if any(r["metrics"].get("spread_ratio") is None for r in ok):
+                    sr += " (latents constant in " + str(sum(r["metrics"].get("spread_ratio") is None
+                                                              for r in ok)) + ")"
+            chosen = arm in choice and choice[arm][0]["settings"] == s
+            out.append(f"| {arm} | {s['lr']:g} | {knob} | {s[knob]:g} | {mse} | {sr} | "
+                       f"{verdict_counts(ran) if ran else '–'} | "
                        f"{('yes' + ('' if choice[arm][1] else ' (grid edge)')) if chosen else ''} |")
     return "\n".join(out)
 

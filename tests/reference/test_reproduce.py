@@ -26,7 +26,7 @@ def test_every_arm_gets_the_same_tuning_budget():
         assert len({(s.lr, getattr(s, knob)) for s in grid}) == 2 * len(LRS)
         assert TUNED[arm] in grid  # the chosen setting comes from the arm's own grid
         assert min(LRS) < TUNED[arm].lr < max(LRS)  # chosen inside the grid, not at its edge
-    assert len(reproduce.tune_cells()) == sum(len(g) for g in grids.values())
+    assert len(reproduce.tune_cells()) == len(reproduce.SEEDS) * sum(len(g) for g in grids.values())
 
 
 def test_published_tables_and_tuned_settings_come_from_the_committed_cells():
@@ -37,7 +37,7 @@ def test_published_tables_and_tuned_settings_come_from_the_committed_cells():
     choice = repro_tables.tune_choice(rows)
     assert set(choice) == set(ARM_NAMES)
     for arm, (best, interior) in choice.items():
-        assert ArmSettings(**best["settings"]) == TUNED[arm] and interior
+        assert ArmSettings(**best["settings"]) == TUNED[arm] and interior and best["seeds"] == len(reproduce.SEEDS)
 
 
 def test_plans_start_in_priority_order_whatever_the_order_asked():
@@ -100,6 +100,21 @@ def test_tune_table_shows_every_run_and_says_when_the_choice_is_at_the_grid_edge
     assert md.count("| yes") == 3 and "yes (grid edge)" in md
     assert "diverged (non-finite)" in md and "failed: RuntimeError('boom')" in md
     assert len(md.splitlines()) == 2 + len(rows) + len(rows_edge)  # every run has its row
+
+
+def test_tune_choice_is_the_lowest_mean_over_seeds_among_configs_with_every_seed():
+    rows = [{**_tune_row("early", LRS[1], m), "seed": i} for i, m in enumerate((0.010, 0.020, 0.030))]  # mean .02
+    rows += [{**_tune_row("early", LRS[2], m), "seed": i} for i, m in enumerate((0.015, 0.016, 0.017))]  # mean .016
+    rows += [_tune_row("early", LRS[3], 0.001)]  # best single run, but only one of three seeds finished
+    rows += [{**_tune_row("early", LRS[3], None), "seed": 1, "skipped": True}]
+    rows += [{**_tune_row("early", LRS[0], m), "seed": i} for i, m in enumerate((0.001, 0.002))]
+    rows += [{**_tune_row("early", LRS[0], None, diverged=True, metrics={"recon_mse": None}), "seed": 2}]
+    best, interior = repro_tables.tune_choice(rows)["early"]
+    assert best["settings"]["lr"] == LRS[2] and best["seeds"] == 3 and interior
+    assert abs(best["recon_mse"] - 0.016) < 1e-12
+    md = repro_tables.tune_table(rows)
+    assert "diverged (non-finite) in 1 of 3" in md and "0.01600 ± 0.00100 |" in md
+    assert len(md.splitlines()) == 2 + 4  # one row per configuration
 
 
 def test_read_cells_keeps_a_resumed_cells_finished_line(tmp_path):
