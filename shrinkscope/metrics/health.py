@@ -342,7 +342,14 @@ def codebook_health(
                   rank_share=geo["rank_share"])
     if h.spread_vs_kmeans is None and x is not None:
         evidence = tuple(e for e in evidence if e not in ("latents", "labels"))  # no reference: codes-level rules
-        evidence += ("usage",) * ("usage" not in evidence and h.utilization is not None)
+        if "usage" not in evidence and h.utilization is not None:
+            if x.shape[0] >= t.min_tokens_per_code * kk:
+                evidence += ("usage",)
+            else:
+                # usage from too few latents (N / K small): healthy codes go unused by chance (uniform use of
+                # K codes leaves exp(-N / K) of them unpicked), so the dead-code and utilization rules say
+                # nothing here; the metrics are still reported
+                values.update(dead_code_ratio=None, utilization=None, codes_used=None)
     h.judged = Judged(kk, d, evidence, values, refs, live_codes=geo["live_codes"], all_zero=all_zero)
     h.warnings, h.verdict = judge(h.judged, t)
     if x is not None and "latents" not in evidence:

@@ -75,6 +75,21 @@ def test_too_few_latents_for_the_reference_cannot_be_healthy():
     assert any("at least K=64 latents" in m["why"] for m in h.verdict.missing)
 
 
+def test_usage_from_too_few_latents_is_not_called_underused(d64):
+    # K = 512 k-means codes judged on N = 400 latents (the study's gaussians at K >= 2048 looked like this): most
+    # codes go unpicked by chance, so the usage from those latents cannot say "under-used"
+    x, _, xt, _ = d64
+    cb = kmeans(xt[:4000], 512, iters=10, seed=0)
+    h = codebook_health(cb, latents=x[:400])
+    assert h.dead_code_ratio > 0.3 and h.spread_vs_kmeans is None  # measured and reported, not judged
+    assert h.verdict.status != "underused" and "usage" not in h.verdict.evidence
+    assert "dead_codes" not in codes(h)
+    # with real usage counts (a quantizer's buffer), the same dead share is judged as before
+    c = torch.zeros(512)
+    c[:200] = 5.0
+    assert codebook_health(cb, counts=c).verdict.status == "underused"
+
+
 def test_deprecated_alias_appends_and_warns():
     h = CodebookHealth(name="x", num_codes=8, dim=2, utilization=0.05, utilization_perplexity=0.4,
                        dead_code_ratio=0.9, codes_used=0.1)
