@@ -152,11 +152,14 @@ def judge_health(h: CodebookHealth, thresholds: HealthThresholds | None = None, 
     j = replace(j, values=dict(j.values))  # records copied with dataclasses.replace share the Judged
     if all_zero is not None:
         j = replace(j, all_zero=all_zero)
+    if usage:
+        j = replace(j, sampled_usage=False)
     for k in ("dead_code_ratio", "utilization", "codes_used"):
-        j.values[k] = getattr(h, k)
+        j.values[k] = None if j.sampled_usage else getattr(h, k)
     if j.implicit and h.counts is not None:  # the uniform-use reference depends on how many ids were counted
         j = replace(j, tokens=float(h.counts.sum()))
-    if h.utilization is not None and "usage" not in j.evidence and (usage or "latents" not in j.evidence):
+    if h.utilization is not None and "usage" not in j.evidence and (usage or "latents" not in j.evidence) \
+            and not j.sampled_usage:
         j = replace(j, evidence=(*j.evidence, "usage"))
     h.judged = j
     h.warnings, h.verdict = judge(j, t)
@@ -337,9 +340,7 @@ def codebook_health(
                 h.shrunk_mode_share = shrunk_mode_share(
                     joint_counts(idx[ref.eval_index], le, kk), joint_counts(ref.eval_assign, le, kk),
                     min_ratio=t.min_mode_perplexity_vs_kmeans)
-    values = {key: getattr(h, key) for key in METRIC_KEYS}
-    values.update(spread_cosine=geo["spread_cosine"], offset_vs_spread=geo["offset_vs_spread"],
-                  rank_share=geo["rank_share"])
+    judge_usage = True
     if h.spread_vs_kmeans is None and x is not None:
         evidence = tuple(e for e in evidence if e not in ("latents", "labels"))  # no reference: codes-level rules
         if "usage" not in evidence and h.utilization is not None:
@@ -347,10 +348,18 @@ def codebook_health(
                 evidence += ("usage",)
             else:
                 # usage from too few latents (N / K small): healthy codes go unused by chance (uniform use of
-                # K codes leaves exp(-N / K) of them unpicked), so the dead-code and utilization rules say
-                # nothing here; the metrics are still reported
-                values.update(dead_code_ratio=None, utilization=None, codes_used=None)
-    h.judged = Judged(kk, d, evidence, values, refs, live_codes=geo["live_codes"], all_zero=all_zero)
+                # K codes leaves exp(-N / K) of them unpicked), so which codes are "live" is partly chance. The
+                # usage rules are not judged and the geometry rules read all the codes; the metrics are still
+                # reported
+                judge_usage = False
+                geo = _live_geometry(cb, None, h, max_points=max_points, seed=seed)
+    values = {key: getattr(h, key) for key in METRIC_KEYS}
+    values.update(spread_cosine=geo["spread_cosine"], offset_vs_spread=geo["offset_vs_spread"],
+                  rank_share=geo["rank_share"])
+    if not judge_usage:
+        values.update(dead_code_ratio=None, utilization=None, codes_used=None, spread_all_vs_live=None)
+    h.judged = Judged(kk, d, evidence, values, refs, live_codes=geo["live_codes"], all_zero=all_zero,
+                      sampled_usage=not judge_usage)
     h.warnings, h.verdict = judge(h.judged, t)
     if x is not None and "latents" not in evidence:
         h.verdict = _no_reference(h.verdict, kk, x.shape[0], reference)

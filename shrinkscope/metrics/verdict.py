@@ -147,6 +147,9 @@ class Judged:
     """A codebook-free quantizer (FSQ, LFQ, BSQ): judged on usage only (``judge_implicit``)."""
     tokens: float | None = None
     """Ids counted in the usage window (implicit codebooks)."""
+    sampled_usage: bool = False
+    """Usage came only from too few latents (fewer than ``min_tokens_per_code`` per code, no k-means reference):
+    which codes are live is partly chance, so the usage rules are not judged."""
     bounds: bool = False
     """Usage values are upper bounds from bit statistics (``codes_used_bound``, ``utilization_bound``)."""
 

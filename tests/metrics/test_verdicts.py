@@ -83,7 +83,8 @@ def test_usage_from_too_few_latents_is_not_called_underused(d64):
     h = codebook_health(cb, latents=x[:400])
     assert h.dead_code_ratio > 0.3 and h.spread_vs_kmeans is None  # measured and reported, not judged
     assert h.verdict.status != "underused" and "usage" not in h.verdict.evidence
-    assert "dead_codes" not in codes(h)
+    assert "dead_codes" not in codes(h) and h.judged.live_codes == 512  # geometry read on all the codes
+    assert judge_health(h).verdict.status == h.verdict.status  # re-judging keeps the usage unjudged
     # with real usage counts (a quantizer's buffer), the same dead share is judged as before
     c = torch.zeros(512)
     c[:200] = 5.0
