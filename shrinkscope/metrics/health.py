@@ -359,7 +359,7 @@ def codebook_health(
     if not judge_usage:
         values.update(dead_code_ratio=None, utilization=None, codes_used=None, spread_all_vs_live=None)
     h.judged = Judged(kk, d, evidence, values, refs, live_codes=geo["live_codes"], all_zero=all_zero,
-                      sampled_usage=not judge_usage)
+                      sampled_usage=not judge_usage, tokens=None if judge_usage else float(x.shape[0]))
     h.warnings, h.verdict = judge(h.judged, t)
     if x is not None and "latents" not in evidence:
         h.verdict = _no_reference(h.verdict, kk, x.shape[0], reference)

@@ -253,6 +253,13 @@ def judge(j: Judged, t: HealthThresholds) -> tuple[list[dict[str, str]], Verdict
     codes = {w["code"] for w in warnings}
     missing = [{"input": k, "why": MISSING_HOW[k][0], "how": MISSING_HOW[k][1]} for k in ("latents", "usage")
                if k not in evidence and not (k == "usage" and "latents" in evidence)]
+    if j.sampled_usage:
+        n = "" if j.tokens is None else f"{j.tokens:,.0f} "
+        missing = [m if m["input"] != "usage" else {
+            "input": "usage", "why": (f"usage from {n}latents for K={j.num_codes} codes is mostly chance (fewer than "
+                                      f"{t.min_tokens_per_code:g} per code leaves many healthy codes unpicked)"),
+            "how": (f"pass at least {t.min_tokens_per_code:g} x K latent rows, or keep the quantizer's usage buffer "
+                    "(cluster_size / codebook_used) in the checkpoint")} for m in missing]
     if "latents" in evidence and "labels" not in evidence:
         missing.append({"input": "labels", "why": MISSING_HOW["labels"][0], "how": MISSING_HOW["labels"][1]})
     if codes & SHRINK_CODES:

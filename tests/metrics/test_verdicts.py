@@ -85,6 +85,9 @@ def test_usage_from_too_few_latents_is_not_called_underused(d64):
     assert h.verdict.status != "underused" and "usage" not in h.verdict.evidence
     assert "dead_codes" not in codes(h) and h.judged.live_codes == 512  # geometry read on all the codes
     assert judge_health(h).verdict.status == h.verdict.status  # re-judging keeps the usage unjudged
+    why = {m["input"]: m for m in h.verdict.missing}
+    assert "usage from 400 latents for K=512 codes is mostly chance" in why["usage"]["why"]
+    assert "at least 4 x K latent rows" in why["usage"]["how"]
     # with real usage counts (a quantizer's buffer), the same dead share is judged as before
     c = torch.zeros(512)
     c[:200] = 5.0
