@@ -29,7 +29,7 @@ from .formats import (
     regular_file, sample_tensor, to_tensor
 )
 from .unpickle import (
-    SAFE_GLOBALS, UnsafeGlobals, allowed_global_names, bounded_tree, pickle_globals, torch_load
+    SAFE_GLOBALS, UnsafeGlobals, allowed_global_names, bounded_tree, pickle_globals, pickle_protocol, torch_load
 )
 
 __all__ = [
@@ -180,6 +180,16 @@ def _torch_load(path: str, *, trust: bool, zipped: bool) -> Any:
         raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes one user-facing line
         text = str(exc)
+        protocol, unsafe = pickle_protocol(path, zipped=zipped) if "Unsupported operand" in text else (None, [])
+        if unsafe:
+            raise _refuse_unsafe(path, unsafe) from None
+        if protocol is not None and protocol >= 4:
+            # torch's safe unpickler reads protocols 0-3 only (FRAME, STACK_GLOBAL... are refused): an honest
+            # torch.save(..., pickle_protocol=4) file lands here, and it is not "not a torch checkpoint"
+            raise CheckpointError(f"{path}: was saved with pickle protocol {protocol}, which torch's safe loader "
+                                  "(weights_only) cannot read; re-save it with the default protocol "
+                                  "(torch.save(obj, f)), or rerun with --trust-checkpoint if you trust this file "
+                                  "(runs its pickled code)") from None
         if "Unsupported operand" in text or isinstance(exc, (EOFError, KeyError)):
             raise CheckpointError(f"{path}: not a torch checkpoint (the pickle stream is not one torch.save "
                                   "writes); expected .pt/.pth/.ckpt/.safetensors/.npy/.npz") from None

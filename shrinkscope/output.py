@@ -23,7 +23,9 @@ from typing import Any, Callable, Iterator
 __all__ = ["OutputError", "check_out", "printable", "write_atomically"]
 
 REPORT_FILES = ("report.html", "health.json", "timeline.png")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# control characters, bidi overrides, and lone surrogates (undecodable bytes of a file name, which no
+# strict UTF-8 stream can print)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 class OutputError(ValueError):
@@ -31,7 +33,7 @@ class OutputError(ValueError):
 
 
 def printable(text: str) -> str:
-    """``text`` with control and bidi-override characters escaped (newlines and tabs kept)."""
+    """``text`` with control, bidi-override and lone surrogate characters escaped (newlines and tabs kept)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0x100 else
                         f"\\u{ord(m.group()):04x}", text)
 
