@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Any, Sequence
 
 from .output import OutputError, check_out, printable, write_atomically
@@ -339,6 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"shrinkscope: error: {error}", file=sys.stderr)
             return 2
     parser = build_parser(demo)
+    _printable_streams()
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _run(parser, argv, demo)
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str], demo: object | None) -> int:
     try:
         try:
             args = parser.parse_args(argv)
@@ -371,6 +379,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); rerun with "
                "SHRINKSCOPE_DEBUG=1 for the traceback and please report it")
         return 1
+
+
+def _printable_streams() -> None:
+    """A name the terminal's encoding cannot show (``PYTHONIOENCODING=ascii``, a non-UTF-8 locale) is printed
+    escaped instead of failing the whole command with an encoding error."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+_warned: set[str] = set()
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                      line: str | None = None) -> None:
+    """Library warnings (torch, matplotlib, numpy) as one ``shrinkscope: warning:`` line each, shown once,
+    instead of Python's two-line form that quotes the library's source."""
+    text = " ".join(str(message).split())[:300]
+    if text in _warned:
+        return
+    _warned.add(text)
+    try:
+        print(f"shrinkscope: warning: {printable(text)} ({category.__name__})", file=sys.stderr)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
 
 
 def _error(text: str) -> None:
