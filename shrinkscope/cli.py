@@ -341,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     parser = build_parser(demo)
     _printable_streams()
+    _warned.clear()
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         return _run(parser, argv, demo)
