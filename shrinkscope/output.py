@@ -58,6 +58,9 @@ def check_out(out: str, *, force: bool, nonempty: bool = False) -> str:
         st = None
     except OSError as exc:  # ENAMETOOLONG, ENOTDIR, EACCES, ...
         raise OutputError(f"--out {out}: {exc.strerror or exc}") from None
+    if st is None and os.path.islink(target):  # the move into place would replace the link, or fail on it
+        raise OutputError(f"--out {out}: is a symbolic link to a missing path ({os.readlink(target)}); create "
+                          "that folder or choose another path")
     name_max = _name_max(os.path.dirname(target))
     if any(len(os.fsencode(part)) > name_max for part in target.split(os.sep)):
         raise OutputError(f"--out {out}: a folder name is longer than {name_max} bytes")

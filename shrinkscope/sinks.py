@@ -123,7 +123,7 @@ class JSONLSink(Sink):
         try:
             while written < len(data):
                 written += os.write(fd, data[written:])
-        except OSError:
+        except BaseException:  # OSError, or Ctrl-C between two pieces: no half line is left behind
             self._fragment = self._fragment or not self._cut_back(fd, start, data)
             raise
         self._fragment = False
