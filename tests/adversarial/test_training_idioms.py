@@ -165,3 +165,21 @@ def test_watch_twice_and_remove_twice():
     for mon in (a, a, b, b):
         mon.remove()
     assert not model[1]._forward_hooks
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"every": 2.5}, "every"), ({"every": True}, "every"), ({"every": "10"}, "every"), ({"every": float("nan")}, "every"),
+    ({"reservoir_size": 2.5}, "reservoir_size"), ({"reservoir_size": "5"}, "reservoir_size"),
+    ({"seed": -1}, "seed"), ({"thresholds": "strict"}, "thresholds"), ({"health_kwargs": {"kk": 3}}, "kk"),
+])
+def test_options_are_checked_when_watch_is_called(kw, fragment):
+    # accepted, these would skip every report of the run (or truncate 2.5 to 2) hours into training
+    with pytest.raises((TypeError, ValueError), match=fragment):
+        shrinkscope.watch(vqp.VectorQuantize(dim=8, codebook_size=32), **kw)
+
+
+def test_integral_floats_and_numpy_integers_are_fine():
+    import numpy as np
+
+    m = shrinkscope.watch(vqp.VectorQuantize(dim=8, codebook_size=32), every=1e3, reservoir_size=np.int64(64))
+    assert m.every == 1000
