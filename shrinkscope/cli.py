@@ -58,6 +58,24 @@ def _at_least(low: int) -> Any:
     return parse
 
 
+def _device(text: str) -> str:
+    """``--device``: a device torch knows and this machine has, checked before the model is built."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available here (torch "
+                                         f"{torch.__version__}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu or cuda")
+    return text
+
+
 def _force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace a report already in --out")
 
@@ -297,10 +315,12 @@ def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
     live.add_argument("--data", metavar="FILE",
                       help="model inputs, one float array (N, ...): .npy, .npz (one array or one named 'data'), "
                       ".pt (a tensor, loaded with weights_only) or .safetensors")
-    live.add_argument("--batch-size", type=int, default=64, metavar="N", help="rows per forward (default: 64)")
-    live.add_argument("--max-batches", type=int, default=None, metavar="N",
+    live.add_argument("--batch-size", type=_at_least(1), default=64, metavar="N",
+                      help="rows per forward (default: 64)")
+    live.add_argument("--max-batches", type=_at_least(1), default=None, metavar="N",
                       help="stop after N batches (default: all)")
-    live.add_argument("--device", default=None, help="where to run the model, e.g. cuda (default: cpu)")
+    live.add_argument("--device", type=_device, default=None,
+                      help="where to run the model, e.g. cuda (default: cpu)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser(

@@ -223,6 +223,9 @@ def analyze_model(
                                "summed and latents merged over the ranks")
         return result
     finally:
+        # an error ends the run: detach without the "yielded no data" warning, which would only add a second,
+        # misleading line to the error the user has to act on
+        monitor._removed = True
         monitor.remove()
         for m, was in modes:
             m.training = was  # each module's own flag: a frozen submodule stays in eval

@@ -221,3 +221,57 @@ def test_checkpoint_error_is_the_one_user_facing_type(tmp_path):
     torch.save({KEY: torch.randn(4, 4)}, path, pickle_protocol=5)
     with pytest.raises(CheckpointError, match="pickle protocol 5"):
         load_checkpoint(path)
+
+
+# --- the live path (--model / --data): bad options and data are one line too ---------------------------
+
+USER_MODEL = '''
+import torch
+from vector_quantize_pytorch import VectorQuantize
+
+
+class Tok(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Linear(4, 8)
+        self.vq = VectorQuantize(dim=8, codebook_size=16)
+
+    def forward(self, x):
+        return self.vq(self.enc(x)[:, None])
+
+
+def build():
+    torch.manual_seed(0)
+    return Tok()
+'''
+
+
+@pytest.fixture
+def live_files(tmp_path, monkeypatch):
+    pytest.importorskip("vector_quantize_pytorch")
+    (tmp_path / "advtok.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    torch.save(importlib.import_module("advtok").build().state_dict(), tmp_path / "w.pt")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((40, 4)).astype(np.float32))
+    np.save(tmp_path / "wide.npy", rng.standard_normal((40, 5)).astype(np.float32))
+    return tmp_path
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--device", "bogus"], "--device"),
+    (["--device", "cuda:99"], "--device"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-1"], "--batch-size"),
+    (["--max-batches", "0"], "--max-batches"),
+    (["--data-file-is-wide"], "batch 0 failed"),
+])
+def test_live_options_and_data_are_one_line(live_files, capsys, extra, fragment):
+    data = live_files / ("wide.npy" if extra == ["--data-file-is-wide"] else "x.npy")
+    extra = [] if extra == ["--data-file-is-wide"] else extra
+    code, _, err = _run(capsys, "analyze", live_files / "w.pt", "--model", "advtok:build", "--data", data,
+                        "--json", *extra)
+    assert code == 2, err  # not 1 (an internal error) and not a second "yielded no data" warning line
+    assert len(_lines(err)) == 1 and fragment in err, err
