@@ -26,19 +26,44 @@ __all__ = ["CallableSink", "JSONLSink", "LoggingSink", "Sink", "TensorBoardSink"
 logger = logging.getLogger("shrinkscope")
 
 
+MAX_RECORD_NODES = 100_000
+"""Values one record may hold once cleaned (a user's ``log_event`` payload can be anything)."""
+MAX_RECORD_DEPTH = 32
+
+
 def _clean(v: Any) -> Any:
-    """JSON-safe value: non-finite floats become None, tensors/numpy scalars become numbers."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
+    """JSON-safe value: non-finite floats become None, tensors/numpy scalars become numbers.
+
+    Bounded, because ``log_event`` payloads come from user code: a container met again on its own path
+    becomes ``"<cycle>"``, nesting past ``MAX_RECORD_DEPTH`` and values past ``MAX_RECORD_NODES`` become
+    ``"..."`` (a self-referential dict, or a shared subtree that explodes along paths, must not hang the
+    training loop or cost the sink).
+    """
+    budget = [MAX_RECORD_NODES]
+
+    def walk(x: Any, depth: int, path: set[int]) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_RECORD_DEPTH:
+            return "..."
+        if isinstance(x, (dict, list, tuple)):
+            if id(x) in path:
+                return "<cycle>"
+            path.add(id(x))
+            try:
+                if isinstance(x, dict):
+                    return {str(k): walk(y, depth + 1, path) for k, y in x.items()}
+                return [walk(y, depth + 1, path) for y in x]
+            finally:
+                path.discard(id(x))
+        if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
+            x = x.item()
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, (str, int, float, bool)) or x is None:
+            return x
+        return str(x)
+
+    return walk(v, 0, set())
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:

@@ -183,3 +183,20 @@ def test_integral_floats_and_numpy_integers_are_fine():
 
     m = shrinkscope.watch(vqp.VectorQuantize(dim=8, codebook_size=32), every=1e3, reservoir_size=np.int64(64))
     assert m.every == 1000
+
+
+def test_log_event_payloads_that_refer_to_themselves(tmp_path):
+    vq = vqp.VectorQuantize(dim=8, codebook_size=32)
+    m = shrinkscope.watch(vq, every=1, log_to=tmp_path / "run.jsonl", log_warnings=False)
+    loop: dict = {}
+    loop["self"] = loop
+    dag: dict = {}
+    for _ in range(40):  # 2^40 paths through a few dozen dicts
+        dag = {"a": dag, "b": dag}
+    m.log_event("loop", payload=loop)
+    m.log_event("dag", payload=dag)
+    vq(BATCHES[0])  # the JSONL sink is still there and still writes
+    m.remove()
+    records = [json.loads(ln) for ln in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert records[0]["payload"] == {"self": "<cycle>"}
+    assert [r.get("event") for r in records[:2]] == ["loop", "dag"] and any("metrics" in r for r in records)
