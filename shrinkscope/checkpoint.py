@@ -60,6 +60,9 @@ class TensorRef:
     floating: bool
     _get: Callable[[], torch.Tensor] = field(repr=False)
     _sample: Callable[[int, int], torch.Tensor] | None = field(default=None, repr=False)
+    origin: tuple | None = field(default=None, repr=False)
+    """Where the tensor lives in the file (storage, offset, strides): two keys with the same origin are
+    one tensor, even though each ``load()`` returns its own copy."""
 
     def load(self) -> torch.Tensor:
         """Materialise the tensor (for safetensors: read just this tensor's bytes).
@@ -95,41 +98,81 @@ def _one_line(exc: BaseException) -> str:
     return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
 
 
-def _tensor_getter(key: str, t: torch.Tensor, budget: InflationBudget) -> Callable[[], torch.Tensor]:
-    """A getter that refuses views asking for far more memory than their storage holds (stride 0)."""
+def _unchanged_since(path: str) -> Callable[[], None]:
+    """A check that ``path`` is still the file that was loaded (same inode, size and modification time).
+
+    Why: torch files are memory-mapped, and a training job that rewrites its checkpoint in place (torch.save
+    truncates first) would make the next read of a mapped page kill the process with SIGBUS, with no message.
+    Each tensor is therefore checked and copied out of the map when it is read, so a file rewritten before
+    that is refused in one line, and one rewritten after it can no longer fault the analysis.
+    """
+    def signature() -> tuple[int, ...]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ()
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    before = signature()
+
+    def check() -> None:
+        if signature() != before:
+            raise CheckpointError(f"{path}: changed while it was being read (is a training job rewriting it?); "
+                                  "copy it and analyze the copy")
+
+    return check
+
+
+def _tensor_getter(key: str, t: torch.Tensor, budget: InflationBudget, guard: Callable[[], None] | None
+                   ) -> tuple[Callable[[], torch.Tensor], Callable[[int, int], torch.Tensor] | None]:
+    """``(get, sample)`` that refuse views asking for far more memory than their storage holds (stride 0).
+    With a ``guard`` (a tensor of a file): the file is checked first and the result is copied out of it."""
     need = t.numel() * t.element_size()
     stored = t.untyped_storage().nbytes()
 
-    def get() -> torch.Tensor:
+    def check() -> None:
         try:
             check_materialise(f"tensor {key}", need, stored, budget)
         except FormatError as exc:
             raise CheckpointError(str(exc)) from None
-        return t
+        if guard is not None:
+            guard()
 
-    return get
+    def get() -> torch.Tensor:
+        check()
+        return t if guard is None else t.clone()
+
+    def sample(n: int, seed: int) -> torch.Tensor:
+        check()
+        rows = sample_tensor(t, n, seed)
+        return rows.clone() if rows is t else rows  # indexing copies only the rows taken
+
+    return get, (sample if guard is not None else None)
 
 
-def _ref(key: str, t: torch.Tensor, budget: InflationBudget) -> TensorRef | None:
+def _ref(key: str, t: torch.Tensor, budget: InflationBudget, guard: Callable[[], None] | None = None
+         ) -> TensorRef | None:
     """A reference to a plain dense CPU tensor; None for meta, sparse, nested and quantized tensors,
     which hold no readable codebook (or could only be read by materialising unbounded data)."""
     if t.layout != torch.strided or t.is_nested or t.device.type != "cpu" or t.is_quantized \
             or t.is_complex():
         return None
-    return TensorRef(key, tuple(t.shape), t.is_floating_point(), _tensor_getter(key, t, budget))
+    get, sample = _tensor_getter(key, t, budget, guard)
+    origin = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.stride()))
+    return TensorRef(key, tuple(t.shape), t.is_floating_point(), get, sample, origin)
 
 
 def _flatten(obj: Any, prefix: str, out: dict[str, TensorRef], depth: int = 0,
-             budget: InflationBudget | None = None) -> None:
+             budget: InflationBudget | None = None, guard: Callable[[], None] | None = None) -> None:
     """Dotted keys of the tensors in ``obj``; ``obj`` comes from ``bounded_tree`` (acyclic, bounded). All
-    tensors of one file share one inflation ``budget``."""
+    tensors of one file share one inflation ``budget`` and the ``guard`` of that file."""
     budget = budget or InflationBudget()
     if depth > 12:
         return
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, torch.Tensor):
-        ref = _ref(prefix, obj, budget)
+        ref = _ref(prefix, obj, budget, guard)
         if ref is not None:
             out[prefix] = ref
     elif isinstance(obj, np.ndarray):
@@ -143,10 +186,10 @@ def _flatten(obj: Any, prefix: str, out: dict[str, TensorRef], depth: int = 0,
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or (depth == 0 and str(k) in SKIP_CONTAINERS):
                 continue
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget)
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget, guard)
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(v, (torch.Tensor, Mapping)) for v in obj):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget, guard)
 
 
 def from_state_dict(obj: Any, *, source: str = "<state_dict>") -> Checkpoint:
@@ -343,6 +386,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
     """
     p = os.fspath(path)
     size = _regular_file(p)
+    guard = _unchanged_since(p)
     try:
         with open(p, "rb") as f:
             head = f.read(16)
@@ -379,7 +423,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
     except FormatError as exc:
         raise CheckpointError(str(exc)) from None
     # A bare tensor saved with torch.save(codebook, path) is taken as a codebook.
-    _flatten(ckpt.raw, "codebook" if isinstance(ckpt.raw, torch.Tensor) else "", ckpt.tensors)
+    _flatten(ckpt.raw, "codebook" if isinstance(ckpt.raw, torch.Tensor) else "", ckpt.tensors, guard=guard)
     if not ckpt.tensors:
         raise CheckpointError(f"{p}: holds no dense tensors (top-level {top}); not a model checkpoint")
     return ckpt

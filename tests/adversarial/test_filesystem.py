@@ -121,3 +121,43 @@ def test_out_that_is_a_dangling_symlink_is_one_line(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "symbolic link" in err
     assert os.path.islink(tmp_path / "out") and not os.path.exists(tmp_path / "nowhere")
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".shrinkscope-")]
+
+
+REWRITE = r'''
+import sys
+import numpy as np
+import torch
+import shrinkscope.checkpoint as ck
+from shrinkscope.cli import main
+
+path, latents = sys.argv[1], sys.argv[2]
+torch.save({"quantize.embedding.weight": torch.randn(256, 8), "big": torch.randn(512, 512)}, path)
+np.save(latents, np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32))
+real = ck.load_checkpoint
+
+
+def rewritten_after_opening(p, **kw):
+    c = real(p, **kw)
+    if str(p) == path:
+        open(path, "wb").close()  # a training job rewrites the checkpoint in place (torch.save truncates first)
+    return c
+
+
+for module in list(sys.modules.values()):
+    if getattr(module, "load_checkpoint", None) is real:
+        module.load_checkpoint = rewritten_after_opening
+sys.exit(main(["analyze", path, "--latents", latents, "--json"]))
+'''
+
+
+def test_a_checkpoint_rewritten_while_it_is_read_is_one_line_not_a_crash(tmp_path):
+    # torch files are memory-mapped: reading a page of a truncated file is SIGBUS, which kills the process
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", REWRITE, str(tmp_path / "run.pt"), str(tmp_path / "z.npy")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "changed while it was being read" in proc.stderr
