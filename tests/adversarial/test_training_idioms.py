@@ -200,3 +200,28 @@ def test_log_event_payloads_that_refer_to_themselves(tmp_path):
     records = [json.loads(ln) for ln in (tmp_path / "run.jsonl").read_text().splitlines()]
     assert records[0]["payload"] == {"self": "<cycle>"}
     assert [r.get("event") for r in records[:2]] == ["loop", "dag"] and any("metrics" in r for r in records)
+
+
+class _Nearest(nn.Module):
+    """A plain nearest-code quantizer that torch.compile captures in one graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.codebook = nn.Parameter(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, z):
+        idx = torch.cdist(z, self.codebook[None].expand(z.shape[0], -1, -1)).argmin(-1)
+        q = self.codebook[idx]
+        return z + (q - z).detach(), idx
+
+
+def test_fullgraph_compile_of_a_watched_quantizer():
+    # dynamo used to meet the hook's is_inference_mode_enabled() and raise Unsupported into the loop
+    bare = torch.compile(_Nearest(), backend="eager", fullgraph=True)
+    q = _Nearest()
+    m = shrinkscope.watch(q, adapter="generic", every=0, log_warnings=False)
+    compiled = torch.compile(q, backend="eager", fullgraph=True)
+    for x in BATCHES:
+        a, b = bare(x), compiled(x)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert m.step == len(BATCHES) and int(m.counts(m.names()[0]).sum()) == TOKENS
