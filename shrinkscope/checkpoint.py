@@ -16,9 +16,10 @@ is never retried unsafely on our own: the error names the globals it needs and `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import contextlib
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 import zipfile
 
 import numpy as np
@@ -256,6 +257,23 @@ def _load_plain_pickle(path: str, trust: bool) -> Any:
         return pickle.load(f)  # noqa: S301 - explicit opt-in
 
 
+@contextlib.contextmanager
+def _utf8_name(path: str) -> Iterator[str]:
+    """A name the safetensors library (Rust, UTF-8 only) can open: ``path`` itself, or for a name with
+    undecodable bytes the open file's ``/proc/self/fd`` entry (Linux); elsewhere the name is passed as is."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        if os.path.isdir("/proc/self/fd"):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                yield f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+            return
+    yield path
+
+
 def _safetensors(path: str, size: int) -> Checkpoint:
     from safetensors import safe_open
 
@@ -268,7 +286,7 @@ def _safetensors(path: str, size: int) -> Checkpoint:
     def getter(key: str) -> Callable[[], torch.Tensor]:
         def get() -> torch.Tensor:
             try:
-                with safe_open(path, framework="pt", device="cpu") as sf:
+                with _utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as sf:
                     return sf.get_tensor(key)
             except Exception as exc:  # noqa: BLE001 - the library's own checks, as one line
                 raise CheckpointError(f"{path}: safetensors tensor {key[:60]!r} unreadable "
@@ -282,7 +300,7 @@ def _safetensors(path: str, size: int) -> Checkpoint:
                 return getter(key)()
             idx = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
             parts, step = [], 4096
-            with safe_open(path, framework="pt", device="cpu") as sf:
+            with _utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as sf:
                 sl = sf.get_slice(key)
                 for start in range(0, rows, step):  # chunks: never the whole tensor in memory
                     lo, hi = np.searchsorted(idx, [start, start + step])

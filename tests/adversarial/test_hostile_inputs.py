@@ -102,10 +102,26 @@ def test_stack_global_names_are_read_through_the_memo():
 # --- names and streams ---------------------------------------------------------------------------------
 
 
-def test_file_name_with_undecodable_bytes(tmp_path, capsys):
-    path = os.path.join(os.fsencode(tmp_path), b"tok\xff\xfe.pt")
+def _save_as(fmt: str, f) -> None:
+    cb = torch.randn(16, 4)
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        f.write(save({KEY: cb}))
+    elif fmt == "npy":
+        np.save(f, cb.numpy())
+    elif fmt == "npz":
+        np.savez(f, codebook=cb.numpy())
+    else:
+        torch.save({KEY: cb}, f, _use_new_zipfile_serialization=fmt == "pt")
+
+
+@pytest.mark.parametrize("fmt", ["pt", "legacy.pt", "safetensors", "npy", "npz"])
+def test_file_name_with_undecodable_bytes(tmp_path, capsys, fmt):
+    # torch and the safetensors library take names as UTF-8 text; such a file is fine all the same
+    path = os.path.join(os.fsencode(tmp_path), b"tok\xff\xfe." + fmt.encode())
     with open(path, "wb") as f:
-        torch.save({KEY: torch.randn(16, 4)}, f)
+        _save_as(fmt, f)
     code, out, err = _run(capsys, "analyze", os.fsdecode(path))
     assert code == 0, err
     assert "\\udcff" in out  # the name is shown escaped, not as lone surrogates no terminal can print
