@@ -394,8 +394,10 @@ def jsonl_lines(path: str) -> list[str]:
     bytes replaced), read line by line with each line bounded by ``MAX_JSONL_LINE`` bytes.
 
     Raises:
-        FormatError: a line longer than ``MAX_JSONL_LINE``.
+        FormatError: not a regular file (a FIFO would block the read forever), a line longer than
+            ``MAX_JSONL_LINE``.
     """
+    regular_file(path, hint="pass the JSONL file written by shrinkscope.watch(log_to=...)")
     out: list[str] = []
     with open(path, "rb") as f:
         for number in itertools.count(1):

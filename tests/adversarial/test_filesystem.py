@@ -161,3 +161,17 @@ def test_a_checkpoint_rewritten_while_it_is_read_is_one_line_not_a_crash(tmp_pat
                           env={**os.environ, "PYTHONPATH": root, "MPLBACKEND": "Agg"})
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "changed while it was being read" in proc.stderr
+
+
+def test_read_timeline_never_blocks_on_a_fifo(tmp_path):
+    from shrinkscope.report import TimelineError, read_timeline
+
+    os.mkfifo(tmp_path / "run.jsonl")  # the Python API, not only the CLI, must not wait for a writer
+    previous = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("read_timeline blocked on a FIFO"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(TimelineError, match="FIFO"):
+            read_timeline(str(tmp_path / "run.jsonl"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
