@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import contextlib
 import os
 import re
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Iterator
+from typing import Any, Callable, Mapping
 import zipfile
 
 import numpy as np
