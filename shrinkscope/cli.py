@@ -24,7 +24,7 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-from .output import OutputError, check_out, printable, write_atomically
+from .output import OutputError, Terminated, check_out, printable, terminate_cleanly, write_atomically
 
 __all__ = ["build_parser", "main"]
 
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(demo)
     _printable_streams()
     _warned.clear()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), terminate_cleanly():
         warnings.showwarning = _one_line_warning
         return _run(parser, argv, demo)
 
@@ -381,10 +381,11 @@ def _run(parser: argparse.ArgumentParser, argv: list[str], demo: object | None) 
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers, not at interpreter exit
         return status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _quiet_stdout()
-        print("shrinkscope: interrupted (nothing half-written was left behind)", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"shrinkscope: {what} (nothing half-written was left behind)", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         _quiet_stdout()
         print("shrinkscope: error: the output pipe was closed before everything was written",

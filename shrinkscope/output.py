@@ -20,7 +20,7 @@ import tempfile
 import threading
 from typing import Any, Callable, Iterator
 
-__all__ = ["OutputError", "check_out", "printable", "write_atomically"]
+__all__ = ["OutputError", "Terminated", "check_out", "printable", "terminate_cleanly", "write_atomically"]
 
 REPORT_FILES = ("report.html", "health.json", "timeline.png")
 # control characters, bidi overrides, and lone surrogates (undecodable bytes of a file name, which no
@@ -92,20 +92,44 @@ def _name_max(folder: str) -> int:
         return 255
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``timeout``, ``kill``) turned into an exception, so that cleanup runs."""
+
+
+def _raise_terminated(*_: Any) -> None:
+    raise Terminated
+
+
 @contextlib.contextmanager
-def _hold_sigint() -> Iterator[None]:
-    """Delay Ctrl-C until the block ends, so a move into place is never cut in half."""
+def terminate_cleanly() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) instead of killing the
+    process outright, so a half-built report folder is removed as on Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _hold_sigint() -> Iterator[None]:
+    """Delay Ctrl-C and SIGTERM until the block ends, so a move into place is never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if caught:
-            raise KeyboardInterrupt
+            raise Terminated if signal.SIGTERM in caught else KeyboardInterrupt
 
 
 def write_atomically(write: Callable[[str], str], out: str, *, force: bool, nonempty: bool = False) -> str:

@@ -175,3 +175,38 @@ def test_read_timeline_never_blocks_on_a_fifo(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+SIGTERM_CHILD = r'''
+import os, signal, sys
+import torch
+import shrinkscope.report as rp
+from shrinkscope.cli import main
+
+torch.save({"quantize.embedding.weight": torch.randn(32, 4)}, sys.argv[1])
+real = rp.write_analysis_report
+
+
+def terminated(result, out_dir, **kw):
+    path = real(result, out_dir, **kw)
+    os.kill(os.getpid(), signal.SIGTERM)  # a job scheduler (or `timeout`) stops the run while it writes
+    return path
+
+
+rp.write_analysis_report = terminated
+sys.exit(main(["analyze", sys.argv[1], "--out", sys.argv[2]]))
+'''
+
+
+def test_sigterm_while_writing_leaves_no_half_report(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, str(tmp_path / "m.pt"), str(tmp_path / "out" / "rep")],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-300:])
+    assert len(proc.stderr.strip().splitlines()) == 1 and "SIGTERM" in proc.stderr
+    assert os.listdir(tmp_path / "out") == []  # no report folder, no hidden temporary folder
