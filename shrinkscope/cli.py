@@ -17,6 +17,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -362,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(demo)
     _printable_streams()
     _warned.clear()
-    with warnings.catch_warnings(), terminate_cleanly():
+    # the demo keeps the default SIGTERM: its worker processes (forked) must still die when terminated
+    with warnings.catch_warnings(), terminate_cleanly() if demo is None else contextlib.nullcontext():
         warnings.showwarning = _one_line_warning
         return _run(parser, argv, demo)
 
