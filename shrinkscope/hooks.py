@@ -32,10 +32,13 @@ class _Inert:
         pass
 
 
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)  # private, present since torch 1.13
+
+
 def _in_backward() -> bool:
     """True while autograd runs a backward pass: a forward seen then is gradient checkpointing recomputing
     one already counted (``torch.utils.checkpoint``; the reentrant variant re-runs the whole forward)."""
-    return torch._C._current_graph_task_id() != -1
+    return _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1
 
 
 def _compiler_disable(fn: Callable[..., Any]) -> Callable[..., Any]:
