@@ -196,6 +196,8 @@ def analyze_model(
                 if not is_dist:
                     raise
                 error = exc  # raised after the other ranks learn of it, so that none waits forever
+        if batches == 0:
+            monitor._removed = True  # nothing ran: the empty-data error below says it, without a warning on top
         monitor.remove()
         changed = [name or type(q).__name__ for (name, q, _), before in zip(quantizers, saved)
                    if _changed(q, before)]

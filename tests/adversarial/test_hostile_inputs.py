@@ -291,3 +291,16 @@ def test_live_options_and_data_are_one_line(live_files, capsys, extra, fragment)
                         "--json", *extra)
     assert code == 2, err  # not 1 (an internal error) and not a second "yielded no data" warning line
     assert len(_lines(err)) == 1 and fragment in err, err
+
+
+def test_live_analysis_of_empty_data_is_one_error_and_no_warning(caplog):
+    import logging
+
+    import shrinkscope
+    from shrinkscope.live import LiveError
+
+    vqp = pytest.importorskip("vector_quantize_pytorch")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), vqp.VectorQuantize(dim=8, codebook_size=16)).eval()
+    with caplog.at_level(logging.WARNING, logger="shrinkscope"), pytest.raises(LiveError, match="empty data"):
+        shrinkscope.analyze(model, (x for x in []))  # an exhausted generator
+    assert not [r for r in caplog.records if "yielded no data" in r.getMessage()]
