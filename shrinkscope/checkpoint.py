@@ -16,8 +16,10 @@ is never retried unsafely on our own: the error names the globals it needs and `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Any, Callable, Mapping
 import zipfile
 
@@ -29,7 +31,7 @@ from .formats import (
     regular_file, sample_tensor, to_tensor
 )
 from .unpickle import (
-    SAFE_GLOBALS, UnsafeGlobals, allowed_global_names, bounded_tree, pickle_globals, torch_load
+    SAFE_GLOBALS, UnsafeGlobals, allowed_global_names, bounded_tree, pickle_globals, pickle_protocol, torch_load
 )
 
 __all__ = [
@@ -60,6 +62,9 @@ class TensorRef:
     floating: bool
     _get: Callable[[], torch.Tensor] = field(repr=False)
     _sample: Callable[[int, int], torch.Tensor] | None = field(default=None, repr=False)
+    origin: tuple | None = field(default=None, repr=False)
+    """Where the tensor lives in the file (storage, offset, strides): two keys with the same origin are
+    one tensor, even though each ``load()`` returns its own copy."""
 
     def load(self) -> torch.Tensor:
         """Materialise the tensor (for safetensors: read just this tensor's bytes).
@@ -95,41 +100,81 @@ def _one_line(exc: BaseException) -> str:
     return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
 
 
-def _tensor_getter(key: str, t: torch.Tensor, budget: InflationBudget) -> Callable[[], torch.Tensor]:
-    """A getter that refuses views asking for far more memory than their storage holds (stride 0)."""
+def _unchanged_since(path: str) -> Callable[[], None]:
+    """A check that ``path`` is still the file that was loaded (same inode, size and modification time).
+
+    Why: torch files are memory-mapped, and a training job that rewrites its checkpoint in place (torch.save
+    truncates first) would make the next read of a mapped page kill the process with SIGBUS, with no message.
+    Each tensor is therefore checked and copied out of the map when it is read, so a file rewritten before
+    that is refused in one line, and one rewritten after it can no longer fault the analysis.
+    """
+    def signature() -> tuple[int, ...]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ()
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    before = signature()
+
+    def check() -> None:
+        if signature() != before:
+            raise CheckpointError(f"{path}: changed while it was being read (is a training job rewriting it?); "
+                                  "copy it and analyze the copy")
+
+    return check
+
+
+def _tensor_getter(key: str, t: torch.Tensor, budget: InflationBudget, guard: Callable[[], None] | None
+                   ) -> tuple[Callable[[], torch.Tensor], Callable[[int, int], torch.Tensor] | None]:
+    """``(get, sample)`` that refuse views asking for far more memory than their storage holds (stride 0).
+    With a ``guard`` (a tensor of a file): the file is checked first and the result is copied out of it."""
     need = t.numel() * t.element_size()
     stored = t.untyped_storage().nbytes()
 
-    def get() -> torch.Tensor:
+    def check() -> None:
         try:
             check_materialise(f"tensor {key}", need, stored, budget)
         except FormatError as exc:
             raise CheckpointError(str(exc)) from None
-        return t
+        if guard is not None:
+            guard()
 
-    return get
+    def get() -> torch.Tensor:
+        check()
+        return t if guard is None else t.clone()
+
+    def sample(n: int, seed: int) -> torch.Tensor:
+        check()
+        rows = sample_tensor(t, n, seed)
+        return rows.clone() if rows is t else rows  # indexing copies only the rows taken
+
+    return get, (sample if guard is not None else None)
 
 
-def _ref(key: str, t: torch.Tensor, budget: InflationBudget) -> TensorRef | None:
+def _ref(key: str, t: torch.Tensor, budget: InflationBudget, guard: Callable[[], None] | None = None
+         ) -> TensorRef | None:
     """A reference to a plain dense CPU tensor; None for meta, sparse, nested and quantized tensors,
     which hold no readable codebook (or could only be read by materialising unbounded data)."""
     if t.layout != torch.strided or t.is_nested or t.device.type != "cpu" or t.is_quantized \
             or t.is_complex():
         return None
-    return TensorRef(key, tuple(t.shape), t.is_floating_point(), _tensor_getter(key, t, budget))
+    get, sample = _tensor_getter(key, t, budget, guard)
+    origin = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.stride()))
+    return TensorRef(key, tuple(t.shape), t.is_floating_point(), get, sample, origin)
 
 
 def _flatten(obj: Any, prefix: str, out: dict[str, TensorRef], depth: int = 0,
-             budget: InflationBudget | None = None) -> None:
+             budget: InflationBudget | None = None, guard: Callable[[], None] | None = None) -> None:
     """Dotted keys of the tensors in ``obj``; ``obj`` comes from ``bounded_tree`` (acyclic, bounded). All
-    tensors of one file share one inflation ``budget``."""
+    tensors of one file share one inflation ``budget`` and the ``guard`` of that file."""
     budget = budget or InflationBudget()
     if depth > 12:
         return
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, torch.Tensor):
-        ref = _ref(prefix, obj, budget)
+        ref = _ref(prefix, obj, budget, guard)
         if ref is not None:
             out[prefix] = ref
     elif isinstance(obj, np.ndarray):
@@ -143,10 +188,10 @@ def _flatten(obj: Any, prefix: str, out: dict[str, TensorRef], depth: int = 0,
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or (depth == 0 and str(k) in SKIP_CONTAINERS):
                 continue
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget)
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget, guard)
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(v, (torch.Tensor, Mapping)) for v in obj):
         for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
+            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget, guard)
 
 
 def from_state_dict(obj: Any, *, source: str = "<state_dict>") -> Checkpoint:
@@ -180,6 +225,16 @@ def _torch_load(path: str, *, trust: bool, zipped: bool) -> Any:
         raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes one user-facing line
         text = str(exc)
+        protocol, unsafe = pickle_protocol(path, zipped=zipped) if "Unsupported operand" in text else (None, [])
+        if unsafe:
+            raise _refuse_unsafe(path, unsafe) from None
+        if protocol is not None and protocol >= 4:
+            # torch's safe unpickler reads protocols 0-3 only (FRAME, STACK_GLOBAL... are refused): an honest
+            # torch.save(..., pickle_protocol=4) file lands here, and it is not "not a torch checkpoint"
+            raise CheckpointError(f"{path}: was saved with pickle protocol {protocol}, which torch's safe loader "
+                                  "(weights_only) cannot read; re-save it with the default protocol "
+                                  "(torch.save(obj, f)), or rerun with --trust-checkpoint if you trust this file "
+                                  "(runs its pickled code)") from None
         if "Unsupported operand" in text or isinstance(exc, (EOFError, KeyError)):
             raise CheckpointError(f"{path}: not a torch checkpoint (the pickle stream is not one torch.save "
                                   "writes); expected .pt/.pth/.ckpt/.safetensors/.npy/.npz") from None
@@ -203,6 +258,23 @@ def _load_plain_pickle(path: str, trust: bool) -> Any:
         return pickle.load(f)  # noqa: S301 - explicit opt-in
 
 
+@contextlib.contextmanager
+def _utf8_name(path: str) -> Iterator[str]:
+    """A name the safetensors library (Rust, UTF-8 only) can open: ``path`` itself, or for a name with
+    undecodable bytes the open file's ``/proc/self/fd`` entry (Linux); elsewhere the name is passed as is."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        if os.path.isdir("/proc/self/fd"):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                yield f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+            return
+    yield path
+
+
 def _safetensors(path: str, size: int) -> Checkpoint:
     from safetensors import safe_open
 
@@ -215,7 +287,7 @@ def _safetensors(path: str, size: int) -> Checkpoint:
     def getter(key: str) -> Callable[[], torch.Tensor]:
         def get() -> torch.Tensor:
             try:
-                with safe_open(path, framework="pt", device="cpu") as sf:
+                with _utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as sf:
                     return sf.get_tensor(key)
             except Exception as exc:  # noqa: BLE001 - the library's own checks, as one line
                 raise CheckpointError(f"{path}: safetensors tensor {key[:60]!r} unreadable "
@@ -229,7 +301,7 @@ def _safetensors(path: str, size: int) -> Checkpoint:
                 return getter(key)()
             idx = np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
             parts, step = [], 4096
-            with safe_open(path, framework="pt", device="cpu") as sf:
+            with _utf8_name(path) as name, safe_open(name, framework="pt", device="cpu") as sf:
                 sl = sf.get_slice(key)
                 for start in range(0, rows, step):  # chunks: never the whole tensor in memory
                     lo, hi = np.searchsorted(idx, [start, start + step])
@@ -333,6 +405,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
     """
     p = os.fspath(path)
     size = _regular_file(p)
+    guard = _unchanged_since(p)
     try:
         with open(p, "rb") as f:
             head = f.read(16)
@@ -369,7 +442,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Checkpoi
     except FormatError as exc:
         raise CheckpointError(str(exc)) from None
     # A bare tensor saved with torch.save(codebook, path) is taken as a codebook.
-    _flatten(ckpt.raw, "codebook" if isinstance(ckpt.raw, torch.Tensor) else "", ckpt.tensors)
+    _flatten(ckpt.raw, "codebook" if isinstance(ckpt.raw, torch.Tensor) else "", ckpt.tensors, guard=guard)
     if not ckpt.tensors:
         raise CheckpointError(f"{p}: holds no dense tensors (top-level {top}); not a model checkpoint")
     return ckpt

@@ -17,13 +17,15 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Any, Sequence
 
-from .output import OutputError, check_out, printable, write_atomically
+from .output import OutputError, Terminated, check_out, printable, terminate_cleanly, write_atomically
 
 __all__ = ["build_parser", "main"]
 
@@ -55,6 +57,24 @@ def _at_least(low: int) -> Any:
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def _device(text: str) -> str:
+    """``--device``: a device torch knows and this machine has, checked before the model is built."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available here (torch "
+                                         f"{torch.__version__}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu or cuda")
+    return text
 
 
 def _force(p: argparse.ArgumentParser) -> None:
@@ -296,10 +316,12 @@ def build_parser(demo: object | None = None) -> argparse.ArgumentParser:
     live.add_argument("--data", metavar="FILE",
                       help="model inputs, one float array (N, ...): .npy, .npz (one array or one named 'data'), "
                       ".pt (a tensor, loaded with weights_only) or .safetensors")
-    live.add_argument("--batch-size", type=int, default=64, metavar="N", help="rows per forward (default: 64)")
-    live.add_argument("--max-batches", type=int, default=None, metavar="N",
+    live.add_argument("--batch-size", type=_at_least(1), default=64, metavar="N",
+                      help="rows per forward (default: 64)")
+    live.add_argument("--max-batches", type=_at_least(1), default=None, metavar="N",
                       help="stop after N batches (default: all)")
-    live.add_argument("--device", default=None, help="where to run the model, e.g. cuda (default: cpu)")
+    live.add_argument("--device", type=_device, default=None,
+                      help="where to run the model, e.g. cuda (default: cpu)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser(
@@ -339,6 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"shrinkscope: error: {error}", file=sys.stderr)
             return 2
     parser = build_parser(demo)
+    _printable_streams()
+    _warned.clear()
+    # the demo keeps the default SIGTERM: its worker processes (forked) must still die when terminated
+    with warnings.catch_warnings(), terminate_cleanly() if demo is None else contextlib.nullcontext():
+        warnings.showwarning = _one_line_warning
+        return _run(parser, argv, demo)
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str], demo: object | None) -> int:
     try:
         try:
             args = parser.parse_args(argv)
@@ -352,10 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers, not at interpreter exit
         return status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _quiet_stdout()
-        print("shrinkscope: interrupted (nothing half-written was left behind)", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"shrinkscope: {what} (nothing half-written was left behind)", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         _quiet_stdout()
         print("shrinkscope: error: the output pipe was closed before everything was written",
@@ -371,6 +403,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); rerun with "
                "SHRINKSCOPE_DEBUG=1 for the traceback and please report it")
         return 1
+
+
+def _printable_streams() -> None:
+    """A name the terminal's encoding cannot show (``PYTHONIOENCODING=ascii``, a non-UTF-8 locale) is printed
+    escaped instead of failing the whole command with an encoding error."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+_warned: set[str] = set()
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                      line: str | None = None) -> None:
+    """Library warnings (torch, matplotlib, numpy) as one ``shrinkscope: warning:`` line each, shown once,
+    instead of Python's two-line form that quotes the library's source."""
+    text = " ".join(str(message).split())[:300]
+    if text in _warned:
+        return
+    _warned.add(text)
+    try:
+        print(f"shrinkscope: warning: {printable(text)} ({category.__name__})", file=sys.stderr)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
 
 
 def _error(text: str) -> None:

@@ -168,9 +168,12 @@ def _discover(ckpt: Checkpoint, *, keys: list[str] | None, include_embeddings: b
     seen: set[tuple] = set()
     for key, name in picked:
         fam = family_named(name)
-        cb, notes = fam.effective(tensors[key].load().detach(), key, tensors)
+        loaded = tensors[key].load().detach()
+        cb, notes = fam.effective(loaded, key, tensors)
         cb = cb.to(torch.float64 if cb.dtype == torch.float64 else torch.float32)
         ident = (cb.untyped_storage().data_ptr(), cb.storage_offset(), tuple(cb.shape))
+        if tensors[key].origin is not None and cb.untyped_storage().data_ptr() == loaded.untyped_storage().data_ptr():
+            ident = (tensors[key].origin, tuple(cb.shape))  # loads are copies: compare where they sit in the file
         if ckpt.kind != "safetensors" and ident in seen:
             continue  # the same tensor under two keys (ResidualVQ shared_codebook)
         seen.add(ident)

@@ -13,6 +13,7 @@ asked for plus one chunk (``CHUNK_BYTES``) in memory whatever the file size.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "FormatError", "InflationBudget", "NpyMember", "check_materialise", "items_for_rows", "materialise_limit",
+    "FormatError", "InflationBudget", "NpyMember", "check_materialise", "items_for_rows", "jsonl_lines",
+    "materialise_limit",
     "native_dtype", "npz_members", "parse_safetensors_header", "read_safetensors_header", "regular_file",
     "sample_tensor", "to_tensor",
 ]
@@ -40,6 +42,9 @@ MAX_DIMS = 16
 MAX_ARRAYS = 100_000
 """Arrays an ``.npz`` may hold."""
 CHUNK_BYTES = 16 << 20  # rows are streamed in chunks of about this many bytes
+MAX_JSONL_LINE = 16 << 20
+"""Longest line of a JSONL run log (a shrinkscope record is a few KB): a longer one is refused before it is
+read whole, so a 1 GB line cannot take gigabytes of memory to parse."""
 
 _ST_ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -382,6 +387,32 @@ def sample_tensor(t: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         return t
     idx = np.sort(np.random.default_rng(seed).choice(t.shape[0], size=n, replace=False))
     return t[torch.from_numpy(idx)]
+
+
+def jsonl_lines(path: str) -> list[str]:
+    """The non-blank lines of a JSONL file as text: UTF-8 (a leading byte-order mark dropped, undecodable
+    bytes replaced), read line by line with each line bounded by ``MAX_JSONL_LINE`` bytes.
+
+    Raises:
+        FormatError: not a regular file (a FIFO would block the read forever), a line longer than
+            ``MAX_JSONL_LINE``.
+    """
+    regular_file(path, hint="pass the JSONL file written by shrinkscope.watch(log_to=...)")
+    out: list[str] = []
+    with open(path, "rb") as f:
+        for number in itertools.count(1):
+            raw = f.readline(MAX_JSONL_LINE + 1)
+            if not raw:
+                return out
+            if len(raw) > MAX_JSONL_LINE:
+                raise FormatError(f"{path}:{number}: a line longer than {MAX_JSONL_LINE >> 20} MiB; not a "
+                                  "shrinkscope JSONL log (its records are a few KB each)")
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if text.strip():
+                out.append(text)
+    return out
 
 
 def items_for_rows(shape: tuple[int, ...], rows: int) -> int:

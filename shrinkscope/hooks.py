@@ -32,25 +32,57 @@ class _Inert:
         pass
 
 
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)  # private, present since torch 1.13
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass: a forward seen then is gradient checkpointing recomputing
+    one already counted (``torch.utils.checkpoint``; the reentrant variant re-runs the whole forward)."""
+    return _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1
+
+
+def _compiler_disable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # torch.compile would trace the hook (and a report it runs) into the user's graph: graph breaks, one
+    # recompilation per report shape, dynamo warnings; run it eagerly between the compiled parts instead
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
+_WARNED_REPLICAS: weakref.WeakSet = weakref.WeakSet()  # watched modules whose DataParallel replicas were reported
+
+
 class Hook:
-    """A monitor's forward hook: runs only for the module it was put on, with inference mode off.
+    """A monitor's forward hook: runs only for the module it was put on, with inference mode off, never
+    during a backward pass, and never traced by ``torch.compile``.
 
     ``copy.deepcopy`` and pickling turn it into ``_Inert`` so a model copy neither feeds the monitor nor
-    drags the monitor (and its open files) along.
+    drags the monitor (and its open files) along. ``nn.DataParallel`` replicas share the hook dict of the
+    module they copy; they are not counted (their ids live on other GPUs and run in threads), and the first
+    one met logs one warning pointing at DistributedDataParallel.
     """
 
     def __init__(self, fn: Callable[..., None], module: nn.Module):
         self.fn = fn
         self.owner = weakref.ref(module)
 
-    def __call__(self, mod: nn.Module, *args: Any) -> None:
-        if self.owner() is not mod:
-            return  # a shallow copy of the module shares our hook dict: not ours to count
+    def _call(self, mod: nn.Module, *args: Any) -> None:
+        if self.owner() is not mod:  # a shallow copy or a DataParallel replica shares our hook dict
+            owner = self.owner()
+            if getattr(mod, "_is_replica", False) and owner is not None and owner not in _WARNED_REPLICAS:
+                _WARNED_REPLICAS.add(owner)
+                logger.warning("shrinkscope: %s runs as an nn.DataParallel replica, which is not monitored "
+                               "(training is not affected); use DistributedDataParallel, which watch() "
+                               "supports", type(mod).__name__)
+            return
+        if _in_backward():
+            return
         if torch.is_inference_mode_enabled():
             with torch.inference_mode(False), torch.no_grad():
                 self.fn(mod, *args)
         else:
             self.fn(mod, *args)
+
+    __call__ = _compiler_disable(_call)
 
     def __deepcopy__(self, memo: dict) -> _Inert:
         return _Inert()

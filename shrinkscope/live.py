@@ -196,6 +196,8 @@ def analyze_model(
                 if not is_dist:
                     raise
                 error = exc  # raised after the other ranks learn of it, so that none waits forever
+        if batches == 0:
+            monitor._removed = True  # nothing ran: the empty-data error below says it, without a warning on top
         monitor.remove()
         changed = [name or type(q).__name__ for (name, q, _), before in zip(quantizers, saved)
                    if _changed(q, before)]
@@ -223,6 +225,9 @@ def analyze_model(
                                "summed and latents merged over the ranks")
         return result
     finally:
+        # an error ends the run: detach without the "yielded no data" warning, which would only add a second,
+        # misleading line to the error the user has to act on
+        monitor._removed = True
         monitor.remove()
         for m, was in modes:
             m.training = was  # each module's own flag: a frozen submodule stays in eval

@@ -20,10 +20,12 @@ import tempfile
 import threading
 from typing import Any, Callable, Iterator
 
-__all__ = ["OutputError", "check_out", "printable", "write_atomically"]
+__all__ = ["OutputError", "Terminated", "check_out", "printable", "terminate_cleanly", "write_atomically"]
 
 REPORT_FILES = ("report.html", "health.json", "timeline.png")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# control characters, bidi overrides, and lone surrogates (undecodable bytes of a file name, which no
+# strict UTF-8 stream can print)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 class OutputError(ValueError):
@@ -31,7 +33,7 @@ class OutputError(ValueError):
 
 
 def printable(text: str) -> str:
-    """``text`` with control and bidi-override characters escaped (newlines and tabs kept)."""
+    """``text`` with control, bidi-override and lone surrogate characters escaped (newlines and tabs kept)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0x100 else
                         f"\\u{ord(m.group()):04x}", text)
 
@@ -56,6 +58,9 @@ def check_out(out: str, *, force: bool, nonempty: bool = False) -> str:
         st = None
     except OSError as exc:  # ENAMETOOLONG, ENOTDIR, EACCES, ...
         raise OutputError(f"--out {out}: {exc.strerror or exc}") from None
+    if st is None and os.path.islink(target):  # the move into place would replace the link, or fail on it
+        raise OutputError(f"--out {out}: is a symbolic link to a missing path ({os.readlink(target)}); create "
+                          "that folder or choose another path")
     name_max = _name_max(os.path.dirname(target))
     if any(len(os.fsencode(part)) > name_max for part in target.split(os.sep)):
         raise OutputError(f"--out {out}: a folder name is longer than {name_max} bytes")
@@ -87,20 +92,44 @@ def _name_max(folder: str) -> int:
         return 255
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``timeout``, ``kill``) turned into an exception, so that cleanup runs."""
+
+
+def _raise_terminated(*_: Any) -> None:
+    raise Terminated
+
+
 @contextlib.contextmanager
-def _hold_sigint() -> Iterator[None]:
-    """Delay Ctrl-C until the block ends, so a move into place is never cut in half."""
+def terminate_cleanly() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) instead of killing the
+    process outright, so a half-built report folder is removed as on Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _hold_sigint() -> Iterator[None]:
+    """Delay Ctrl-C and SIGTERM until the block ends, so a move into place is never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if caught:
-            raise KeyboardInterrupt
+            raise Terminated if signal.SIGTERM in caught else KeyboardInterrupt
 
 
 def write_atomically(write: Callable[[str], str], out: str, *, force: bool, nonempty: bool = False) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,19 +26,44 @@ __all__ = ["CallableSink", "JSONLSink", "LoggingSink", "Sink", "TensorBoardSink"
 logger = logging.getLogger("shrinkscope")
 
 
+MAX_RECORD_NODES = 100_000
+"""Values one record may hold once cleaned (a user's ``log_event`` payload can be anything)."""
+MAX_RECORD_DEPTH = 32
+
+
 def _clean(v: Any) -> Any:
-    """JSON-safe value: non-finite floats become None, tensors/numpy scalars become numbers."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
+    """JSON-safe value: non-finite floats become None, tensors/numpy scalars become numbers.
+
+    Bounded, because ``log_event`` payloads come from user code: a container met again on its own path
+    becomes ``"<cycle>"``, nesting past ``MAX_RECORD_DEPTH`` and values past ``MAX_RECORD_NODES`` become
+    ``"..."`` (a self-referential dict, or a shared subtree that explodes along paths, must not hang the
+    training loop or cost the sink).
+    """
+    budget = [MAX_RECORD_NODES]
+
+    def walk(x: Any, depth: int, path: set[int]) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_RECORD_DEPTH:
+            return "..."
+        if isinstance(x, (dict, list, tuple)):
+            if id(x) in path:
+                return "<cycle>"
+            path.add(id(x))
+            try:
+                if isinstance(x, dict):
+                    return {str(k): walk(y, depth + 1, path) for k, y in x.items()}
+                return [walk(y, depth + 1, path) for y in x]
+            finally:
+                path.discard(id(x))
+        if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
+            x = x.item()
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, (str, int, float, bool)) or x is None:
+            return x
+        return str(x)
+
+    return walk(v, 0, set())
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -65,30 +92,106 @@ class Sink:
 
 
 class JSONLSink(Sink):
-    """Append one JSON object per record to ``path`` (parent folders created; flushed per line).
+    """Append one JSON object per record to ``path`` (parent folders created), each line in one ``write``.
 
-    The file is opened on the first record, so ranks other than 0 never create it.
+    The file is opened on the first record, so ranks other than 0 never create it. Why each line is one
+    ``os.write`` on an ``O_APPEND`` descriptor: two runs logging to the same file interleave whole lines,
+    never pieces of them. A write that fails (a full disk, a quota, a network mount going away) loses that
+    record only: the piece of it that reached the file is cut off again (or ended with a newline when
+    another writer appended meanwhile), one warning is logged, and the next record is tried as usual, so
+    ``shrinkscope report`` can still read the log. ``failed`` counts the lost records.
+
+    Raises:
+        ValueError: ``path`` exists and is not a regular file (a folder, a FIFO that would block the
+            training loop until someone reads it, a device).
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._fh = None
+        _refuse_special(self.path)
+        self._fd: int | None = None
+        self._fragment = False  # a failed write left part of a line in the file
+        self.failed = 0
+        self._failing = False
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # O_NONBLOCK: a FIFO that appeared since watch() cannot block the loop; O_RDWR: a failed write reads
+        # back what reached the file before cutting it off
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"{self.path}: is not a regular file; pass a .jsonl file path to log_to")
+        return fd
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps(_clean(record), allow_nan=False) + "\n")
-        self._fh.flush()
+        line = (json.dumps(_clean(record), allow_nan=False) + "\n").encode("utf-8")
+        if self._fd is None:
+            self._fd = self._open()
+        try:
+            self._append(b"\n" + line if self._fragment else line)
+        except OSError as e:
+            self.failed += 1
+            if not self._failing:
+                logger.warning("shrinkscope: could not write a record to %s (%s); it is lost, the next ones are "
+                               "tried as usual (training is not affected)", self.path, e.strerror or e)
+            self._failing = True
+            return
+        if self._failing:
+            logger.warning("shrinkscope: writing to %s again (%d records lost in all)", self.path, self.failed)
+        self._failing = False
+
+    def _append(self, data: bytes) -> None:
+        fd = self._fd
+        start = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except BaseException:  # OSError, or Ctrl-C between two pieces: no half line is left behind
+            self._fragment = self._fragment or not self._cut_back(fd, start, data)
+            raise
+        self._fragment = False
+
+    @staticmethod
+    def _cut_back(fd: int, start: int, data: bytes) -> bool:
+        """After a failed write: remove what of ``data`` reached the file; False when a piece stays."""
+        try:
+            size = os.fstat(fd).st_size
+            if size == start:
+                return True
+            # ours only if the file grew by a prefix of our line (another writer may have appended meanwhile)
+            if start < size <= start + len(data) and os.pread(fd, size - start, start) == data[: size - start]:
+                os.ftruncate(fd, start)
+                return True
+        except OSError:
+            pass
+        return False
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __getstate__(self) -> dict[str, Any]:
         # copies and pickles carry the path, not the open file; they reopen it (append) on their first record
-        return {**self.__dict__, "_fh": None}
+        return {**self.__dict__, "_fd": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_fragment": False, "failed": 0, "_failing": False, **state, "_fd": None})
+
+
+def _refuse_special(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except NotADirectoryError:
+        raise ValueError(f"log_to {str(path)!r}: a parent of it is a file, not a folder") from None
+    except OSError:
+        return  # absent (created on the first record) or unreachable (reported then, once)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO or a device would block " \
+            "or swallow the log)"
+        raise ValueError(f"log_to {str(path)!r}: is {kind}; pass a .jsonl file path")
 
 
 class TensorBoardSink(Sink):

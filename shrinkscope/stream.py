@@ -159,6 +159,19 @@ class CodebookStream:
             self._seen = torch.zeros_like(self._seen)
         self.updates = 0
 
+    def resize(self, num_codes: int) -> None:
+        """Follow a codebook whose K the user changed: drop the current window (its ids belong to two
+        codebooks), keep the cumulative counts of the codes that still exist, and start a new window with
+        ``num_codes`` codes (the latent sample is dropped too: D may have changed with K)."""
+        if int(num_codes) < 1:
+            raise ValueError(f"CodebookStream.resize: num_codes must be >= 1, got {num_codes}")
+        old, self.num_codes = self.num_codes, int(num_codes)
+        cumulative = torch.zeros(self.num_codes, dtype=torch.int64)
+        cumulative[: min(old, self.num_codes)] = self.cumulative[: min(old, self.num_codes)]
+        self.cumulative = cumulative
+        self._hist, self._res, self._seen = None, None, None
+        self.updates = 0
+
     def merge(self, other: CodebookStream, *, seed: int = 0) -> CodebookStream:
         """Fold another stream of the same codebook (e.g. another rank) into this one, in place.
 

@@ -21,8 +21,11 @@ that contains itself eight times, which a naive walk visits 8^depth times.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import pickletools
 import re
+import warnings
 from typing import Any, Mapping
 import zipfile
 
@@ -86,27 +89,75 @@ class UnsafeGlobals(Exception):
 
 
 def pickle_globals(data: bytes) -> list[str]:
-    """Globals a pickle stream references, found by reading opcodes (nothing is executed)."""
+    """Globals named by a pickle stream (or by consecutive pickles, as legacy torch files hold), found by
+    reading opcodes (nothing is executed). ``STACK_GLOBAL`` (protocol 4+) takes its module and name from the
+    stack, often through the memo, so string pushes and memo slots are tracked."""
     names: list[str] = []
-    strings: list[str] = []
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif op.name == "GLOBAL":
-                names.append(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                names.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # noqa: BLE001 - a damaged stream still yields the names met so far
-        pass
+    f = io.BytesIO(data)
+    for _ in range(8):  # a legacy torch file: magic number, protocol, system info, the object
+        pushed: list[str | None] = []
+        memo: dict[int, str | None] = {}
+        try:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    pushed.append(str(arg))
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    pushed.append(memo.get(int(arg)))
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = pushed[-1] if pushed else None
+                elif op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                    pushed.append(None)
+                elif op.name == "STACK_GLOBAL":
+                    if len(pushed) >= 2 and pushed[-2] is not None and pushed[-1] is not None:
+                        names.append(f"{pushed[-2]}.{pushed[-1]}")
+                    else:
+                        names.append("(a global whose name is computed)")
+                    pushed.append(None)
+                elif op.name not in ("FRAME", "PROTO", "MARK", "STOP"):
+                    pushed.append(None)
+                del pushed[:-4]  # STACK_GLOBAL reads the two most recent pushes only
+        except Exception:  # noqa: BLE001 - a damaged stream (or raw storage bytes) ends the scan
+            break
     return sorted(set(names))
 
 
+def _pickle_head(path: str, *, zipped: bool, size: int) -> bytes:
+    """The first ``size`` bytes of a torch file's object stream (``data.pkl`` of a zip)."""
+    if zipped:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            return z.open(name).read(size) if name else b""
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def pickle_protocol(path: str, *, zipped: bool) -> tuple[int | None, list[str]]:
+    """The pickle protocol of a torch file's object stream, read from its first two bytes (None: no ``PROTO``
+    opcode, or unreadable), and the globals it names that the safe loader would refuse anyway."""
+    try:
+        head = _pickle_head(path, zipped=zipped, size=1 << 26)
+    except Exception:  # noqa: BLE001 - unknown, the caller keeps its own message
+        return None, []
+    if len(head) < 2 or head[0] != 0x80:
+        return None, []
+    allowed = allowed_global_names()
+    return head[1], [g for g in pickle_globals(head) if g not in allowed]
+
+
 def allowed_global_names() -> set[str]:
-    """Dotted names of ``SAFE_GLOBALS`` (what a pickle may reference besides torch's own allowlist)."""
+    """Dotted names the safe loader accepts: torch's own allowlist and ``SAFE_GLOBALS``."""
     out = set()
     for g in SAFE_GLOBALS:
         out.add(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}")
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals  # private: names only, never called
+
+        out |= set(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - without torch's list, torch's own refusal names the globals
+        pass
     return out
 
 
@@ -121,11 +172,30 @@ def zip_compressed(path: str) -> bool:
     return bool(compressed)
 
 
+def _needs_file_object(path: str) -> bool:
+    """torch.load takes a name as UTF-8 text: a name with undecodable bytes (``bad\\xff.pt``, which Python
+    holds as surrogates) must be opened by Python; so must a torch zip named ``.safetensors`` (torch.load
+    picks the safetensors reader from the name)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return path.endswith(".safetensors")
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Any:
+    """Torch's loader warns about pickle protocols and deprecated storages on stderr; those warnings are about
+    the file's writer, not something the user can act on, and would break the one-line contract of the CLI."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _load(path: str, *, weights_only: bool, mmap: bool, extra: list[Any]) -> Any:
-    with torch.serialization.safe_globals(SAFE_GLOBALS + extra):
-        if path.endswith(".safetensors"):
-            # torch.load picks safetensors by the name; the bytes said torch, so hand it an open file
-            with open(path, "rb") as f:
+    with torch.serialization.safe_globals(SAFE_GLOBALS + extra), _quiet_torch():
+        if _needs_file_object(path):
+            with open(path, "rb") as f:  # never memory-mapped: mmap needs a name torch can open
                 return torch.load(f, map_location="cpu", weights_only=weights_only)
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
 
@@ -134,7 +204,8 @@ def _unsafe_names(path: str, zipped: bool, text: str) -> list[str]:
     found: list[str] = []
     if zipped:
         try:
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            with open(path, "rb") as f, _quiet_torch():
+                found = torch.serialization.get_unsafe_globals_in_checkpoint(f)
         except Exception:  # noqa: BLE001 - fall back to the names in the error text
             found = []
     else:
@@ -256,5 +327,6 @@ def bounded_tree(obj: Any, *, source: str) -> Any:
     return walk(obj, 0, set())
 
 
-__all__ = ["SAFE_GLOBALS", "UnsafeGlobals", "torch_load", "bounded_tree", "pickle_globals", "zip_compressed",
+__all__ = ["SAFE_GLOBALS", "UnsafeGlobals", "torch_load", "bounded_tree", "pickle_globals", "pickle_protocol",
+           "zip_compressed",
            "allowed_global_names"]

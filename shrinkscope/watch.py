@@ -36,7 +36,9 @@ and whenever ``monitor.report()`` is called.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
+import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from .families.scales import scale_info, with_scales
 from .hooks import Hook, _Inert, hook_method  # noqa: F401 - _Inert: old pickles of watched models name it here
 from . import implicit as _implicit
 from .implicit import BitUsageStream
-from .metrics import CodebookHealth, HealthThresholds
+from .metrics import CodebookHealth, HealthThresholds, codebook_health
 from .sinks import Sink, make_sinks
 from .stream import CodebookStream
 from .watch_report import Reporting
@@ -93,9 +95,11 @@ class Monitor(Reporting):
                  health_kwargs: dict[str, Any] | None = None):
         if collect not in _COLLECT:
             raise ValueError(f"collect must be one of {_COLLECT}, got {collect!r}")
-        if every is not None and int(every) < 0:
-            raise ValueError(f"every must be >= 0 (0 or None: report only when asked), got {every}")
-        self.every = int(every or 0)
+        every = _whole("every", 0 if every is None else every, low=0, hint=" (0 or None: report only when asked)")
+        reservoir_size = _whole("reservoir_size", reservoir_size, low=0)
+        seed = _whole("seed", seed, low=0)
+        _check_health_options(thresholds, health_kwargs)
+        self.every = every
         self.collect = collect
         self.sinks = list(sinks or [])
         self.thresholds = thresholds or HealthThresholds()
@@ -285,6 +289,31 @@ class Monitor(Reporting):
 
     def __repr__(self) -> str:
         return f"Monitor(step={self.step}, every={self.every}, codebooks={self.names()})"
+
+
+def _whole(name: str, value: Any, *, low: int, hint: str = "") -> int:
+    """An integer option checked when ``watch`` is called, not hours later inside a hook or a report.
+    Integral floats (``every=1e3``) are accepted; booleans, fractions, strings and NaN are not."""
+    ok = isinstance(value, numbers.Integral) or isinstance(value, float) and value.is_integer()
+    if isinstance(value, bool) or not ok:
+        raise TypeError(f"watch: {name} must be an integer >= {low}{hint}, got {value!r}")
+    if int(value) < low:
+        raise ValueError(f"watch: {name} must be >= {low}{hint}, got {value!r}")
+    return int(value)
+
+
+def _check_health_options(thresholds: Any, health_kwargs: dict[str, Any] | None) -> None:
+    """A typo in these would otherwise skip every report of the run, one warning at a time."""
+    if thresholds is not None and not isinstance(thresholds, HealthThresholds):
+        raise TypeError(f"watch: thresholds must be a shrinkscope.HealthThresholds, got {type(thresholds).__name__}")
+    if health_kwargs is not None and not isinstance(health_kwargs, dict):
+        raise TypeError(f"watch: health_kwargs must be a dict, got {type(health_kwargs).__name__}")
+    accepted = set(inspect.signature(codebook_health).parameters) - {"codebook", "latents", "counts", "labels",
+                                                                    "name", "thresholds", "seed"}
+    unknown = sorted(set(health_kwargs or {}) - accepted)
+    if unknown:
+        raise ValueError(f"watch: health_kwargs {unknown} are not options of codebook_health; accepted: "
+                         f"{sorted(accepted)}")
 
 
 def watch(model: nn.Module, *, every: int | None = 500, log_to: str | Path | None = None, sinks: Any = (),

@@ -170,6 +170,9 @@ class Reporting:
     def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
         if isinstance(stream, BitUsageStream):
             return self._measure_bits(key, stream)
+        if cb is not None and not w.adapter.usage_only and int(cb.shape[0]) != stream.num_codes:
+            self._resized(w, c, key, stream, cb)  # the user changed K: follow it instead of failing every report
+            return None
         wc = stream.window_counts()
         if stream.overflow() > 0:
             raise ValueError(f"{stream.overflow()} ids >= K={stream.num_codes}: the captured integers are not code ids")
@@ -197,6 +200,17 @@ class Reporting:
                 wc = hw.counts.round().to(torch.int64)  # ids not exposed: counts of the sampled latents
         hc = self._with_counts(hw, stream.cumulative + wc, w.adapter.usage_only or cb is None)
         return (hw, hc), wc
+
+    def _resized(self, w: _Watched, c: str, key: str, stream: CodebookStream, cb: torch.Tensor) -> None:
+        """One warning and one ``codebook_resized`` event; the window that mixes both sizes is dropped."""
+        old = stream.num_codes
+        stream.resize(int(cb.shape[0]))
+        w.dims[c] = int(cb.shape[1]) if cb.dim() == 2 else w.dims.get(c)
+        logger.warning("shrinkscope: %s changed from K=%d to K=%d codes; its report at step %d is skipped and "
+                       "counting goes on with the new codebook", key, old, stream.num_codes, self.step)
+        if self._distributed()[1] == 0:
+            self._emit({"step": self.step, "time": time.time(), "event": "codebook_resized", "name": key,
+                        "old_num_codes": old, "num_codes": stream.num_codes})
 
     def _measure_bits(self, key: str, stream: BitUsageStream):
         """Window health of an implicit codebook too large to count per code: bounds, no exact usage."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..formats import FormatError, jsonl_lines
 from ..metrics import METRIC_KEYS
 from .figures import panel_grid, Series, set_title
 from .text import format_rows
@@ -109,8 +110,10 @@ def read_timeline(path: str) -> Timeline:
         raise TimelineError(
             f"{path}: is a directory; pass the JSONL file written by shrinkscope.watch(log_to=...)"
         )
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    try:
+        lines = jsonl_lines(path)  # each line bounded before it is read whole
+    except FormatError as exc:
+        raise TimelineError(str(exc)) from None
     if not lines:
         raise TimelineError(f"{path}: is empty; no metric lines were logged yet")
     tl = Timeline(path)
