@@ -23,7 +23,9 @@ from .audio import (
 from .base import Capture, Family
 from .deferred import Deferred
 from .generic import EMACodebook, Generic
-from .lucidrains import LucidFSQ, LucidGroupedRVQ, LucidLFQ, LucidResidualVQ, LucidSimVQ, LucidVQ
+from .lucidrains import LucidSimVQ, LucidVQ
+from .lucidrains_fixed import LucidFSQ, LucidLatentQuantize, LucidLFQ, LucidRandomProjection
+from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ
 from .moshi import MoshiCodebook, MoshiRVQ, MoshiVQ
 from .reference import Reference
 from .scales import MultiScale, VarScales
@@ -33,7 +35,8 @@ __all__ = ["FAMILIES", "Capture", "Family", "MultiScale", "deferral_family", "fi
 
 _LIBRARIES: tuple[Family, ...] = (
     Reference(),
-    LucidGroupedRVQ(), LucidResidualVQ(), LucidVQ(), LucidSimVQ(), LucidFSQ(), LucidLFQ(),
+    LucidGroupedRVQ(), LucidResidualVQ(), LucidRandomProjection(), LucidVQ(), LucidSimVQ(),
+    LucidFSQ(), LucidLFQ(), LucidLatentQuantize(),
     VarScales(),  # before taming's: VAR's quantizer is also a ``VectorQuantizer2`` with an ``embedding``
     LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(),
     EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiRVQ(), MoshiVQ(), MoshiCodebook(),
