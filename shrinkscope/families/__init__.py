@@ -23,6 +23,7 @@ from .audio import (
 from .base import Capture, Family
 from .deferred import Deferred
 from .generic import EMACodebook, Generic
+from .hf_vqvae import HfEmu3VQ, HfImageVQ
 from .lucidrains import LucidSimVQ, LucidVQ
 from .lucidrains_fixed import LucidFSQ, LucidLatentQuantize, LucidLFQ, LucidRandomProjection
 from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ
@@ -40,7 +41,7 @@ _LIBRARIES: tuple[Family, ...] = (
     VarScales(),  # before taming's: VAR's quantizer is also a ``VectorQuantizer2`` with an ``embedding``
     LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(),
     EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiRVQ(), MoshiVQ(), MoshiCodebook(),
-    HfCodecRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(),
+    HfCodecRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(), HfImageVQ(), HfEmu3VQ(),
     EMACodebook(),
 )
 FAMILIES: tuple[Family, ...] = (Deferred(_LIBRARIES), *_LIBRARIES, Generic())
