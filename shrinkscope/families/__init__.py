@@ -17,6 +17,7 @@ from .audio import (
     EncodecRVQ,
     EncodecRVQWrapper,
     EncodecVQ,
+    HfCodecQuantizersRVQ,
     HfCodecRVQ,
     HfCodecVQ,
 )
@@ -25,7 +26,7 @@ from .deferred import Deferred
 from .generic import EMACodebook, Generic
 from .hf_vqvae import HfEmu3VQ, HfImageVQ
 from .lucidrains import LucidSimVQ, LucidVQ
-from .lucidrains_fixed import LucidFSQ, LucidLatentQuantize, LucidLFQ, LucidRandomProjection
+from .lucidrains_fixed import HfFSQ, LucidFSQ, LucidLatentQuantize, LucidLFQ, LucidRandomProjection
 from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ
 from .moshi import MoshiCodebook, MoshiRVQ, MoshiVQ
 from .reference import Reference
@@ -37,11 +38,11 @@ __all__ = ["FAMILIES", "Capture", "Family", "MultiScale", "deferral_family", "fi
 _LIBRARIES: tuple[Family, ...] = (
     Reference(),
     LucidGroupedRVQ(), LucidResidualVQ(), LucidRandomProjection(), LucidVQ(), LucidSimVQ(),
-    LucidFSQ(), LucidLFQ(), LucidLatentQuantize(),
+    LucidFSQ(), LucidLFQ(), LucidLatentQuantize(), HfFSQ(),
     VarScales(),  # before taming's: VAR's quantizer is also a ``VectorQuantizer2`` with an ``embedding``
     LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(),
     EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiRVQ(), MoshiVQ(), MoshiCodebook(),
-    HfCodecRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(), HfImageVQ(), HfEmu3VQ(),
+    HfCodecRVQ(), HfCodecQuantizersRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(), HfImageVQ(), HfEmu3VQ(),
     EMACodebook(),
 )
 FAMILIES: tuple[Family, ...] = (Deferred(_LIBRARIES), *_LIBRARIES, Generic())

@@ -9,7 +9,9 @@ initial levels, while its per-dimension values (``values_per_latent``) may be le
 ``(quantized, ids, ...)`` and store nothing a checkpoint could be read from, so ``analyze`` of a saved file
 finds no codebook for them. ``RandomProjectionQuantizer`` (BEST-RQ) maps ``LayerNorm(x)`` through the
 frozen buffer ``rand_projs`` ``(H, dim, e)`` into an inner cosine ``VectorQuantize`` with one codebook per
-head, which it switches to ``eval()`` on every call, and returns only the ids ``(B, N, H)``.
+head, which it switches to ``eval()`` on every call, and returns only the ids ``(B, N, H)``. transformers'
+ports of ``FSQ`` (``NeuCodecFiniteScalarQuantization``, ``Xcodec2FiniteScalarQuantization``) keep the grid in
+the non-persistent buffer ``codebook`` ``(prod(levels), d)`` and return ``(codes, ids)``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import nn
 from .base import Capture, Family, as_index_tensor, class_name, first_arg
 from .lucidrains import LucidVQ, _is_lucid_vq
 
-__all__ = ["LucidFSQ", "LucidLFQ", "LucidLatentQuantize", "LucidRandomProjection"]
+__all__ = ["HfFSQ", "LucidFSQ", "LucidLFQ", "LucidLatentQuantize", "LucidRandomProjection"]
 
 
 class _ImplicitCodebook(Family):
@@ -65,6 +67,21 @@ class LucidLFQ(_ImplicitCodebook):
     name = "lucidrains.lfq"
     _names = ("LFQ",)
     _buffer = "codebook"
+
+
+class HfFSQ(_ImplicitCodebook):
+    """transformers' ports of ``FSQ`` in NeuCodec and Xcodec2: usage only."""
+
+    name = "transformers.fsq"
+    _names = ("NeuCodecFiniteScalarQuantization", "Xcodec2FiniteScalarQuantization")
+    _buffer = "codebook"
+
+    def matches(self, module: nn.Module) -> bool:
+        grid = getattr(module, self._buffer, None)
+        return class_name(module) in self._names and isinstance(grid, torch.Tensor) and grid.ndim == 2
+
+    def num_codes(self, module: nn.Module) -> dict[str, int]:
+        return {"": int(module.codebook.shape[0])}
 
 
 class LucidLatentQuantize(_ImplicitCodebook):

@@ -142,3 +142,47 @@ def test_defer_passes_through_then_fits(kind):
 def test_defer_emu3_refused_with_the_reason():
     with pytest.raises(TypeError, match="returns only code ids"):
         shrinkscope.defer(_build("emu3").quantize, switch=3)
+
+
+@pytest.mark.parametrize("kind", ["neucodec", "xcodec2"])
+def test_fsq_ports_are_read_for_usage_only(kind, tmp_path):
+    """transformers' FSQ ports: an implicit grid, so watch reports usage only (and defer says why not)."""
+    if kind == "neucodec":
+        q = tr.models.neucodec.modeling_neucodec.NeuCodecFiniteScalarQuantization(tr.NeuCodecConfig())
+    else:
+        q = tr.models.xcodec2.modeling_xcodec2.Xcodec2FiniteScalarQuantization(tr.Xcodec2Config())
+    k, d = q.codebook.shape
+    assert get_family(q).name == "transformers.fsq"
+    with shrinkscope.watch(q, every=0, log_warnings=False) as monitor:
+        q.train()
+        codes, ids = q(torch.randn(4, 50, d))
+        (h,) = monitor.report()
+    assert h.num_codes == k and h.metrics["spread_ratio"] is None
+    assert h.metrics["utilization_perplexity"] is not None
+    assert h.metrics["utilization_perplexity"] <= ids.unique().numel() + 1e-6
+    with pytest.raises(TypeError, match="fixed grid"):
+        shrinkscope.defer(q, switch=3)
+
+
+def test_xcodec_and_wavtokenizer_quantizers_read_through_encode(tmp_path):
+    """Xcodec's residual quantizer and WavTokenizer's single one are transformers' Encodec port: watched
+    through ``.encode()``, stage by stage up to the bandwidth in use, with the stage inputs as latents."""
+    from transformers.models.wavtokenizer.modeling_wavtokenizer import WavTokenizerVectorQuantization
+    from transformers.models.xcodec.modeling_xcodec import XcodecResidualVectorQuantization
+
+    torch.manual_seed(0)
+    rvq = XcodecResidualVectorQuantization(tr.XcodecConfig(codebook_size=32, codebook_dim=8))
+    single = WavTokenizerVectorQuantization(tr.WavTokenizerConfig(codebook_size=32, codebook_dim=8, hidden_size=8))
+    for book in [q.codebook for q in rvq.quantizers] + [single.codebook]:
+        book.embed.copy_(torch.randn(32, 8))  # the port starts from zeros: a trained model's codes instead
+    assert get_family(rvq).name == "transformers.codec_rvq" and get_family(single).name == "transformers.codec_vq"
+    x = torch.randn(2, 8, 40)
+    for q, call, stages in [(rvq, lambda: rvq.encode(x, bandwidth=1), 4), (single, lambda: single.encode(x), 1)]:
+        with shrinkscope.watch(q, every=0, log_warnings=False) as monitor:
+            q.train()
+            call()
+            hs = monitor.report()
+        assert len(hs) == stages, [h.name for h in hs]  # 1 kbps at 50 frames/s and 5 bits a code: 4 stages
+        assert all((h.num_codes, h.dim) == (32, 8) and h.metrics["quantization_error"] is not None for h in hs)
+    with pytest.raises(TypeError, match="no straight-through path"):
+        shrinkscope.defer(rvq, switch=3)
