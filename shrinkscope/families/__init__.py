@@ -23,6 +23,7 @@ from .audio import (
 )
 from .base import Capture, Family
 from .deferred import Deferred
+from .diveq import Diveq
 from .generic import EMACodebook, Generic
 from .hf_vqvae import HfEmu3VQ, HfImageVQ
 from .lucidrains import LucidSimVQ, LucidVQ
@@ -43,7 +44,7 @@ _LIBRARIES: tuple[Family, ...] = (
     LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(),
     EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiRVQ(), MoshiVQ(), MoshiCodebook(),
     HfCodecRVQ(), HfCodecQuantizersRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(), HfImageVQ(), HfEmu3VQ(),
-    EMACodebook(),
+    Diveq(), EMACodebook(),
 )
 FAMILIES: tuple[Family, ...] = (Deferred(_LIBRARIES), *_LIBRARIES, Generic())
 """Every built-in family, most specific first; the generic fallback last (for modules and for keys)."""
