@@ -69,6 +69,11 @@ class LucidVQ(Family):
         idx = as_index_tensor(output[1])
         if "indices" in kwargs and kwargs["indices"] is not None:
             return []  # cross-entropy mode: the caller supplied the ids, nothing was looked up
+        if kwargs.get("codebook_transform_fn") is not None:
+            # ResidualVQ(implicit_neural_codebook=True) (QINCo): this stage looks up MLP(codebook, quantized so
+            # far), a codebook per token; the stored one is only the MLP's input, so only the ids are read
+            return [Capture(name, idx if idx is None or len(self.codebooks(module)) == 1 else idx[..., h], None)
+                    for h, name in enumerate(self.codebooks(module))]
         # Re-create the layout the module uses internally: rows of ``dim`` features.
         if x.ndim == 2:
             rows = x.detach()
@@ -105,6 +110,11 @@ class LucidVQ(Family):
 
     def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
         vq_module = key.rsplit(".", 2)[0] if key.count(".") >= 2 else ""
+        parts = vq_module.split(".")
+        stage = int(parts[-1]) if len(parts) >= 2 and parts[-2] == "layers" and parts[-1].isdigit() else 0
+        if stage > 0 and join(".".join(parts[:-2]), f"mlps.{stage - 1}.proj_in.weight") in tensors:
+            return cb, ["implicit neural codebook (QINCo): this stage looks up MLP(codebook, quantized so far), a "
+                        "codebook per token; the geometry here is the stored codebook's, the MLP's input"]
         w = tensors.get(join(vq_module, "project_in.weight"))
         if w is not None and len(w.shape) == 2:
             out_dim, in_dim = int(w.shape[0]), int(w.shape[1])

@@ -136,7 +136,9 @@ def test_watch(name, tmp_path):
             assert r["metrics"]["utilization_perplexity"] is not None
             if d is not None:  # a learned codebook: its geometry and the latents are read
                 assert r["dim"] == d
-                assert r["metrics"]["quantization_error"] is not None
+                # QINCo stages after the first look up MLP(codebook, quantized so far): no latents in its space
+                qinco = "implicit_neural_codebook" in name and suffix != "layers.0"
+                assert (r["metrics"]["quantization_error"] is None) == qinco
             else:
                 assert r.get("usage_only") is True
 
@@ -246,3 +248,11 @@ def test_grouped_residual_vq_defer_fits_each_group():
     deferred, from_start = fit(model), fit(base)
     for g in range(2):
         assert deferred[g] <= from_start[g] * 1.05, (deferred, from_start)
+
+
+def test_implicit_neural_codebook_stages_are_named_in_analyze(tmp_path):
+    """A saved QINCo ResidualVQ: stages after the first say that their stored codebook is the MLP's input."""
+    model = _train(_build("ResidualVQ implicit_neural_codebook"), 2)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    notes = {e.health.name: " ".join(e.notes) for e in shrinkscope.analyze(str(tmp_path / "m.pt")).entries}
+    assert "QINCo" not in notes["quantize.layers.0"] and "QINCo" in notes["quantize.layers.1"], notes
