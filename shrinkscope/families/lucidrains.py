@@ -30,6 +30,14 @@ def _is_lucid_vq(m: nn.Module) -> bool:
             and isinstance(getattr(cb, "embed", None), torch.Tensor) and cb.embed.ndim == 3)
 
 
+def _affine(embed: torch.Tensor, codebook_mean: torch.Tensor, codebook_variance: torch.Tensor,
+            batch_mean: torch.Tensor, batch_variance: torch.Tensor) -> torch.Tensor:
+    """``affine_param``'s codebook as the lookup sees it: the codes moved from the codebook's running
+    statistics to the batches' (``(H, K, D)`` with ``(H, 1, D)`` statistics)."""
+    scale = batch_variance.clamp(min=1e-5).sqrt() / codebook_variance.clamp(min=1e-5).sqrt()
+    return (embed - codebook_mean.to(embed)) * scale.to(embed) + batch_mean.to(embed)
+
+
 def _loss_breakdown_type(module: nn.Module) -> Callable[..., Any] | None:
     return getattr(sys.modules.get(type(module).__module__), "LossBreakdown", None)
 
@@ -48,8 +56,16 @@ class LucidVQ(Family):
     def _separate(self, module: nn.Module) -> bool:
         return bool(getattr(module, "separate_codebook_per_head", False)) and int(getattr(module, "heads", 1)) > 1
 
+    @torch.no_grad()
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        embed = own_codebook(module._codebook.embed, self.is_normalized(module))
+        cb = module._codebook
+        embed = cb.embed.detach().float()
+        bridge = getattr(cb, "vq_bridge", None)
+        if isinstance(bridge, nn.Module):  # the lookup compares vq_bridge(embed), not embed
+            embed = bridge(embed.to(cb.embed.dtype)).float()
+        if getattr(cb, "affine_param", False) and isinstance(getattr(cb, "batch_mean", None), torch.Tensor):
+            embed = _affine(embed, cb.codebook_mean, cb.codebook_variance, cb.batch_mean, cb.batch_variance)
+        embed = own_codebook(embed, self.is_normalized(module))
         if self._separate(module) and embed.shape[0] > 1:
             return {f"head{h}": embed[h] for h in range(embed.shape[0])}
         return {"": embed[0]}
@@ -110,6 +126,20 @@ class LucidVQ(Family):
 
     def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
         vq_module = key.rsplit(".", 2)[0] if key.count(".") >= 2 else ""
+        book = key.rsplit(".", 1)[0] if "." in key else ""
+        stats = [tensors.get(join(book, n)) for n in ("codebook_mean", "codebook_variance", "batch_mean", "batch_variance")]
+        notes = []
+        if all(t is not None for t in stats):  # affine_param: the lookup moves the codes by batch statistics
+            cb = _affine(cb.float(), *(t.load().float() for t in stats))
+            notes.append("affine_param: codebook moved by the stored batch and codebook statistics, as the lookup does")
+        if any(k.startswith(join(book, "vq_bridge") + ".") for k in tensors):
+            notes.append("vq_bridge: the lookup compares vq_bridge(codebook), a module a checkpoint cannot run; "
+                         "measured the stored codebook (watch the live model for the bridged one)")
+        cb, more = self._projected(cb, vq_module, key, tensors)
+        return cb, notes + more
+
+    def _projected(self, cb: torch.Tensor, vq_module: str, key: str,
+                   tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
         parts = vq_module.split(".")
         stage = int(parts[-1]) if len(parts) >= 2 and parts[-2] == "layers" and parts[-1].isdigit() else 0
         if stage > 0 and join(".".join(parts[:-2]), f"mlps.{stage - 1}.proj_in.weight") in tensors:

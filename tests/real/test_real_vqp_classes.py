@@ -256,3 +256,34 @@ def test_implicit_neural_codebook_stages_are_named_in_analyze(tmp_path):
     torch.save(model.state_dict(), tmp_path / "m.pt")
     notes = {e.health.name: " ".join(e.notes) for e in shrinkscope.analyze(str(tmp_path / "m.pt")).entries}
     assert "QINCo" not in notes["quantize.layers.0"] and "QINCo" in notes["quantize.layers.1"], notes
+
+
+@pytest.mark.parametrize("option", ["affine_param", "vq_bridge"])
+def test_moved_codebooks_are_read_as_the_lookup_sees_them(option, tmp_path):
+    """``affine_param`` moves the codes by running batch statistics, ``vq_bridge`` maps them through a module:
+    watch reads the moved codebook (the latents' nearest codes are the library's ids), and analyze of the saved
+    state dict applies the stored statistics (``affine_param``) or says it could not (``vq_bridge``)."""
+    from shrinkscope.families import get_family
+    from shrinkscope.metrics.usage import assign
+
+    torch.manual_seed(0)
+    extra = {"affine_param": True} if option == "affine_param" else {"vq_bridge": nn.Linear(D, D)}
+    vq = vqp.VectorQuantize(dim=D, codebook_size=32, **extra)
+    vq.train()
+    for s in range(3):
+        vq(_data(s))
+    vq.eval()
+    x = _data(-1)
+    with torch.no_grad():
+        _, ids, _ = vq(x)
+    fam = get_family(vq)
+    cb = fam.codebooks(vq)[""]
+    got, _ = assign(cb, x.reshape(-1, D))
+    assert torch.equal(got, ids.reshape(-1))
+    torch.save(vq.state_dict(), tmp_path / "m.pt")
+    (entry,) = shrinkscope.analyze(str(tmp_path / "m.pt")).entries
+    notes = " ".join(entry.notes)
+    if option == "affine_param":
+        assert torch.allclose(entry.found.codebook.float(), cb, atol=1e-5) and "affine_param" in notes
+    else:
+        assert "vq_bridge" in notes
