@@ -109,7 +109,7 @@ def test_watch(kind, tmp_path):
     assert all(r["metrics"]["quantization_error"] is not None for r in recs)
 
 
-@pytest.mark.parametrize("kind", ["chameleon", "janus"])
+@pytest.mark.parametrize("kind", ["chameleon", "janus", "glm", "emu3"])
 def test_analyze_saved_model(kind, tmp_path):
     vae = _build(kind)
     torch.save(vae.state_dict(), tmp_path / "m.pt")
@@ -177,6 +177,9 @@ def test_xcodec_and_wavtokenizer_quantizers_read_through_encode(tmp_path):
         book.embed.copy_(torch.randn(32, 8))  # the port starts from zeros: a trained model's codes instead
     assert get_family(rvq).name == "transformers.codec_rvq" and get_family(single).name == "transformers.codec_vq"
     x = torch.randn(2, 8, 40)
+    torch.save(rvq.state_dict(), tmp_path / "rvq.pt")
+    found = shrinkscope.analyze(str(tmp_path / "rvq.pt")).entries
+    assert len(found) == 16 and all((e.health.num_codes, e.health.dim) == (32, 8) for e in found)
     for q, call, stages in [(rvq, lambda: rvq.encode(x, bandwidth=1), 4), (single, lambda: single.encode(x), 1)]:
         with shrinkscope.watch(q, every=0, log_warnings=False) as monitor:
             q.train()

@@ -71,6 +71,9 @@ CLASSES = {
         {}, {"quantize": (32, D)}, "same", "works"),
     "VectorQuantize ema_update=False": (lambda: vqp.VectorQuantize(dim=D, codebook_size=32, ema_update=False),
                                         {}, {"quantize": (32, D)}, "same", "works"),
+    "VectorQuantize learnable_codebook": (
+        lambda: vqp.VectorQuantize(dim=D, codebook_size=32, learnable_codebook=True, ema_update=False),
+        {}, {"quantize": (32, D)}, "same", "works"),
     "VectorQuantize sync_codebook=False": (lambda: vqp.VectorQuantize(dim=D, codebook_size=32, sync_codebook=False),
                                            {}, {"quantize": (32, D)}, "same", "works"),
     "VectorQuantize layernorm_after_project_in": (
@@ -93,6 +96,8 @@ CLASSES = {
     "SimVQ": (lambda: vqp.SimVQ(dim=D, codebook_size=32), {}, {"quantize": (32, D)}, "same", "code_transform"),
     "ResidualSimVQ": (lambda: vqp.ResidualSimVQ(dim=D, codebook_size=32, num_quantizers=2),
                       {}, {"layers.0": (32, D), "layers.1": (32, D)}, "same", "code_transform"),
+    "HierarchicalVQ": (lambda: vqp.HierarchicalVQ(dim=D, codebook_size=32, scales=[1, 4, 32], kmeans_init=False),
+                       {"channels_first": True}, {"vq": (32, D)}, "same", "no deferral support"),
     "FSQ": (lambda: vqp.FSQ(levels=[8, 5, 5, 5], dim=D), {}, {"quantize": (1000, None)}, "none", "fixed grid"),
     "ResidualFSQ": (lambda: vqp.ResidualFSQ(levels=[8, 5, 5], num_quantizers=2, dim=D),
                     {}, {"layers.0": (200, None), "layers.1": (200, None)}, "none", "no deferral support"),
