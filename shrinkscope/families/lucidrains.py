@@ -303,3 +303,8 @@ class LucidSimVQ(Family):
             cb = cb.float() @ w.load().float().t() + (b.load().float() if b is not None else 0.0)
             return cb, ["SimVQ: effective codebook = code_transform(frozen_codebook)"]
         return cb, ["SimVQ code_transform is not a single Linear: measured the frozen basis"]
+
+
+# The residual stacks and the codebook-free quantizers moved to their own modules; the old import path stays.
+from .lucidrains_fixed import LucidFSQ, LucidLFQ  # noqa: E402, F401
+from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ  # noqa: E402, F401
