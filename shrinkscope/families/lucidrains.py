@@ -306,5 +306,5 @@ class LucidSimVQ(Family):
 
 
 # The residual stacks and the codebook-free quantizers moved to their own modules; the old import path stays.
-from .lucidrains_fixed import LucidFSQ, LucidLFQ  # noqa: E402, F401
-from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ  # noqa: E402, F401
+from .lucidrains_fixed import LucidFSQ, LucidLFQ  # noqa: F401
+from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ  # noqa: F401
