@@ -155,7 +155,7 @@ def test_fsq_ports_are_read_for_usage_only(kind, tmp_path):
     assert get_family(q).name == "transformers.fsq"
     with shrinkscope.watch(q, every=0, log_warnings=False) as monitor:
         q.train()
-        codes, ids = q(torch.randn(4, 50, d))
+        _, ids = q(torch.randn(4, 50, d))
         (h,) = monitor.report()
     assert h.num_codes == k and h.metrics["spread_ratio"] is None
     assert h.metrics["utilization_perplexity"] is not None
