@@ -124,7 +124,7 @@ def test_watch(name, tmp_path):
     plain = _build(name)
     watched = copy.deepcopy(plain)
     monitor = shrinkscope.watch(watched, every=2, log_to=tmp_path / "w.jsonl", log_warnings=False)
-    torch.manual_seed(1)
+    torch.manual_seed(1)  # seeds quantize_dropout's draws too: with this seed four steps reach every stage
     _train(plain, 4)
     torch.manual_seed(1)
     _train(watched, 4)
@@ -170,7 +170,7 @@ def _read(path: str, **kwargs) -> list[tuple]:
 def test_analyze_every_format(name, tmp_path):
     """The same codebooks, usage and numbers from the state dict, its safetensors and the pickled model;
     implicit grids (nothing stored) are refused with one error that says nothing was found."""
-    paths = _saved(_train(_build(name), 3), tmp_path)
+    paths = _saved(_train(_build(name), 2), tmp_path)
     if CLASSES[name][3] == "none":
         for kind, path in paths.items():
             with pytest.raises(CheckpointError, match="no codebook found"):
@@ -202,7 +202,7 @@ def test_defer_works_or_says_why(name):
     shapes = [(t.dtype, tuple(t.shape)) for t in tensors_of(got)]
     assert shapes == [(t.dtype, tuple(t.shape)) for t in tensors_of(want)], "pass-through changed the output"
     torch.manual_seed(2)
-    _train(model, 6)
+    _train(model, 4)
     assert dq.switched
     model.eval()
     with torch.no_grad():
