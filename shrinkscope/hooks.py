@@ -6,7 +6,8 @@ must not be counted by the original monitor, and the monitor's open JSONL file m
 pickled); every hook also checks that it was called by the module it was put on (a shallow copy shares the
 hook dict). A family that quantizes outside ``forward`` (``Family.hook_method``) gets a per-instance wrapper
 of that method, which returns the library's own return value untouched and is restored on ``remove()``; every
-copy of the module (deep, shallow or unpickled) gets the plain method, bound to itself (``_UntappedState``).
+copy of the module (deep, shallow or unpickled) gets the plain method, bound to itself (``_UntappedState``),
+and so does every ``nn.DataParallel`` replica (``_UntappedReplica``).
 """
 from __future__ import annotations
 
@@ -139,7 +140,30 @@ class _UntappedState:
     def __call__(self) -> dict:
         mod = self.owner()
         state = type(mod).__getstate__(mod)
-        return {k: v for k, v in state.items() if not isinstance(v, (_MethodTap, _UntappedState))}
+        return {k: v for k, v in state.items() if not isinstance(v, (_MethodTap, _UntappedState, _UntappedReplica))}
+
+
+class _UntappedReplica:
+    """An instance-level ``_replicate_for_data_parallel`` of a tapped module: the replica without the taps.
+
+    ``nn.DataParallel`` builds its replicas from a shallow copy of ``__dict__`` (not ``__getstate__``), so
+    without this every replica would share the original's ``_MethodTap`` and run the original's method, on
+    the original's device and weights. Replicas get the class's plain methods instead and run unwatched.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.owner = weakref.ref(module)
+
+    def __call__(self) -> nn.Module:
+        mod = self.owner()
+        replica = type(mod)._replicate_for_data_parallel(mod)
+        for k, v in list(replica.__dict__.items()):
+            if isinstance(v, (_MethodTap, _UntappedState, _UntappedReplica)):
+                del replica.__dict__[k]
+        return replica
+
+
+_INSTANCE_GUARDS = ("__getstate__", "_replicate_for_data_parallel")
 
 
 class _TapHandle:
@@ -154,9 +178,10 @@ class _TapHandle:
         mod = self.tap.owner()
         if not self.tap.hooks and mod is not None and mod.__dict__.get(self.tap.name) is self.tap:
             del mod.__dict__[self.tap.name]
-            if isinstance(mod.__dict__.get("__getstate__"), _UntappedState) and not any(
-                    isinstance(v, _MethodTap) for v in mod.__dict__.values()):
-                del mod.__dict__["__getstate__"]
+            if not any(isinstance(v, _MethodTap) for v in mod.__dict__.values()):
+                for guard in _INSTANCE_GUARDS:
+                    if isinstance(mod.__dict__.get(guard), (_UntappedState, _UntappedReplica)):
+                        del mod.__dict__[guard]
 
 
 def hook_method(module: nn.Module, method: str, hook: Callable[..., None]) -> Any:
@@ -171,5 +196,7 @@ def hook_method(module: nn.Module, method: str, hook: Callable[..., None]) -> An
         module.__dict__[method] = tap
         if "__getstate__" not in module.__dict__:
             module.__dict__["__getstate__"] = _UntappedState(module)
+        if "_replicate_for_data_parallel" not in module.__dict__:
+            module.__dict__["_replicate_for_data_parallel"] = _UntappedReplica(module)
     tap.hooks.append(hook)
     return _TapHandle(tap, hook)

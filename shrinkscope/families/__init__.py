@@ -17,13 +17,18 @@ from .audio import (
     EncodecRVQ,
     EncodecRVQWrapper,
     EncodecVQ,
+    HfCodecQuantizersRVQ,
     HfCodecRVQ,
     HfCodecVQ,
 )
 from .base import Capture, Family
 from .deferred import Deferred
+from .diveq import Diveq
 from .generic import EMACodebook, Generic
-from .lucidrains import LucidFSQ, LucidGroupedRVQ, LucidLFQ, LucidResidualVQ, LucidSimVQ, LucidVQ
+from .hf_vqvae import HfEmu3VQ, HfImageVQ
+from .lucidrains import LucidSimVQ, LucidVQ
+from .lucidrains_fixed import HfFSQ, LucidFSQ, LucidLatentQuantize, LucidLFQ, LucidRandomProjection
+from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ
 from .moshi import MoshiCodebook, MoshiRVQ, MoshiVQ
 from .reference import Reference
 from .scales import MultiScale, VarScales
@@ -33,12 +38,13 @@ __all__ = ["FAMILIES", "Capture", "Family", "MultiScale", "deferral_family", "fi
 
 _LIBRARIES: tuple[Family, ...] = (
     Reference(),
-    LucidGroupedRVQ(), LucidResidualVQ(), LucidVQ(), LucidSimVQ(), LucidFSQ(), LucidLFQ(),
+    LucidGroupedRVQ(), LucidResidualVQ(), LucidRandomProjection(), LucidVQ(), LucidSimVQ(),
+    LucidFSQ(), LucidLFQ(), LucidLatentQuantize(), HfFSQ(),
     VarScales(),  # before taming's: VAR's quantizer is also a ``VectorQuantizer2`` with an ``embedding``
     LlamaGenVQ(), DiffusersVQ(), TamingLegacyVQ(), TamingEMAVQ(), TamingVQ(), TamingGumbel(),
     EncodecRVQWrapper(), EncodecRVQ(), EncodecVQ(), EncodecCodebook(), MoshiRVQ(), MoshiVQ(), MoshiCodebook(),
-    HfCodecRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(),
-    EMACodebook(),
+    HfCodecRVQ(), HfCodecQuantizersRVQ(), HfCodecVQ(), DacRVQ(), DacVQ(), HfImageVQ(), HfEmu3VQ(),
+    Diveq(), EMACodebook(),
 )
 FAMILIES: tuple[Family, ...] = (Deferred(_LIBRARIES), *_LIBRARIES, Generic())
 """Every built-in family, most specific first; the generic fallback last (for modules and for keys)."""

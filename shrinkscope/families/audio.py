@@ -384,11 +384,12 @@ class HfCodecVQ(Family):
     name = "transformers.codec_vq"
     hook_method = "encode"
     why_no_defer = (
-        "transformers' Encodec and Mimi quantize in .encode() to integer codes that .decode() turns back into "
+        "transformers' Encodec, Mimi, Xcodec, WavTokenizer and HiggsAudio v2 quantize in .encode() to integer codes that .decode() turns back into "
         "vectors, with no straight-through path: the encoder gets no gradient through the quantizer and the "
         "codebooks are buffers no training step updates, so there is no continuous warm-up to defer (these "
         "ports are for inference; train with the original encodec or moshi code)")
-    _classes = ("EncodecVectorQuantization", "MimiVectorQuantization")
+    _classes = ("EncodecVectorQuantization", "MimiVectorQuantization", "XcodecVectorQuantization",
+                "WavTokenizerVectorQuantization", "HiggsAudioV2TokenizerVectorQuantization")  # the same port
 
     def matches(self, module: nn.Module) -> bool:
         book = getattr(module, "codebook", None)
@@ -430,3 +431,11 @@ class HfCodecRVQ(_Staged):
         if class_name(module) == "MimiSplitResidualVectorQuantizer":
             return {f"{h}.layers.{i}": s for h in self._halves for i, s in enumerate(getattr(module, h).layers)}
         return super()._stages(module)
+
+
+class HfCodecQuantizersRVQ(HfCodecRVQ):
+    """transformers' Xcodec / HiggsAudio v2 residual quantizers: the Encodec port with its stages in
+    ``quantizers.{i}``, read through ``.encode()`` the same way."""
+
+    _attr = "quantizers"
+    _names = ("XcodecResidualVectorQuantization", "HiggsAudioV2TokenizerResidualVectorQuantization")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Capture, Family, as_index_tensor, class_name, ema_embed_key, first_arg, own_codebook
+from .base import Capture, Family, as_index_tensor, class_name, ema_embed_key, first_arg, join, own_codebook
 
 __all__ = ["LM_TABLE", "EMACodebook", "Generic"]
 
@@ -97,11 +97,25 @@ class Generic(Family):
         return [Capture("", idx, lat)]
 
     def claims(self, seg: list[str], shape: tuple[int, ...], tensors: Mapping[str, Any]) -> bool:
-        if any(LM_TABLE.match(s) for s in seg):
+        if any(LM_TABLE.match(s) for s in seg) or len(shape) < 2 or shape[-2] < 2:
+            return False  # a table of one row is a statistic (a running mean), not a codebook
+        if _beside_an_ema_codebook(seg, tensors):
             return False
         return any("codebook" in s.lower() for s in seg) or (
             any(s in ("embed", "embedding", "embeddings", "codes") for s in seg[-2:])
             and any(_QUANTISH.search(s) for s in seg))
+
+
+def _beside_an_ema_codebook(seg: list[str], tensors: Mapping[str, Any]) -> bool:
+    """True when the key lies in a module that already holds an EMA codebook (``embed`` beside
+    ``cluster_size`` / ``embed_avg``): its other tensors are that codebook's statistics or helpers
+    (vector-quantize-pytorch's ``affine_param`` means and variances, a ``vq_bridge``), never more codebooks."""
+    for i in range(len(seg) - 1, 0, -1):
+        owner = ".".join(seg[:i])
+        if join(owner, "embed") != ".".join(seg) and join(owner, "embed") in tensors and (
+                join(owner, "cluster_size") in tensors or join(owner, "embed_avg") in tensors):
+            return True
+    return False
 
 
 class EMACodebook(Family):

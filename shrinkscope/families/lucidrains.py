@@ -1,12 +1,13 @@
-"""vector-quantize-pytorch (lucidrains): ``VectorQuantize``, ``ResidualVQ``, ``GroupedResidualVQ``,
-``SimVQ`` and the codebook-free ``FSQ`` / ``LFQ`` (usage only).
+"""vector-quantize-pytorch (lucidrains): ``VectorQuantize`` and ``SimVQ`` (their residual stacks:
+lucidrains_residual.py; the codebook-free ones and ``RandomProjectionQuantizer``: lucidrains_fixed.py).
 
 Facts used (research/ecosystem.md §1): ``VectorQuantize`` stores ``_codebook.embed`` as ``(H, K, D)``
 (H > 1 only with ``separate_codebook_per_head``) in ``codebook_dim`` space, with ``cluster_size``,
 ``embed_avg`` and ``initted`` beside it; the lookup runs on ``project_in(x)`` split into heads and
 l2-normalised when ``use_cosine_sim``; forward returns ``(quantized, indices, loss[, breakdown])`` with
 ``-1`` for masked positions. Residual stages are ``layers.{q}`` (grouped: ``rvqs.{g}.layers.{q}``); each
-stage sees the residual, so we hook the stages. ``VectorQuantize`` and ``ResidualVQ`` can be deferred.
+stage sees the residual, so we hook the stages. ``VectorQuantize``, ``ResidualVQ`` and ``GroupedResidualVQ``
+(each group a ``ResidualVQ`` on its slice of the features) can be deferred.
 """
 from __future__ import annotations
 
@@ -17,16 +18,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import (Capture, Family, Fitted, Passed, Staged, as_index_tensor, channels_last, class_name, ema_embed_key,
-                   first_arg, fit_residual, join, l2norm, nearest, own_codebook, per_step, write_ema, zero_loss)
+from .base import (Capture, Family, Fitted, Passed, as_index_tensor, channels_last, class_name, ema_embed_key,
+                   first_arg, join, nearest, own_codebook, per_step, write_ema, zero_loss)
 
-__all__ = ["LucidFSQ", "LucidGroupedRVQ", "LucidLFQ", "LucidResidualVQ", "LucidSimVQ", "LucidVQ"]
+__all__ = ["LucidSimVQ", "LucidVQ"]
 
 
 def _is_lucid_vq(m: nn.Module) -> bool:
     cb = getattr(m, "_codebook", None)
     return (class_name(m) == "VectorQuantize" and cb is not None
             and isinstance(getattr(cb, "embed", None), torch.Tensor) and cb.embed.ndim == 3)
+
+
+def _affine(embed: torch.Tensor, codebook_mean: torch.Tensor, codebook_variance: torch.Tensor,
+            batch_mean: torch.Tensor, batch_variance: torch.Tensor) -> torch.Tensor:
+    """``affine_param``'s codebook as the lookup sees it: the codes moved from the codebook's running
+    statistics to the batches' (``(H, K, D)`` with ``(H, 1, D)`` statistics)."""
+    scale = batch_variance.clamp(min=1e-5).sqrt() / codebook_variance.clamp(min=1e-5).sqrt()
+    return (embed - codebook_mean.to(embed)) * scale.to(embed) + batch_mean.to(embed)
 
 
 def _loss_breakdown_type(module: nn.Module) -> Callable[..., Any] | None:
@@ -47,8 +56,16 @@ class LucidVQ(Family):
     def _separate(self, module: nn.Module) -> bool:
         return bool(getattr(module, "separate_codebook_per_head", False)) and int(getattr(module, "heads", 1)) > 1
 
+    @torch.no_grad()
     def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        embed = own_codebook(module._codebook.embed, self.is_normalized(module))
+        cb = module._codebook
+        embed = cb.embed.detach().float()
+        bridge = getattr(cb, "vq_bridge", None)
+        if isinstance(bridge, nn.Module):  # the lookup compares vq_bridge(embed), not embed
+            embed = bridge(embed.to(cb.embed.dtype)).float()
+        if getattr(cb, "affine_param", False) and isinstance(getattr(cb, "batch_mean", None), torch.Tensor):
+            embed = _affine(embed, cb.codebook_mean, cb.codebook_variance, cb.batch_mean, cb.batch_variance)
+        embed = own_codebook(embed, self.is_normalized(module))
         if self._separate(module) and embed.shape[0] > 1:
             return {f"head{h}": embed[h] for h in range(embed.shape[0])}
         return {"": embed[0]}
@@ -68,6 +85,11 @@ class LucidVQ(Family):
         idx = as_index_tensor(output[1])
         if "indices" in kwargs and kwargs["indices"] is not None:
             return []  # cross-entropy mode: the caller supplied the ids, nothing was looked up
+        if kwargs.get("codebook_transform_fn") is not None:
+            # ResidualVQ(implicit_neural_codebook=True) (QINCo): this stage looks up MLP(codebook, quantized so
+            # far), a codebook per token; the stored one is only the MLP's input, so only the ids are read
+            return [Capture(name, idx if idx is None or len(self.codebooks(module)) == 1 else idx[..., h], None)
+                    for h, name in enumerate(self.codebooks(module))]
         # Re-create the layout the module uses internally: rows of ``dim`` features.
         if x.ndim == 2:
             rows = x.detach()
@@ -104,6 +126,25 @@ class LucidVQ(Family):
 
     def effective(self, cb: torch.Tensor, key: str, tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
         vq_module = key.rsplit(".", 2)[0] if key.count(".") >= 2 else ""
+        book = key.rsplit(".", 1)[0] if "." in key else ""
+        stats = [tensors.get(join(book, n)) for n in ("codebook_mean", "codebook_variance", "batch_mean", "batch_variance")]
+        notes = []
+        if all(t is not None for t in stats):  # affine_param: the lookup moves the codes by batch statistics
+            cb = _affine(cb.float(), *(t.load().float() for t in stats))
+            notes.append("affine_param: codebook moved by the stored batch and codebook statistics, as the lookup does")
+        if any(k.startswith(join(book, "vq_bridge") + ".") for k in tensors):
+            notes.append("vq_bridge: the lookup compares vq_bridge(codebook), a module a checkpoint cannot run; "
+                         "measured the stored codebook (watch the live model for the bridged one)")
+        cb, more = self._projected(cb, vq_module, key, tensors)
+        return cb, notes + more
+
+    def _projected(self, cb: torch.Tensor, vq_module: str, key: str,
+                   tensors: Mapping[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        parts = vq_module.split(".")
+        stage = int(parts[-1]) if len(parts) >= 2 and parts[-2] == "layers" and parts[-1].isdigit() else 0
+        if stage > 0 and join(".".join(parts[:-2]), f"mlps.{stage - 1}.proj_in.weight") in tensors:
+            return cb, ["implicit neural codebook (QINCo): this stage looks up MLP(codebook, quantized so far), a "
+                        "codebook per token; the geometry here is the stored codebook's, the MLP's input"]
         w = tensors.get(join(vq_module, "project_in.weight"))
         if w is not None and len(w.shape) == 2:
             out_dim, in_dim = int(w.shape[0]), int(w.shape[1])
@@ -234,6 +275,8 @@ class LucidSimVQ(Family):
     """``SimVQ``: effective codebook = ``code_transform(frozen_codebook)``."""
 
     name = "lucidrains.simvq"
+    why_no_defer = ("its codes are code_transform(frozen_codebook), a learned map of a frozen random basis, "
+                    "and a k-means codebook cannot be written into that form")
 
     def matches(self, module: nn.Module) -> bool:
         return (class_name(module) == "SimVQ" and isinstance(getattr(module, "frozen_codebook", None), torch.Tensor)
@@ -262,147 +305,6 @@ class LucidSimVQ(Family):
         return cb, ["SimVQ code_transform is not a single Linear: measured the frozen basis"]
 
 
-class LucidResidualVQ(Staged):
-    """``ResidualVQ``: one codebook per stage, named ``layers.{q}``; stages are hooked one by one.
-
-    Deferred as a whole and initialised stage by stage: the reservoir keeps the stage-0 input
-    (``project_in(x)``); at the switch stage q is fitted by k-means on the residuals left by the already
-    fitted stages 0..q-1, the greedy order its own forward uses.
-    """
-
-    name = "lucidrains.rvq"
-    _vq, _simvq = LucidVQ(), LucidSimVQ()
-
-    def matches(self, module: nn.Module) -> bool:
-        layers = getattr(module, "layers", None)
-        return (class_name(module) in ("ResidualVQ", "ResidualSimVQ") and isinstance(layers, nn.ModuleList)
-                and len(layers) > 0 and all(_is_lucid_vq(v) or class_name(v) == "SimVQ" for v in layers))
-
-    def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
-        return {f"layers.{q}": layer for q, layer in enumerate(module.layers)}
-
-    def _stage_family(self, stage: nn.Module) -> Family:
-        return self._vq if _is_lucid_vq(stage) else self._simvq
-
-    # deferral
-    def can_defer(self, module: nn.Module) -> bool:
-        return class_name(module) == "ResidualVQ" and all(_is_lucid_vq(v) for v in module.layers)
-
-    def check(self, module: nn.Module) -> None:
-        problems = [flag for flag in ("accept_image_fmap", "implicit_neural_codebook", "shared_codebook")
-                    if getattr(module, flag, False)]
-        if getattr(module, "beam_size", None):
-            problems.append("beam_size")
-        if any(not v.channel_last or v.heads > 1 for v in module.layers):
-            problems.append("channel-first or multi-head stages")
-        if problems:
-            raise ValueError(f"defer: ResidualVQ with {', '.join(problems)} is not supported; deferral "
-                             "handles channel-last ResidualVQ with separate stages (turn these options off)")
-        for v in module.layers:
-            self._vq.check(v)
-
-    def is_normalized(self, module: nn.Module) -> bool:
-        return self._vq.is_normalized(module.layers[0])
-
-    def initted(self, module: nn.Module) -> bool:
-        return all(self._vq.initted(v) for v in module.layers)
-
-    def streams(self, module: nn.Module) -> dict[str, int]:
-        return {"": int(module.layers[0]._codebook.embed.shape[-1])}
-
-    def passthrough(self, module: nn.Module, args: tuple, kwargs: dict) -> Passed:
-        if kwargs.get("indices") is not None:
-            raise ValueError("defer: ResidualVQ.forward(indices=...) is not supported before the switch")
-        x = args[0] if args else kwargs["x"]
-        mask = kwargs.get("mask")
-        with torch.no_grad():
-            r = module.project_in(x.detach())
-        flat = r.reshape(-1, r.shape[-1])
-        q_count = len(module.layers)
-        ids = torch.full((flat.shape[0], q_count), -1, dtype=torch.long, device=x.device)
-        if self.initted(module):
-            res = flat
-            for q, cb in enumerate(self.codebooks(module).values()):
-                look = l2norm(res) if self.is_normalized(module) else res
-                ids[:, q] = nearest(cb, look)
-                res = res - cb[ids[:, q]].to(res)
-        ind = ids.reshape(*x.shape[:-1], q_count)
-        lat = flat if mask is None else r[mask]
-        quantized = x
-        if mask is not None:
-            ind = ind.masked_fill(~mask[..., None], -1)
-            fill = torch.zeros_like(x) if module.return_zeros_for_masked_padding else x
-            quantized = torch.where(mask[..., None], x, fill)
-        losses = zero_loss(module, torch.zeros(q_count, device=x.device, dtype=torch.float32))
-        out: tuple = (quantized, ind, losses)
-        if kwargs.get("return_all_codes"):
-            out = (*out, module.get_codes_from_indices(ind))
-        return out, {"": lat}
-
-    def fit(self, module: nn.Module, reservoirs: dict[str, torch.Tensor], *, iters: int, seed: int) -> Fitted:
-        fitted = fit_residual(reservoirs[""], [int(v.codebook_size) for v in module.layers],
-                              self.is_normalized(module), iters=iters, seed=seed)
-        return {f"layers.{q}": f for q, f in enumerate(fitted)}
-
-    def write(self, module: nn.Module, fitted: Fitted, *, tokens_per_step: float) -> None:
-        for q, layer in enumerate(module.layers):
-            self._vq.write(layer, {"": fitted[f"layers.{q}"]}, tokens_per_step=tokens_per_step)
-
-
-class LucidGroupedRVQ(LucidResidualVQ):
-    """``GroupedResidualVQ``: codebooks ``rvqs.{g}.layers.{q}``."""
-
-    name = "lucidrains.grouped_rvq"
-
-    def matches(self, module: nn.Module) -> bool:
-        rvqs = getattr(module, "rvqs", None)
-        return (class_name(module) == "GroupedResidualVQ" and isinstance(rvqs, nn.ModuleList)
-                and all(LucidResidualVQ.matches(self, r) for r in rvqs))
-
-    def _stages(self, module: nn.Module) -> dict[str, nn.Module]:
-        return {f"rvqs.{g}.layers.{q}": layer for g, rvq in enumerate(module.rvqs)
-                for q, layer in enumerate(rvq.layers)}
-
-    passthrough = Family.passthrough  # not deferrable: only whole ResidualVQs are
-
-
-class _ImplicitCodebook(Family):
-    """Codebook-free quantizers: the grid of codes is fixed, so only usage is meaningful."""
-
-    usage_only = True
-    _names: tuple[str, ...] = ()
-    _buffer = ""
-
-    def matches(self, module: nn.Module) -> bool:
-        return class_name(module) in self._names and hasattr(module, "codebook_size")
-
-    def codebooks(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        # The implicit grid, so callers know K and D; geometry on it says nothing about training.
-        grid = getattr(module, self._buffer, None)
-        if isinstance(grid, torch.Tensor) and grid.ndim == 2:
-            return {"": grid.detach().float()}
-        return {}
-
-    def num_codes(self, module: nn.Module) -> dict[str, int]:
-        return {"": int(module.codebook_size)}
-
-    def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
-        if not isinstance(output, tuple) or len(output) < 2:
-            return []
-        return [Capture("", as_index_tensor(output[1]), None)]
-
-
-class LucidFSQ(_ImplicitCodebook):
-    """``FSQ``: implicit grid ``prod(levels)`` codes; usage only."""
-
-    name = "lucidrains.fsq"
-    _names = ("FSQ",)
-    _buffer = "implicit_codebook"
-
-
-class LucidLFQ(_ImplicitCodebook):
-    """``LFQ``: implicit ``2^d`` sign codes; usage only."""
-
-    name = "lucidrains.lfq"
-    _names = ("LFQ",)
-    _buffer = "codebook"
+# The residual stacks and the codebook-free quantizers moved to their own modules; the old import path stays.
+from .lucidrains_fixed import LucidFSQ, LucidLFQ  # noqa: F401
+from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ  # noqa: F401

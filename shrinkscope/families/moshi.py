@@ -157,11 +157,18 @@ class MoshiRVQ(Staged):
 
     def _half(self, q: nn.Module, x: torch.Tensor, frame_rate: Any) -> tuple[torch.Tensor, torch.Tensor,
                                                                               torch.Tensor, torch.Tensor]:
-        """``(output, codes (B, Q, T), bandwidth, stack input rows (B*T, D))`` of one quantizer, unquantized."""
+        """``(output, codes (B, Q, T), bandwidth, stack input rows (B*T, D))`` of one quantizer, unquantized.
+
+        Quantizer dropout is drawn as moshi's forward draws it (``rng_dropout.randint(1, n_q)`` in training),
+        so the codes and bandwidth cover the drawn stages and the RNG stays where the library expects it.
+        """
+        n_q = q.n_q
         z = q.input_proj(x)
+        if q.training and getattr(q, "q_dropout", False) and n_q > 0:
+            n_q = q.rng_dropout.randint(1, q.n_q)
         rows = z.detach().transpose(1, 2).reshape(-1, z.shape[1])
         codes, res = [], rows
-        for stage in q.vq.layers[: q.n_q]:
+        for stage in q.vq.layers[:n_q]:
             book = stage._codebook
             if bool(book._initialized.reshape(-1)[0]):
                 cb = self._stage.codebooks(stage)[""].to(res)
@@ -170,7 +177,7 @@ class MoshiRVQ(Staged):
             else:
                 ids = torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
             codes.append(ids.reshape(z.shape[0], z.shape[2]))
-        bandwidth = torch.tensor(q.n_q * math.log2(q.bins) * frame_rate / 1000).to(z)
+        bandwidth = torch.tensor(n_q * math.log2(q.bins) * frame_rate / 1000).to(z)
         stacked = torch.stack(codes, 1) if codes else torch.empty(z.shape[0], 0, z.shape[2], dtype=torch.long,
                                                                    device=z.device)
         return q.output_proj(z), stacked, bandwidth, rows

@@ -368,6 +368,43 @@ def test_hf_watch_shallow_copy_runs_unwatched(kind, tmp_path):
     assert not [m for m in model.modules() if "encode" in m.__dict__ or "__getstate__" in m.__dict__]
 
 
+def test_hf_watch_data_parallel_replicas_run_their_own_encode():
+    """``nn.DataParallel`` builds replicas from a shallow copy of ``__dict__``: each replica's ``encode`` is
+    the class method bound to the replica, so it runs on the replica's own weights (its device, under
+    DataParallel), unwatched; the original stays watched and ``remove()`` leaves nothing on it."""
+
+    def replicate(root):
+        """What ``torch.nn.parallel.replicate`` does for one device (it refuses CPU devices): every module's
+        ``_replicate_for_data_parallel()``, children re-linked, parameters and buffers copied."""
+        copies = {m: m._replicate_for_data_parallel() for m in root.modules()}
+        for m, r in copies.items():
+            for key, child in m._modules.items():
+                r._modules[key] = None if child is None else copies[child]
+            for key, t in m._parameters.items():
+                r._parameters[key] = None if t is None else t.detach().clone()
+            for key, t in m._buffers.items():
+                r._buffers[key] = None if t is None else t.clone()
+        return copies[root]
+
+    case = _filled(_hf_case("encodec"))
+    plain, model = case.build(), case.build()
+    monitor = shrinkscope.watch(model, every=0)
+    replica = replicate(model.quantizer)
+    for r, m in zip(replica.modules(), model.quantizer.modules()):
+        assert "encode" not in r.__dict__ and "_replicate_for_data_parallel" not in r.__dict__
+        if "encode" in m.__dict__:
+            assert r.encode.__self__ is r
+    with torch.no_grad():
+        replica.layers[0].codebook.embed.mul_(-1)  # the replica's own weights now differ from the original's
+    emb = torch.randn(2, model.config.hidden_size, 5)
+    assert not torch.equal(replica.encode(emb), model.quantizer.encode(emb))
+    plain.quantizer.layers[0].codebook.embed.mul_(-1)
+    assert torch.equal(replica.encode(emb), plain.quantizer.encode(emb))
+    assert monitor.step == 1, "only the original's call counts"
+    monitor.remove()
+    assert not [m for m in model.modules() if {"encode", "__getstate__", "_replicate_for_data_parallel"} & set(m.__dict__)]
+
+
 @pytest.mark.parametrize("kind", ["encodec", "mimi"])
 def test_hf_encode_only_codecs_refuse_defer_with_the_reason(kind):
     """No straight-through path and no codebook update in transformers' Encodec/Mimi: nothing to warm up."""

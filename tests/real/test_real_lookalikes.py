@@ -7,6 +7,7 @@ Also the file formats every loader meets: a training checkpoint holding numpy ar
 ``.ckpt`` whose callbacks are keyed by class.
 """
 import math
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +317,7 @@ class ResidualVectorQuantizer(nn.Module):
                  replaced_usage_ratio=1.0, codebook_offset=0, force_projection=False):
         super().__init__()
         self.n_q, self.bins, self.dimension = n_q, bins, dimension
+        self.q_dropout, self.rng_dropout = q_dropout, random.Random(1234)  # moshi's own per-instance RNG
         self.input_dimension = input_dimension or dimension
         self.output_dimension = output_dimension or dimension
         project = force_projection or self.input_dimension != dimension
@@ -327,9 +329,12 @@ class ResidualVectorQuantizer(nn.Module):
                                              replaced_usage_ratio=replaced_usage_ratio, codebook_offset=codebook_offset)
 
     def forward(self, x, frame_rate):
+        n_q = self.n_q
         x = self.input_proj(x)
-        quantized, codes, commit, metrics = self.vq(x, n_q=self.n_q)
-        bw = torch.tensor(self.n_q * math.log2(self.bins) * frame_rate / 1000).to(x)
+        if self.training and self.q_dropout:
+            n_q = self.rng_dropout.randint(1, self.n_q)
+        quantized, codes, commit, metrics = self.vq(x, n_q=n_q)
+        bw = torch.tensor(n_q * math.log2(self.bins) * frame_rate / 1000).to(x)
         return QuantizedResult(self.output_proj(quantized), codes.transpose(0, 1), bw, penalty=commit.mean(),
                                metrics=metrics)
 
@@ -338,14 +343,16 @@ class SplitResidualVectorQuantizer(nn.Module):
     def __init__(self, *, n_q=8, n_q_semantic=1, **kwargs):
         super().__init__()
         self.max_n_q, self.n_q_semantic, self.n_q_acoustic = n_q, n_q_semantic, n_q - n_q_semantic
+        q_dropout = kwargs.pop("q_dropout", False)  # moshi drops acoustic stages only
         self.rvq_first = ResidualVectorQuantizer(n_q=n_q_semantic, force_projection=True, **kwargs)
         self.rvq_rest = ResidualVectorQuantizer(n_q=n_q - n_q_semantic, codebook_offset=1, force_projection=True,
-                                                **kwargs)
+                                                q_dropout=q_dropout, **kwargs)
 
     def forward(self, x, frame_rate):
         first, rest = self.rvq_first(x, frame_rate), self.rvq_rest(x, frame_rate)
-        n = self.n_q_semantic + self.n_q_acoustic
-        penalty = first.penalty * self.n_q_semantic / n + rest.penalty * self.n_q_acoustic / n
+        n_first, n_rest = first.codes.shape[1], rest.codes.shape[1]  # the stages used, after dropout
+        n = n_first + n_rest
+        penalty = first.penalty * n_first / n + rest.penalty * n_rest / n
         return QuantizedResult(first.x + rest.x, torch.cat([first.codes, rest.codes], 1),
                                first.bandwidth + rest.bandwidth, penalty=penalty, metrics={})
 
@@ -353,11 +360,11 @@ class SplitResidualVectorQuantizer(nn.Module):
 class MimiLike(nn.Module):
     """Conv1d encoder -> ``SplitResidualVectorQuantizer`` (1 semantic + 2 acoustic stages) -> Conv1d decoder."""
 
-    def __init__(self):
+    def __init__(self, q_dropout=False):
         super().__init__()
         self.encoder = nn.Conv1d(4, 16, 3, padding=1)
         self.quantizer = SplitResidualVectorQuantizer(n_q=3, n_q_semantic=1, dimension=D, input_dimension=16,
-                                                      output_dimension=16, bins=K)
+                                                      output_dimension=16, bins=K, q_dropout=q_dropout)
         self.decoder = nn.Conv1d(16, 4, 3, padding=1)
 
     def forward(self, x):
@@ -464,3 +471,26 @@ def test_moshi_lookalike_deferred_checkpoints(tmp_path):
     done = shrinkscope.analyze(str(tmp_path / "done.pt")).entries
     assert sorted(e.health.name for e in done) == names
     assert all(e.found.usage_source == "cluster_usage" for e in done)
+
+
+def test_moshi_lookalike_deferred_passthrough_draws_quantizer_dropout():
+    """With ``q_dropout`` the pass-through draws the number of acoustic stages from moshi's own
+    ``rng_dropout``, as its forward does: each step returns codes and bandwidth for the drawn stages, and the
+    RNG stays in step with an undeferred model's, so the draws after the switch are the ones it would make."""
+    torch.manual_seed(0)
+    base = MimiLike(q_dropout=True).train()
+    model = MimiLike(q_dropout=True).train()
+    model.load_state_dict(base.state_dict())
+    dq = shrinkscope.defer(model.quantizer, switch=50, reservoir_size=256)
+    drawn = set()
+    for s in range(12):
+        x = blobs(s, (8, 4, 32))
+        with torch.no_grad():
+            got, want = dq(model.encoder(x), 50), base.quantizer(base.encoder(x), 50)
+        assert got.codes.shape == want.codes.shape and torch.equal(got.bandwidth, want.bandwidth)
+        drawn.add(got.codes.shape[1])
+    assert drawn == {2, 3}, drawn  # 1 semantic stage + 1 or 2 acoustic ones
+    assert dq.wrapped.rvq_rest.rng_dropout.getstate() == base.quantizer.rvq_rest.rng_dropout.getstate()
+    model.eval()
+    with torch.no_grad():  # eval: no draw, every stage
+        assert dq(model.encoder(x), 50).codes.shape[1] == 3
