@@ -27,8 +27,9 @@ from .latents import (  # noqa: F401 - REFERENCE_FORMAT, SAVED_LATENTS_KEY: publ
     _rows_for,
     _saved_latents,
 )
-from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, codebook_health
+from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, codebook_geometry, codebook_health
 from .metrics.verdict import verdict_line
+from .scale_rows import split_scales
 
 __all__ = ["AnalysisResult", "ComparisonResult", "Entry", "analyze", "compare", "status_of"]
 
@@ -52,8 +53,9 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
 
 def _codebook_dict(e: Entry) -> dict[str, Any]:
     d = _finite(e.health.to_dict())
-    if e.scale is not None:
-        d["scale"] = {"index": int(e.scale["index"]), "size": [int(v) for v in e.scale["size"]]}
+    if e.scale is not None:  # size: null when unknown (a VAR checkpoint read without scales=)
+        size = e.scale.get("size")
+        d["scale"] = {"index": int(e.scale["index"]), "size": None if size is None else [int(v) for v in size]}
     return d
 
 
@@ -141,7 +143,8 @@ def analyze(
     trust_checkpoint: bool = False,
     include_embeddings: bool = False, l2_normalize: bool | None = None,
     thresholds: HealthThresholds | None = None, max_latents: int | None = 20_000,
-    max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0, **live: Any
+    max_points: int | None = ANALYZE_MAX_POINTS, progress: bool | None = None, seed: int = 0,
+    scales: Any = None, **live: Any
 ) -> AnalysisResult:
     """Find every codebook in a checkpoint and measure its health.
 
@@ -169,6 +172,11 @@ def analyze(
         progress: tqdm progress bar on stderr (None: only when stderr is a terminal); it appears once the
             work has taken a second.
         seed: seed of every subsample.
+        scales: token-map sizes of a multi-scale quantizer, coarse to fine (patch numbers such as
+            ``(1, 2, 4, 8)`` or ``(h, w)`` pairs). A VAR checkpoint is read as one codebook per scale from its
+            per-scale usage buffer (``quantize.scales.N``); the sizes label those rows (a checkpoint does not
+            store them: ``"size"`` is null without this). With ``data``: the ``scales`` option of
+            ``analyze_model`` (your own multi-scale quantizer, docs/hooks.md).
 
     Returns:
         An ``AnalysisResult`` (``.codebooks``: list of ``CodebookHealth``; ``.verdict()``; ``.to_dict()``).
@@ -182,6 +190,8 @@ def analyze(
         64
     """
     _check_options(max_latents=max_latents, max_points=max_points, seed=seed)
+    if scales is not None and (data is not None or live):
+        live["scales"] = scales
     if data is not None or live:
         if data is None or not isinstance(source, torch.nn.Module) or latents is not None or keys:
             raise TypeError("analyze: data=... (and its options) needs an nn.Module source, and replaces "
@@ -228,11 +238,18 @@ def analyze(
     if lab is not None and isinstance(z, dict):
         raise CheckpointError("labels: a latents file of several named arrays has no single row order; "
                               "pass one (N, D) array with --labels")
-    per_cb = _latents_per_codebook(found, z, max_latents, seed, ckpt.tensors)
+    pairs = split_scales(found, ckpt.tensors, scales=scales, latents=z is not None)
+    found, scale_of = [fc for fc, _ in pairs], [sc for _, sc in pairs]
+    # a scale row is measured without the latents given (they are encoder outputs, not its residual)
+    whole = [fc for fc, sc in pairs if sc is None]
+    sampled = iter(_latents_per_codebook(whole, z, max_latents, seed, ckpt.tensors))
+    per_cb = [(None, []) if sc is not None else next(sampled) for sc in scale_of]
     t = thresholds or HealthThresholds()
     entries = []
-    for fc, (x, notes) in progress_iter(
-        zip(found, per_cb), desc="measuring", unit="codebook", enabled=progress, label=lambda it: it[0].name
+    shared: dict[tuple[int, float], tuple] = {}  # the scales of one quantizer share its codebook: geometry once
+    for fc, (x, notes), sc in progress_iter(
+        zip(found, per_cb, scale_of), desc="measuring", unit="codebook", enabled=progress,
+        label=lambda it: it[0].name
     ):
         counts, tt = fc.counts, t
         if counts is not None and float(counts.sum()) <= 0:
@@ -244,9 +261,14 @@ def analyze(
         is_residual = any("residual" in n for n in notes)  # residual stages: rows are not the labelled ones'
         scale = _scale_of(fc.codebook, x)
         row_labels = None if is_residual else _labels_for(lab, z, x, max_latents, seed)
+        cached = shared.get((id(fc.codebook), scale))
+        if cached is None:  # the tensor is kept with its geometry, so its id cannot be reused meanwhile
+            cb = fc.codebook * scale
+            cached = shared[(id(fc.codebook), scale)] = (fc.codebook, cb, codebook_geometry(
+                cb, max_points=max_points, seed=seed))
         h = codebook_health(
-            fc.codebook * scale, latents=None if x is None else x * scale, counts=counts, name=fc.name,
-            thresholds=tt, seed=seed, max_points=max_points, labels=row_labels
+            cached[1], latents=None if x is None else x * scale, counts=counts, name=fc.name,
+            thresholds=tt, seed=seed, max_points=max_points, labels=row_labels, geometry=cached[2]
         )
         if scale != 1.0:
             _unscale(h, scale)
@@ -255,7 +277,7 @@ def analyze(
         extra = [latents_note] if latents_note else []
         if x is not None and counts is None:
             extra.append("usage from assigning the latents to their nearest code")
-        entries.append(Entry(h, fc, x, fc.notes + notes + extra, labels=row_labels))
+        entries.append(Entry(h, fc, x, fc.notes + notes + extra, scale=sc, labels=row_labels))
     return AnalysisResult(ckpt.source, entries, latents_source)
 
 

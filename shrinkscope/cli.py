@@ -77,6 +77,20 @@ def _device(text: str) -> str:
     return text
 
 
+def _scale_list(text: str) -> list[Any]:
+    """``--scales 1,2,4`` or ``1x1,2x3``: token-map sizes, coarse to fine."""
+    out: list[Any] = []
+    for part in text.split(","):
+        try:
+            hw = [int(v) for v in part.strip().lower().split("x")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected sizes such as 1,2,4 or 1x1,2x2, got {text!r}") from None
+        if len(hw) not in (1, 2) or min(hw) < 1:
+            raise argparse.ArgumentTypeError(f"each size is N or HxW with N, H, W >= 1, got {part!r}")
+        out.append(hw[0] if len(hw) == 1 else tuple(hw))
+    return out
+
+
 def _force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace a report already in --out")
 
@@ -133,6 +147,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="progress bars on stderr (default: on a terminal, once the work takes over a second)"
     )
     p.add_argument("--seed", type=_at_least(0), default=0, help="seed of every subsample (default: 0)")
+    p.add_argument(
+        "--scales", type=_scale_list, default=None, metavar="N,N,...",
+        help="token-map sizes of a multi-scale quantizer, coarse to fine (e.g. 1,2,3,4,5,6,8,10,13,16): label "
+        "a VAR checkpoint's per-scale rows (it stores no sizes); with --model, split your own quantizer by scale"
+    )
     _force(p)
 
 
@@ -145,7 +164,8 @@ def _kwargs(args: argparse.Namespace) -> dict:
     return dict(
         latents=args.latents, labels=args.labels, keys=args.key, trust_checkpoint=args.trust_checkpoint,
         include_embeddings=args.include_embeddings, l2_normalize=args.l2_normalize,
-        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed, progress=args.progress
+        max_latents=args.max_latents, max_points=args.max_points, seed=args.seed, progress=args.progress,
+        scales=args.scales
     )
 
 
@@ -231,7 +251,7 @@ def _live(args: argparse.Namespace) -> Any:
     result = live.analyze_model(
         model, _shard(data), batch_size=args.batch_size, max_batches=args.max_batches, device=args.device,
         max_latents=args.max_latents, max_points=args.max_points, seed=args.seed, source=args.checkpoint,
-        labels=None if labels is None else _shard(labels.reshape(-1))
+        labels=None if labels is None else _shard(labels.reshape(-1)), scales=args.scales
     )
     for e in result.entries:
         e.notes.insert(0, note)

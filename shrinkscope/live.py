@@ -34,7 +34,7 @@ from .implicit import BitUsageStream, bit_usage_health
 from .live_dist import agree, distributed, from_rank0, world_size
 from .live_labels import BatchLabels, LiveError, LiveMonitor
 from .measure import usage_health
-from .metrics import HealthThresholds, codebook_health
+from .metrics import HealthThresholds, codebook_geometry, codebook_health
 from .watch import Monitor
 
 __all__ = ["LiveError", "analyze_model", "build_model", "iter_batches", "load_data", "load_weights"]
@@ -303,6 +303,7 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
     diverged = diverged or {}
     for (qname, module, adapter), w in zip(quantizers, monitor.watched):
         cbs = {} if adapter.usage_only else adapter.codebooks(module)
+        shared: dict[int, Any] = {}  # codes-only geometry once per tensor (VAR's scales share one codebook)
         for c, stream in w.streams.items():
             key = w.key(c)
             cb = cbs.get(c)
@@ -353,8 +354,10 @@ def _result(monitor: Monitor, quantizers: list[tuple[str, nn.Module, Family]], t
             y = lab if ok and lab is not None and bool((lab >= 0).any()) else None
             if labelled and ok and y is None:
                 notes.append("labels: no latent row of this codebook could be matched to an input row")
-            h = codebook_health(cb, latents=x, counts=counts.double() if n_ids else None, name=name,
-                                thresholds=t, seed=seed, max_points=max_points, labels=y)
+            if id(cb) not in shared:  # the tensor is kept with it, so its id cannot be reused meanwhile
+                shared[id(cb)] = (cb, codebook_geometry(cb, max_points=max_points, seed=seed))
+            h = codebook_health(cb, latents=x, counts=counts.double() if n_ids else None, name=name, thresholds=t,
+                                seed=seed, max_points=max_points, labels=y, geometry=shared[id(cb)][1])
             if key in diverged:
                 h.warnings.append(dict(diverged[key]))
             _live_hints(h)

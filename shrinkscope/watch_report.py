@@ -18,7 +18,8 @@ from .divergence import rank_divergence
 from .families import Family
 from .implicit import BitUsageStream, bit_usage_health
 from .measure import usage_health, with_counts
-from .metrics import CodebookHealth, codebook_health
+from .metrics import CodebookGeometry, CodebookHealth, codebook_geometry, codebook_health
+from .metrics.geometry import DEFAULT_MAX_POINTS
 from .stream import CodebookStream, reduce_streams
 
 if TYPE_CHECKING:
@@ -85,12 +86,13 @@ class Reporting:
                 except Exception as e:  # noqa: BLE001 - must never raise into training
                     self._disable(w.name, e)
                     cbs = {}
+                shared: dict[int, tuple] = {}  # one tensor, several codebooks (VAR's scales)
                 for c, stream in w.streams.items():
                     key = w.key(c)
                     wc = None
                     try:
                         if w.name not in self._disabled and key not in self._disabled:
-                            pair = self._measure(w, c, key, cbs.get(c), stream)
+                            pair = self._measure(w, c, key, cbs.get(c), stream, shared)
                             if pair is not None:
                                 (hw, hc), wc = pair
                                 for h in (hw, hc):
@@ -167,7 +169,17 @@ class Reporting:
         found = rank_divergence(cbs, ks, device=self._device(w), group=self.group)
         return {w.key(c): v for c, v in found.items()}
 
-    def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream):
+    def _geometry(self, cb: torch.Tensor, shared: dict[int, tuple]) -> CodebookGeometry:
+        """The codes-only measurements of ``cb``, once per tensor per report: a family that hands out one
+        tensor for several codebooks (VAR's scales) has its spreads and spectrum measured once, not per scale.
+        Keyed by ``id``, with the tensor kept beside it so that the id cannot be reused while the dict lives."""
+        if id(cb) not in shared:
+            shared[id(cb)] = (cb, codebook_geometry(
+                cb, max_points=self.health_kwargs.get("max_points", DEFAULT_MAX_POINTS), seed=self.seed))
+        return shared[id(cb)][1]
+
+    def _measure(self, w: _Watched, c: str, key: str, cb: torch.Tensor | None, stream: CodebookStream,
+                 shared: dict[int, tuple] | None = None):
         if isinstance(stream, BitUsageStream):
             return self._measure_bits(key, stream)
         if cb is not None and not w.adapter.usage_only and int(cb.shape[0]) != stream.num_codes:
@@ -195,7 +207,8 @@ class Reporting:
             use_lat = lat.to(cb.device) if lat is not None and lat.shape[0] >= 2 and lat.shape[1] == cb.shape[1] \
                 else None
             hw = codebook_health(cb, latents=use_lat, counts=wc if has_counts else None, name=key,
-                                 thresholds=self.thresholds, seed=self.seed, **self.health_kwargs)
+                                 thresholds=self.thresholds, seed=self.seed,
+                                 geometry=self._geometry(cb, {} if shared is None else shared), **self.health_kwargs)
             if not has_counts and hw.counts is not None:
                 wc = hw.counts.round().to(torch.int64)  # ids not exposed: counts of the sampled latents
         hc = self._with_counts(hw, stream.cumulative + wc, w.adapter.usage_only or cb is None)

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Capture, Family, as_index_tensor, class_name, l2norm, own_codebook
+from .base import Capture, Family, as_index_tensor, class_name, join, l2norm, own_codebook
 from .taming import VarVQ
 
 __all__ = ["MultiScale", "VarScales", "scale_info", "scale_name", "scale_sizes", "with_scales"]
@@ -97,8 +97,18 @@ def _nearest_rows(rows: torch.Tensor, codebook: torch.Tensor, normalized: bool, 
 class VarScales(VarVQ):
     """VAR's multi-scale ``VectorQuantizer2``, live: one codebook per scale (``scales.{si}``), read by replay.
 
-    Checkpoints are read as ``VarVQ`` reads them (the shared codebook, usage summed over scales).
+    Checkpoints: ``VarVQ`` reads the shared codebook with usage summed over scales; ``stored_scale_usage``
+    gives the per-scale hits, from which ``analyze`` makes one row per scale.
     """
+
+    @staticmethod
+    def stored_scale_usage(key: str, tensors: Mapping[str, Any]) -> torch.Tensor | None:
+        """``(S, V)`` per-scale EMA hit counts (``ema_vocab_hit_SV``) beside the codebook at ``key``
+        (``quantize.embedding.weight``), or None when the checkpoint has no such 2-D buffer."""
+        ref = tensors.get(join(key.rsplit(".", 2)[0], "ema_vocab_hit_SV")) if key.count(".") >= 2 else None
+        if ref is None or len(ref.shape) != 2:
+            return None
+        return ref.load().double()
 
     def matches(self, module: nn.Module) -> bool:
         w = getattr(getattr(module, "embedding", None), "weight", None)

@@ -183,6 +183,60 @@ STRANDED_RADIUS_QUANTILE = 0.99
 quantile, not the maximum, so one outlying latent cannot hide every parked code)."""
 
 
+@dataclass(frozen=True)
+class CodebookGeometry:
+    """What ``codebook_health`` measures from the codes alone, computed once for codebooks that are one tensor.
+
+    VAR's scales share one codebook: each scale is its own codebook in every report (its ids, its residual),
+    but the spreads and the spectrum of the codes are the same for all of them. Measure them once with
+    ``codebook_geometry`` and hand the result to each ``codebook_health(..., geometry=...)`` call.
+
+    Attributes:
+        num_codes, dim: K and D of the codebook measured.
+        spread_cosine, spread_euclidean, offset_vs_spread: as in ``CodebookHealth``.
+        singular_values: ``(min(K, D),)`` singular values of the centered codebook.
+        max_points, seed: the options the spreads were measured with (they must match the health call's).
+        all_zero: every entry of the codebook is zero.
+    """
+
+    num_codes: int
+    dim: int
+    spread_cosine: float
+    spread_euclidean: float
+    offset_vs_spread: float | None
+    singular_values: torch.Tensor = field(repr=False)
+    max_points: int | None = DEFAULT_MAX_POINTS
+    seed: int = 0
+    all_zero: bool = False
+
+
+@torch.no_grad()
+def codebook_geometry(codebook: Any, *, max_points: int | None = DEFAULT_MAX_POINTS, seed: int = 0) -> CodebookGeometry:
+    """The codes-only measurements of ``codebook_health`` (spreads, spectrum), to share between the health
+    calls of codebooks that are one tensor (a multi-scale quantizer's scales).
+
+    Args:
+        codebook: ``(K, D)`` effective codebook.
+        max_points: exact pairwise spreads up to this many rows, sampled above (as in ``codebook_health``).
+        seed: seed of the spread's subsample.
+
+    Returns:
+        A ``CodebookGeometry``; ``codebook_health(codebook, geometry=g, max_points=..., seed=...)`` with the
+        same options gives what it would have measured itself.
+
+    Example:
+        >>> cb = torch.randn(64, 8)
+        >>> g = codebook_geometry(cb)
+        >>> codebook_health(cb, geometry=g).spread_euclidean == codebook_health(cb).spread_euclidean
+        True
+    """
+    cb = as_float(codebook, "codebook", min_rows=2)
+    spread = spread_euclidean(cb, max_points=max_points, seed=seed)
+    return CodebookGeometry(int(cb.shape[0]), int(cb.shape[1]), spread_cosine(cb), spread,
+                            _offset_vs_spread(cb, spread), singular_spectrum(cb), max_points, seed,
+                            not bool(cb.any()))
+
+
 def expected_coverage(num_codes: int, num_latents: int, *, k: int = 5) -> float:
     """Coverage that K codes drawn from the latent distribution itself would reach on N latents.
 
@@ -207,6 +261,7 @@ def codebook_health(
     max_points: int | None = DEFAULT_MAX_POINTS,
     reference: bool = True,
     seed: int = 0,
+    geometry: CodebookGeometry | None = None,
 ) -> CodebookHealth:
     """Measure every codebook-health metric that the given inputs allow, and judge them.
 
@@ -227,6 +282,8 @@ def codebook_health(
         reference: fit the k-means reference when latents are given (``False``: skip it; the verdict then
             cannot call the codebook healthy).
         seed: seed of every subsample and of the k-means reference.
+        geometry: the codes-only measurements of this very codebook (``codebook_geometry``, same
+            ``max_points`` and ``seed``), measured once for codebooks shared by several reports (VAR's scales).
 
     Returns:
         A ``CodebookHealth`` with ``warnings`` and ``verdict``.
@@ -261,14 +318,21 @@ def codebook_health(
             raise ValueError(f"counts: expected {kk} entries (one per code), got {c.numel()}")
     evidence = ("codes",) + ("usage",) * (c is not None) + ("latents",) * (x is not None) + ("labels",) * (lab is not None)
 
-    all_zero = not bool(cb.any())
-    h.spread_cosine = spread_cosine(cb)
-    h.spread_euclidean = spread_euclidean(cb, max_points=max_points, seed=seed)
-    sv = singular_spectrum(cb)
+    if geometry is None:
+        geometry = codebook_geometry(cb, max_points=max_points, seed=seed)
+    elif (geometry.num_codes, geometry.dim, geometry.max_points, geometry.seed) != (kk, d, max_points, seed):
+        raise ValueError(f"geometry: measured on a ({geometry.num_codes}, {geometry.dim}) codebook with max_points="
+                         f"{geometry.max_points}, seed={geometry.seed}; this call has ({kk}, {d}), max_points="
+                         f"{max_points}, seed={seed}: pass codebook_geometry(codebook, max_points=..., seed=...) "
+                         "of this codebook")
+    all_zero = geometry.all_zero
+    h.spread_cosine = geometry.spread_cosine
+    h.spread_euclidean = geometry.spread_euclidean
+    sv = geometry.singular_values
     h.singular_values = sv
     h.effective_rank = _effective_rank_from(sv)
     h.effective_dimension = _effective_dimension_from(sv, 0.99)
-    h.offset_vs_spread = _offset_vs_spread(cb, h.spread_euclidean)
+    h.offset_vs_spread = geometry.offset_vs_spread
     idx = d2 = xs = radii = perm = None
     if x is not None:
         lat_spread = mean_pairwise_distance(x, max_points=max_points, seed=seed, name="latents")

@@ -71,7 +71,8 @@ def _umap_figure(codebooks: dict[str, Any], latents: Any, seed: int) -> bytes:
 
 def _entry_meta(e: Entry) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in e.notes)
-    scale = (f" &middot; scale {int(e.scale['index'])}, {int(e.scale['size'][0])}x{int(e.scale['size'][1])} tokens"
+    size = (e.scale or {}).get("size")
+    scale = (f" &middot; scale {int(e.scale['index'])}" + (f", {int(size[0])}x{int(size[1])} tokens" if size else "")
              if e.scale else "")
     return (
         f"<p class='meta'>key <code>{html.escape(e.found.key)}</code> &middot; family "

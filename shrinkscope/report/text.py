@@ -84,7 +84,7 @@ def depth_lines(healths: Sequence[Any], *, scales: Mapping[str, Any] | None = No
 def analysis_text(result: AnalysisResult) -> str:
     """Table, per-codebook notes and verdict of an ``AnalysisResult``, ready to print."""
     scales = _scales(result)
-    sizes = {n: "{}x{}".format(*s["size"]) for n, s in scales.items()}
+    sizes = {n: "{}x{}".format(*s["size"]) for n, s in scales.items() if s.get("size")}
     parts = [f"shrinkscope analyze {result.source}", "", health_table(result.codebooks, suffixes=sizes), "", LEGEND]
     notes = [(e.health.name, n) for e in result.entries for n in e.notes]
     if notes:
