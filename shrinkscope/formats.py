@@ -19,6 +19,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from typing import Any
 import zipfile
 
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "FormatError", "InflationBudget", "NpyMember", "check_materialise", "items_for_rows", "jsonl_lines",
-    "materialise_limit",
+    "FormatError", "InflationBudget", "NpyMember", "check_materialise", "items_for_rows", "iter_jsonl_lines",
+    "jsonl_lines", "materialise_limit",
     "native_dtype", "npz_members", "parse_safetensors_header", "read_safetensors_header", "regular_file",
     "sample_tensor", "to_tensor",
 ]
@@ -389,21 +390,20 @@ def sample_tensor(t: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return t[torch.from_numpy(idx)]
 
 
-def jsonl_lines(path: str) -> list[str]:
-    """The non-blank lines of a JSONL file as text: UTF-8 (a leading byte-order mark dropped, undecodable
-    bytes replaced), read line by line with each line bounded by ``MAX_JSONL_LINE`` bytes.
+def iter_jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each non-blank line of a JSONL file, one at a time (streaming): UTF-8 (a
+    leading byte-order mark dropped, undecodable bytes replaced), each line bounded by ``MAX_JSONL_LINE`` bytes.
 
     Raises:
         FormatError: not a regular file (a FIFO would block the read forever), a line longer than
             ``MAX_JSONL_LINE``.
     """
     regular_file(path, hint="pass the JSONL file written by shrinkscope.watch(log_to=...)")
-    out: list[str] = []
     with open(path, "rb") as f:
         for number in itertools.count(1):
             raw = f.readline(MAX_JSONL_LINE + 1)
             if not raw:
-                return out
+                return
             if len(raw) > MAX_JSONL_LINE:
                 raise FormatError(f"{path}:{number}: a line longer than {MAX_JSONL_LINE >> 20} MiB; not a "
                                   "shrinkscope JSONL log (its records are a few KB each)")
@@ -411,8 +411,12 @@ def jsonl_lines(path: str) -> list[str]:
                 raw = raw[3:]
             text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             if text.strip():
-                out.append(text)
-    return out
+                yield number, text
+
+
+def jsonl_lines(path: str) -> list[str]:
+    """The non-blank lines of a JSONL file as text (``iter_jsonl_lines``, all in memory)."""
+    return [text for _, text in iter_jsonl_lines(path)]
 
 
 def items_for_rows(shape: tuple[int, ...], rows: int) -> int:

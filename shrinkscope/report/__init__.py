@@ -9,11 +9,12 @@ something is drawn.
 from .codebook import CodebookDisplay
 from .depth import DepthDisplay
 from .distances import DistanceDisplay
-from .html import write_analysis_report, write_comparison_report, write_timeline_report
+from .html import write_analysis_report, write_comparison_report
 from .projection import ProjectionDisplay
 from .spectrum import SpectrumDisplay
 from .text import analysis_text, comparison_text, health_table
 from .timeline import Timeline, TimelineDisplay, TimelineError, read_timeline, timeline_text
+from .timeline_page import write_timeline_report
 from .usage import UsageDisplay
 
 __all__ = [

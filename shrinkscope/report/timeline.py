@@ -1,144 +1,28 @@
 """``shrinkscope report RUN.jsonl``: metric-vs-step timelines from the JSONL log the training hooks write.
 
-``read_timeline`` parses the log into a ``Timeline``; ``TimelineDisplay`` plots it; the page is written by
-``shrinkscope.report.html.write_timeline_report``.
-
-Line schema (written by ``shrinkscope.watch``'s JSONL sink): metric lines
-``{"step", "time", "name", "scope": "window"|"cumulative", "num_codes", "dim", "metrics": {KEY: ...},
-"warnings": [...]}`` and event lines ``{"step", "time", "event", ...}`` (drawn as vertical lines).
+``read_timeline`` (``report.runlog``: one streaming pass, bounded memory) parses the log into a ``Timeline``;
+``TimelineDisplay`` plots it; ``timeline_text`` sums it up for the terminal; the page is written by
+``shrinkscope.report.timeline_page.write_timeline_report``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-from ..formats import FormatError, jsonl_lines
 from ..metrics import METRIC_KEYS
 from .figures import panel_grid, Series, set_title
+from .runlog import Timeline, TimelineError, read_timeline
 from .text import format_rows
+
+__all__ = ["PLOTTED", "SUMMARY", "Timeline", "TimelineDisplay", "TimelineError", "read_timeline", "timeline_text"]
 
 # Metrics drawn when present (num_codes/dim are constant and stay out).
 PLOTTED = tuple(k for k in METRIC_KEYS if k not in ("num_codes", "dim"))
 SUMMARY = ("spread_ratio", "effective_rank", "utilization", "dead_code_ratio", "latent_coverage")
-
-
-class TimelineError(ValueError):
-    """A JSONL run log that cannot be read; the message is one line meant for the user."""
-
-
-@dataclass
-class Timeline:
-    """Metric series keyed by (codebook name, scope) and the run's events."""
-
-    source: str
-    series: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    skipped_last_line: bool = False
-
-    def values(self, key: tuple[str, str], metric: str) -> tuple[list[int], list[float]]:
-        xs, ys = [], []
-        for row in self.series[key]:
-            v = row["metrics"].get(metric)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                xs.append(row["step"])
-                ys.append(float(v))
-        return xs, ys
-
-
-def _number(v: object) -> float | int | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:  # an integer beyond float range
-        return None
-    return v if math.isfinite(f) and abs(f) < 1e300 else None
-
-
-def _clean_scale(scale: object) -> dict | None:
-    """``{"index": int, "size": [h, w]}`` of a multi-scale quantizer's record, or None (absent or malformed)."""
-    if not isinstance(scale, dict):
-        return None
-    index, size = scale.get("index"), scale.get("size")
-    ints = isinstance(size, list) and len(size) == 2 and all(type(v) is int and 0 < v < 2**31 for v in size)
-    if type(index) is not int or not 0 <= index < 2**31 or not ints:
-        return None
-    return {"index": index, "size": list(size)}
-
-
-def _clean_row(row: object) -> dict:
-    """A record with the types the report relies on (the file may come from anywhere): an integer step
-    within float precision, string name/scope/event, numbers or None as metrics, warnings as
-    ``{"code": str, "message": str}``.
-
-    Raises:
-        ValueError: not an object with an integer ``step``.
-    """
-    if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int) \
-            or abs(row["step"]) >= 2**53:
-        raise ValueError("not an object with an integer 'step'")
-    if "event" in row:
-        row["event"] = str(row["event"])[:200]
-        return row
-    if isinstance(row.get("metrics"), dict):
-        row["metrics"] = {str(k): _number(v) for k, v in row["metrics"].items()}
-        row["name"] = str(row.get("name", ""))[:200]
-        row["scope"] = str(row.get("scope", "window"))[:40]
-        warns = row.get("warnings")
-        row["warnings"] = [{"code": str(w.get("code", "?")), "message": str(w.get("message", ""))}
-                           for w in (warns if isinstance(warns, list) else []) if isinstance(w, dict)]
-        if "scale" in row:
-            row["scale"] = _clean_scale(row["scale"])
-    return row
-
-
-def read_timeline(path: str) -> Timeline:
-    """Parse a JSONL run log; a damaged *last* line is skipped (the run may still be writing).
-
-    Raises:
-        TimelineError: missing path, directory, empty file, a damaged line before the last, no metric lines.
-    """
-    if not os.path.exists(path):
-        raise TimelineError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise TimelineError(
-            f"{path}: is a directory; pass the JSONL file written by shrinkscope.watch(log_to=...)"
-        )
-    try:
-        lines = jsonl_lines(path)  # each line bounded before it is read whole
-    except FormatError as exc:
-        raise TimelineError(str(exc)) from None
-    if not lines:
-        raise TimelineError(f"{path}: is empty; no metric lines were logged yet")
-    tl = Timeline(path)
-    for i, line in enumerate(lines, 1):
-        try:
-            row = _clean_row(json.loads(line))
-        except (ValueError, RecursionError) as exc:
-            if i == len(lines):
-                tl.skipped_last_line = True
-                break
-            raise TimelineError(
-                f"{path}:{i}: not a shrinkscope JSONL line ({' '.join(str(exc).split())[:120]})"
-            ) from None
-        if "event" in row:
-            tl.events.append(row)
-        elif isinstance(row.get("metrics"), dict) and "name" in row:
-            tl.series.setdefault((str(row["name"]), str(row.get("scope", "window"))), []).append(row)
-    if not tl.series:
-        raise TimelineError(
-            f"{path}: holds no metric lines ({len(tl.events)} event lines); is it the JSONL log "
-            "of shrinkscope.watch?"
-        )
-    for rows in tl.series.values():
-        rows.sort(key=lambda r: r["step"])
-    return tl
 
 
 def timeline_text(tl: Timeline) -> str:
@@ -160,6 +44,11 @@ def timeline_text(tl: Timeline) -> str:
     for (name, _), recs in tl.series.items():
         last.setdefault(name, recs[-1])
     extra += [f"{g.kind}s at the last logged step: {g.summary()}" for g in stage_groups(as_rows(list(last.values())))]
+    if tl.thinned:
+        extra.append(f"note: {tl.lines} metric lines; each series is drawn from its first and last records and "
+                     "an evenly spaced subset of the others")
+    if tl.events_dropped:
+        extra.append(f"note: {tl.events_dropped} further event lines left out")
     if tl.skipped_last_line:
         extra.append("note: the last line was incomplete and was skipped (run still writing?)")
     return "\n".join(
