@@ -229,3 +229,72 @@ def test_var_ids_come_from_its_own_embedding_calls_and_replay_is_the_fallback(mo
     assert [c.codebook for c in caps] == [f"scales.{i}" for i in range(4)]
     for c, ids in zip(caps, model.quantize.last_ids):
         assert torch.equal(c.indices.reshape(-1), ids)
+
+
+class TappedResidualQuantizer(nn.Module):
+    """A user's VAR-like quantizer: each scale quantizes what the coarser ones left, inside ``forward``; it shows
+    each scale's residual through a ``ScaleTap`` and records what it computed (the reference)."""
+
+    def __init__(self, k: int = 16, d: int = 3, sizes=(1, 2, 4), layout: str = "channels_first"):
+        super().__init__()
+        from shrinkscope.families import ScaleTap
+
+        self.sizes, self.layout = sizes, layout
+        self.scale_tap = ScaleTap(layout)
+        self.register_buffer("codebook", torch.randn(k, d, generator=torch.Generator().manual_seed(5)))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, f):
+        rest, ids, self.seen = f, [], []
+        for s in self.sizes:
+            z = nn.functional.adaptive_avg_pool2d(rest, s)  # (B, D, s, s): this scale's residual
+            rows = z.permute(0, 2, 3, 1)
+            self.scale_tap(z if self.layout == "channels_first" else rows.reshape(f.shape[0], s * s, -1))
+            self.seen.append(rows.reshape(-1, f.shape[1]).clone())
+            idx = torch.cdist(rows.reshape(f.shape[0], -1, f.shape[1]), self.codebook.expand(f.shape[0], -1, -1))
+            idx = idx.argmin(-1)
+            ids.append(idx)
+            q = self.codebook[idx].reshape(f.shape[0], s, s, -1).permute(0, 3, 1, 2)
+            rest = rest - nn.functional.interpolate(q, size=f.shape[-2:], mode="nearest")
+        return f - rest, ids
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_a_scale_tap_gives_each_scale_its_residual_as_latents(layout):
+    from shrinkscope.families.scales import _tapped
+
+    q = TappedResidualQuantizer(layout=layout)
+    f = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain = q(f)[0].clone()
+    assert len(_tapped) == 0  # unwatched, the tap keeps nothing
+    with shrinkscope.watch(q, adapter="generic", scales=(1, 2, 4), every=0, collect="all", reservoir_size=500,
+                           log_warnings=False) as m:
+        watched, ids = q(f)
+        m.report()
+    assert torch.equal(watched, plain)  # the tap changes no output
+    for i in range(3):
+        name = f"TappedResidualQuantizer/scales.{i}"
+        assert torch.equal(m.counts(name), torch.bincount(ids[i].reshape(-1), minlength=16))
+        assert torch.allclose(_sorted_rows(m._last_latents[name]), _sorted_rows(q.seen[i]))
+    assert len(_tapped) == 0  # each forward's calls are taken by its forward hook
+
+
+def test_scale_tap_calls_of_the_wrong_size_give_usage_only():
+    q = TappedResidualQuantizer(sizes=(1, 2, 4))
+    f = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    with shrinkscope.watch(q, adapter="generic", scales=(1, 2, 3), every=0, collect="all", log_warnings=False) as m:
+        q(f)
+        m.report()
+    assert all(f"TappedResidualQuantizer/scales.{i}" not in m._last_latents for i in range(3))
+    from shrinkscope.families import ScaleTap
+
+    with pytest.raises(ValueError, match="layout"):
+        ScaleTap("nchw")
+
+
+def test_live_analysis_reads_scale_taps():
+    q = TappedResidualQuantizer()
+    f = torch.randn(20, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    result = shrinkscope.analyze(q, f, adapter="generic", scales=(1, 2, 4), batch_size=5)
+    assert [e.latents.shape[0] for e in result.entries] == [20, 80, 320]
+    assert all(e.health.latent_effective_rank is not None for e in result.entries)

@@ -31,10 +31,10 @@ from .lucidrains_fixed import HfFSQ, LucidFSQ, LucidLatentQuantize, LucidLFQ, Lu
 from .lucidrains_residual import LucidGroupedRVQ, LucidResidualVQ
 from .moshi import MoshiCodebook, MoshiRVQ, MoshiVQ
 from .reference import Reference
-from .scales import MultiScale, VarScales
+from .scales import MultiScale, ScaleTap, VarScales
 from .taming import DiffusersVQ, LlamaGenVQ, TamingEMAVQ, TamingGumbel, TamingLegacyVQ, TamingVQ
 
-__all__ = ["FAMILIES", "Capture", "Family", "MultiScale", "deferral_family", "find_quantizers", "get_family"]
+__all__ = ["FAMILIES", "Capture", "Family", "MultiScale", "ScaleTap", "deferral_family", "find_quantizers", "get_family"]
 
 _LIBRARIES: tuple[Family, ...] = (
     Reference(),

@@ -20,7 +20,9 @@ nothing syncs the host.
 ``MultiScale`` is the generic mechanism for your own multi-scale quantizer: wrap the family that reads it
 (``"generic"`` by default) and give the scales; each call's ids are split by scale from their shapes (a list
 with one id tensor per scale, or one token stream whose last axis is ``sum(h * w)``), and so are the latents
-when they come as the same token stream ``(..., L, D)``.
+when they come as the same token stream ``(..., L, D)``. A quantizer that computes each scale's residual inside
+its ``forward`` (as VAR does) shows it by calling a ``ScaleTap`` (a no-op module) with it, scale by scale; the
+tap's hook keeps references to the latest calls and the forward hook hands them over as the scales' latents.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from torch.nn import functional as F
 from .base import Capture, Family, as_index_tensor, class_name, join, l2norm, own_codebook
 from .taming import VarVQ
 
-__all__ = ["MultiScale", "VarScales", "scale_info", "scale_name", "scale_sizes", "with_scales"]
+__all__ = ["MultiScale", "ScaleTap", "VarScales", "scale_info", "scale_name", "scale_sizes", "with_scales"]
 
 
 def scale_name(index: int, codebook: str = "") -> str:
@@ -221,8 +223,10 @@ class MultiScale(Family):
     Per call, the ids are split by scale from their shapes: a list/tuple of one id tensor per scale anywhere
     in the output (VAR's ``f_to_idxBl_or_fhat`` returns such a list), else the base family's ids when their
     last axis (or, flat, their length) is ``L = sum(h * w)``. Latents are split the same way when the base
-    family hands them over as the token stream ``(..., L, D)``; a quantizer whose per-scale residuals stay
-    inside its forward gives usage per scale only (write a family like ``VarScales`` to replay them).
+    family hands them over as the token stream ``(..., L, D)``. A quantizer whose per-scale residuals stay
+    inside its forward shows them through a ``ScaleTap``: when the quantizer holds one, each forward's last
+    ``S`` calls of it are the scales' latents (checked against the scales' sizes; usage only when they do not
+    match). Without one, such a quantizer gives usage per scale only.
     """
 
     name = "multiscale"
@@ -271,21 +275,87 @@ class MultiScale(Family):
         return list(t.split([h * w for h, w in self.sizes], dim=-2 if rows else -1))
 
     def taps(self, module: nn.Module) -> dict[str, nn.Module]:
-        return self.base.taps(module)
+        base, tap = self.base.taps(module), _scale_tap(module)
+        if base or tap is None:  # a base read through its own taps (residual stages) keeps them
+            return base
+        return {"": module, _TAP: tap}
 
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
-        return self._by_scale(self.base.extract(module, args, kwargs, output), output)
+        tap = _scale_tap(module)
+        residuals = _tapped.pop(tap, None) if tap is not None else None
+        rows = self._residual_rows(residuals, tap) if residuals else None
+        transform = (l2norm if self.base.is_normalized(module) else None) if rows else None
+        return self._by_scale(self.base.extract(module, args, kwargs, output), output, rows, transform)
 
     def extract_tap(self, prefix: str, submodule: nn.Module, args: tuple, kwargs: dict,
                     output: Any) -> list[Capture]:
+        if prefix == _TAP:  # a ScaleTap call: keep a reference (bounded) until the quantizer's forward ends
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                _tapped.setdefault(submodule, deque(maxlen=_KEEP_CALLS)).append(x.detach())
+            return []
+        if prefix == "" and _scale_tap(submodule) is not None and not self.base.taps(submodule):
+            return self.extract(submodule, args, kwargs, output)
         return self._by_scale(self.base.extract_tap(prefix, submodule, args, kwargs, output), output)
 
-    def _by_scale(self, found: list[Capture], output: Any) -> list[Capture]:
+    def _residual_rows(self, calls: deque[torch.Tensor], tap: ScaleTap) -> list[torch.Tensor] | None:
+        """The last ``S`` ScaleTap calls as per-scale rows ``(..., D)`` when each has its scale's size (a
+        channels-first ``(B, D, h, w)`` map, or channels-last ``(B, h, w, D)`` / ``(B, h * w, D)``), else None."""
+        if len(calls) < len(self.sizes):
+            return None
+        out = []
+        for t, (h, w) in zip(list(calls)[-len(self.sizes):], self.sizes):
+            if tap.layout == "channels_first" and t.ndim == 4 and tuple(t.shape[-2:]) == (h, w):
+                out.append(t.movedim(1, -1))  # a view: the reservoir gathers its few rows from it
+            elif tap.layout == "channels_last" and t.ndim >= 3 and (
+                    tuple(t.shape[-3:-1]) == (h, w) or t.shape[-2] == h * w):
+                out.append(t)
+            else:
+                return None
+        return out if len({t.shape[-1] for t in out}) == 1 else None
+
+    def _by_scale(self, found: list[Capture], output: Any, residuals: list[torch.Tensor] | None = None,
+                  transform: Any = None) -> list[Capture]:
         listed = _id_list(output, len(self.sizes))
         caps = []
         for cap in found:
             ids = listed if listed is not None else self._split(cap.indices, rows=False)
-            lat = self._split(cap.latents, rows=True) if cap.valid is None else [None] * len(self.sizes)
-            caps += [Capture(scale_name(i, cap.codebook), ids[i], lat[i], None, cap.transform)
+            if residuals is not None:
+                lat, tf = residuals, transform
+            else:
+                lat = self._split(cap.latents, rows=True) if cap.valid is None else [None] * len(self.sizes)
+                tf = cap.transform
+            caps += [Capture(scale_name(i, cap.codebook), ids[i], lat[i], None, tf)
                      for i in range(len(self.sizes)) if ids[i] is not None or lat[i] is not None]
         return caps
+
+
+class ScaleTap(nn.Identity):
+    """A no-op point in your own multi-scale quantizer where ``watch`` reads each scale's residual.
+
+    Give your quantizer one (``self.scale_tap = ScaleTap()``) and call it in ``forward`` with each scale's
+    residual as its lookup sees it, coarse to fine: ``self.scale_tap(residual)``. It returns its input (no
+    copy, no parameters: the state dict does not change). Unwatched it does nothing else; under
+    ``watch(..., scales=...)`` or ``MultiScale`` its hook keeps a reference to the latest calls (at most 64)
+    and the quantizer's forward hook takes the last ``S`` of them as the scales' latents.
+
+    Args:
+        layout: ``"channels_first"`` for ``(B, D, h, w)`` maps (VAR-style), ``"channels_last"`` for
+            ``(B, h, w, D)`` or ``(B, h * w, D)`` tokens.
+    """
+
+    def __init__(self, layout: str = "channels_first"):
+        super().__init__()
+        if layout not in ("channels_first", "channels_last"):
+            raise ValueError(f"ScaleTap: layout is 'channels_first' or 'channels_last', got {layout!r}")
+        self.layout = layout
+
+
+_TAP = "<scale residuals>"  # the ScaleTap's prefix among the taps (no module path looks like it)
+_tapped: weakref.WeakKeyDictionary[nn.Module, deque[torch.Tensor]] = weakref.WeakKeyDictionary()
+"""The latest ScaleTap calls per tap, emptied by the quantizer's forward hook."""
+
+
+def _scale_tap(module: nn.Module) -> ScaleTap | None:
+    """The first ``ScaleTap`` inside ``module`` (itself excluded), or None."""
+    return next((m for m in module.modules() if isinstance(m, ScaleTap) and m is not module), None)
