@@ -28,7 +28,7 @@ from .latents import (  # noqa: F401 - REFERENCE_FORMAT, SAVED_LATENTS_KEY: publ
     _saved_latents,
 )
 from .metrics import METRIC_KEYS, CodebookHealth, HealthThresholds, codebook_geometry, codebook_health
-from .metrics.verdict import verdict_line
+from .metrics.verdict import Verdict, verdict_line
 from .scale_rows import split_scales
 
 __all__ = ["AnalysisResult", "ComparisonResult", "Entry", "analyze", "compare", "status_of"]
@@ -274,11 +274,24 @@ def analyze(
             _unscale(h, scale)
             fc.notes.append(f"measured after scaling by 2^{int(math.log2(scale))} (exact) so that squared "
                             "distances stay inside float range; lengths are reported unscaled")
+        if sc is not None and h.verdict is not None:
+            h.verdict = _scale_hint(h.verdict)
         extra = [latents_note] if latents_note else []
         if x is not None and counts is None:
             extra.append("usage from assigning the latents to their nearest code")
         entries.append(Entry(h, fc, x, fc.notes + notes + extra, scale=sc, labels=row_labels))
     return AnalysisResult(ckpt.source, entries, latents_source)
+
+
+_SCALE_HOW = ("run the model over data (analyze(model, data), CLI --model/--data): it replays each scale's "
+              "residual; a checkpoint holds no scale's residual, and --latents are encoder outputs")
+
+
+def _scale_hint(v: Verdict) -> Verdict:
+    """The verdict of one scale of a VAR checkpoint, with the way to its latents that works for a scale."""
+    missing = tuple({**m, "how": _SCALE_HOW} if m.get("input") in ("latents", "usage") else m for m in v.missing)
+    return replace(v, summary=v.summary.replace("pass --latents FILE", "run the model over data (--model/--data)"),
+                   missing=missing)
 
 
 def _check_options(*, max_latents: Any, max_points: Any, seed: Any) -> None:

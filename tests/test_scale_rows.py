@@ -62,6 +62,10 @@ def test_a_var_checkpoint_gives_one_row_per_scale_with_that_scales_usage(tmp_pat
     json.dumps(d)
     text = analysis_text(res)
     assert "Scales:" in text and "quantize (4 scales)" in text and "size unknown: pass --scales" in text
+    # the way to a scale's latents is running the model: --latents would not reach a scale row
+    assert "pass --latents" not in res.verdict() and "--model/--data" in res.verdict()
+    assert all(m["how"].startswith("run the model") for e in res.entries for m in e.health.verdict.missing
+               if m["input"] == "latents")
 
 
 def test_scales_label_the_rows_and_must_match_the_buffer(tmp_path):
