@@ -27,7 +27,7 @@ from shrinkscope.watch_report import Reporting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from var_lookalike import TinyVQVAE  # noqa: E402
+from var_lookalike import TinyVQVAE
 
 PATCHES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 

@@ -64,9 +64,9 @@ def split_scales(found: list[FoundCodebook], tensors: Mapping[str, Any], *,
                                   f"(ema_vocab_hit_SV is {list(hits.shape)}); give one size per scale")
         split_any = True
         if latents:
-            out.append((replace(fc, notes=fc.notes + [
-                f"all {hits.shape[0]} scales together, against the latents given (encoder outputs); the rows "
-                f"{fc.name}.scales.N give each scale's usage"]), None))
+            whole = (f"all {hits.shape[0]} scales together, against the latents given (encoder outputs); the rows "
+                     f"{fc.name}.scales.N give each scale's usage")
+            out.append((replace(fc, notes=[*fc.notes, whole]), None))
         for si in range(hits.shape[0]):
             size = sizes[si] if sizes is not None else None
             where = f"{size[0]}x{size[1]} tokens per input" if size else "size unknown: pass --scales"
