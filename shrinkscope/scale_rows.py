@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from .checkpoint import CheckpointError
-from .discovery import FoundCodebook
+from .discovery import MAX_CODEBOOKS, FoundCodebook
 from .families.scales import VarScales, scale_sizes
 
 __all__ = ["split_scales"]
@@ -49,7 +49,8 @@ def split_scales(found: list[FoundCodebook], tensors: Mapping[str, Any], *,
         scale row, None for any other codebook.
 
     Raises:
-        CheckpointError: ``scales`` given but no codebook has per-scale usage, or a different number of scales.
+        CheckpointError: ``scales`` given but no codebook has per-scale usage, or a different number of scales;
+            NaN/Inf/negative hits; more than ``MAX_CODEBOOKS`` rows after the split.
     """
     sizes = None if scales is None else scale_sizes(scales)
     out: list[tuple[FoundCodebook, dict[str, Any] | None]] = []
@@ -59,6 +60,10 @@ def split_scales(found: list[FoundCodebook], tensors: Mapping[str, Any], *,
         if hits is None or hits.shape[1] != fc.codebook.shape[0] or fc.counts is None:
             out.append((fc, None))  # no per-scale usage (or the buffer was never written): one row
             continue
+        bad = int((~hits.isfinite()).sum()) + int((hits < 0).sum())
+        if bad:  # what codebook_health would refuse, said once for the buffer
+            raise CheckpointError(f"{fc.key}: its ema_vocab_hit_SV buffer holds {bad} NaN, Inf or negative values "
+                                  "(hit counts are >= 0); the file is damaged")
         if sizes is not None and len(sizes) != hits.shape[0]:
             raise CheckpointError(f"scales: {len(sizes)} sizes given, but {fc.key} has {hits.shape[0]} scales "
                                   f"(ema_vocab_hit_SV is {list(hits.shape)}); give one size per scale")
@@ -82,6 +87,9 @@ def split_scales(found: list[FoundCodebook], tensors: Mapping[str, Any], *,
             out.append((replace(fc, name=f"{fc.name}.scales.{si}", counts=row if float(row.sum()) > 0 else None,
                                 notes=notes, usage_source="ema_vocab_hit_SV" if float(row.sum()) > 0 else None),
                         {"index": si, "size": None if size is None else [int(size[0]), int(size[1])]}))
+    if len(out) > MAX_CODEBOOKS:  # the limit discovery applies, counted after the split
+        raise CheckpointError(f"{len(out):,} codebooks once VAR's scales are split, more than {MAX_CODEBOOKS:,}; "
+                              "name the ones to measure with --key KEY")
     if sizes is not None and not split_any:
         raise CheckpointError("scales: no codebook of this checkpoint has per-scale usage (VAR's "
                               "ema_vocab_hit_SV); --scales applies to VAR checkpoints")

@@ -170,3 +170,24 @@ def test_the_html_report_of_a_var_checkpoint_has_the_depth_panel(tmp_path):
     with open(write_analysis_report(res, str(tmp_path / "out")), encoding="utf-8") as f:
         page = f.read()
     assert "Health by depth" in page and "quantize.scales.3" in page
+
+
+@pytest.mark.parametrize("damage", ["nan", "negative"])
+def test_a_damaged_hits_buffer_is_refused_in_one_line(tmp_path, damage):
+    hits = torch.rand(4, VOCAB)
+    hits[2, 5] = float("nan") if damage == "nan" else -1.0
+    torch.save({"quantize.embedding.weight": torch.randn(VOCAB, 4), "quantize.ema_vocab_hit_SV": hits},
+               tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="ema_vocab_hit_SV buffer holds 1 NaN, Inf or negative"):
+        shrinkscope.analyze(tmp_path / "bad.pth")
+
+
+def test_the_codebook_limit_counts_the_split_rows(tmp_path, monkeypatch):
+    from shrinkscope import scale_rows
+
+    path, _, _ = _trained_var(tmp_path)
+    monkeypatch.setattr(scale_rows, "MAX_CODEBOOKS", 3)
+    with pytest.raises(CheckpointError, match="4 codebooks once VAR's scales are split, more than 3"):
+        shrinkscope.analyze(path)
+    (e,) = shrinkscope.analyze(path, keys=["quantize.embedding.weight"]).entries  # --key reads it whole
+    assert e.scale is None
