@@ -7,7 +7,9 @@ evenly spaced subset of the others (at most ``MAX_POINTS``, halved to every seco
 fills, so the kept records stay evenly spaced in the file however long it grows) with only their numeric
 metrics. The file is read line by line; a line longer than ``MAX_LINE`` characters, more than ``MAX_SERIES``
 series, or a damaged line before the last is an error with the line number (the CLI: one line, exit 2).
-Memory is then bounded by ``MAX_SERIES x (MAX_POINTS slim records + 2 whole ones)``, whatever the file's length.
+Memory is then bounded by ``MAX_SERIES x (MAX_POINTS slim records + 2 whole ones)`` plus ``MAX_EVENTS`` small
+event records, whatever the file's length (a whole record is at most one ``MAX_LINE`` line, its metrics and
+warnings capped by ``MAX_EXTRA_METRICS`` and ``MAX_WARNINGS``).
 
 Line schema (written by ``shrinkscope.watch``'s JSONL sink): metric lines ``{"step", "time", "name", "scope":
 "window"|"cumulative", "num_codes", "dim", "metrics": {KEY: ...}, "warnings": [...], "verdict"?, "scale"?}``
@@ -34,8 +36,12 @@ MAX_SERIES = 256
 """(codebook, scope) series a log may hold: 128 codebooks in both scopes (VAR's ten scales use 20)."""
 MAX_EVENTS = 1000
 """Event lines kept (the first ones; the rest are counted in ``Timeline.events_dropped``)."""
-MAX_LINE = 1 << 20
-"""Characters one line may have: a record is a few kilobytes."""
+MAX_LINE = 1 << 18
+"""Characters one line may have (256 Ki): a record is a few kilobytes."""
+MAX_EXTRA_METRICS = 64
+"""Metrics beyond ``METRIC_KEYS`` kept per record (a newer version's keys; the first ones in the line)."""
+MAX_WARNINGS = 64
+"""Warnings kept per record (each message cut at 1000 characters)."""
 _KEPT = frozenset(METRIC_KEYS)
 
 
@@ -108,16 +114,18 @@ def _clean_row(row: object) -> dict:
     if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int) \
             or abs(row["step"]) >= 2**53:
         raise ValueError("not an object with an integer 'step'")
-    if "event" in row:
-        row["event"] = str(row["event"])[:200]
-        return row
+    if "event" in row:  # only what the plots and pages show
+        ev = {"step": row["step"], "event": str(row["event"])[:200]}
+        return {**ev, "time": row["time"]} if _number(row.get("time")) is not None else ev
     if isinstance(row.get("metrics"), dict):
-        row["metrics"] = {str(k): _number(v) for k, v in row["metrics"].items()}
+        known = {k: _number(v) for k, v in row["metrics"].items() if k in _KEPT}
+        extra = [(str(k)[:100], _number(v)) for k, v in row["metrics"].items() if k not in _KEPT]
+        row["metrics"] = {**known, **dict(extra[:MAX_EXTRA_METRICS])}
         row["name"] = str(row.get("name", ""))[:200]
         row["scope"] = str(row.get("scope", "window"))[:40]
         warns = row.get("warnings")
-        row["warnings"] = [{"code": str(w.get("code", "?")), "message": str(w.get("message", ""))}
-                           for w in (warns if isinstance(warns, list) else []) if isinstance(w, dict)]
+        row["warnings"] = [{"code": str(w.get("code", "?"))[:100], "message": str(w.get("message", ""))[:1000]}
+                           for w in (warns if isinstance(warns, list) else []) if isinstance(w, dict)][:MAX_WARNINGS]
         if "scale" in row:
             row["scale"] = _clean_scale(row["scale"])
     return row

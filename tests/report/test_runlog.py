@@ -136,3 +136,16 @@ def test_the_report_of_a_long_log_says_how_many_lines_it_had(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "out" / "report.html").read_text()
     assert "6000 metric lines" in page and "evenly spaced" in page
+
+
+def test_whole_records_and_events_keep_only_what_the_page_shows(tmp_path):
+    path = tmp_path / "run.jsonl"
+    metrics = {"utilization": 0.5, **{f"x{i}": float(i) for i in range(500)}}
+    warnings = [{"code": "dead_codes", "message": "m" * 5000}] * 200
+    path.write_text(json.dumps({"step": 1, "name": "vq", "metrics": metrics, "warnings": warnings}) + "\n"
+                    + json.dumps({"step": 1, "event": "defer_switch", "payload": "p" * 10_000}) + "\n")
+    tl = read_timeline(str(path))
+    (row,) = tl.series[("vq", "window")]
+    assert row["metrics"]["utilization"] == 0.5 and len(row["metrics"]) == 1 + runlog.MAX_EXTRA_METRICS
+    assert len(row["warnings"]) == runlog.MAX_WARNINGS and len(row["warnings"][0]["message"]) == 1000
+    assert tl.events == [{"step": 1, "event": "defer_switch"}]
