@@ -141,7 +141,7 @@ def test_the_report_of_a_long_log_says_how_many_lines_it_had(tmp_path):
 def test_whole_records_and_events_keep_only_what_the_page_shows(tmp_path):
     path = tmp_path / "run.jsonl"
     metrics = {"utilization": 0.5, **{f"x{i}": float(i) for i in range(500)}}
-    warnings = [{"code": "dead_codes", "message": "m" * 5000}] * 200
+    warnings = [{"code": "dead_codes", "message": "m" * 1500}] * 100
     path.write_text(json.dumps({"step": 1, "name": "vq", "metrics": metrics, "warnings": warnings}) + "\n"
                     + json.dumps({"step": 1, "event": "defer_switch", "payload": "p" * 10_000}) + "\n")
     tl = read_timeline(str(path))
