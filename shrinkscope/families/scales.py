@@ -276,12 +276,12 @@ class MultiScale(Family):
 
     def taps(self, module: nn.Module) -> dict[str, nn.Module]:
         base, tap = self.base.taps(module), _scale_tap(module)
-        if base or tap is None:  # a base read through its own taps (residual stages) keeps them
-            return base
+        if base or tap is None or self.hook_method != "forward":  # a base read through its own taps (residual
+            return base  # stages), or through another method than forward (the tap is hooked like it), keeps them
         return {"": module, _TAP: tap}
 
     def extract(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> list[Capture]:
-        tap = _scale_tap(module)
+        tap = _scale_tap(module) if self.hook_method == "forward" else None
         residuals = _tapped.pop(tap, None) if tap is not None else None
         rows = self._residual_rows(residuals, tap) if residuals else None
         transform = (l2norm if self.base.is_normalized(module) else None) if rows else None
@@ -294,7 +294,8 @@ class MultiScale(Family):
             if isinstance(x, torch.Tensor) and x.is_floating_point():
                 _tapped.setdefault(submodule, deque(maxlen=_KEEP_CALLS)).append(x.detach())
             return []
-        if prefix == "" and _scale_tap(submodule) is not None and not self.base.taps(submodule):
+        if prefix == "" and _scale_tap(submodule) is not None and not self.base.taps(submodule) \
+                and self.hook_method == "forward":
             return self.extract(submodule, args, kwargs, output)
         return self._by_scale(self.base.extract_tap(prefix, submodule, args, kwargs, output), output)
 
