@@ -386,7 +386,15 @@ def compare(before: Any, after: Any, *, latents: Any = None, **kwargs: Any) -> C
     rb = analyze(before, latents=latents, **kwargs)
     ra = analyze(after, latents=latents, **kwargs)
     by_name = {e.health.name: e for e in rb.entries}
-    pairs = [(by_name[e.health.name], e) for e in ra.entries if e.health.name in by_name]
+    pairs = []
+    for e in ra.entries:
+        b = by_name.get(e.health.name)
+        if b is None and e.scale is not None:
+            # a VAR checkpoint whose hit buffer was not written yet (early in training) is one row: each scale
+            # of the later checkpoint is compared with it (same codes, no usage before)
+            b = by_name.get(e.health.name.rsplit(".scales.", 1)[0])
+        if b is not None:
+            pairs.append((b, e))
     if not pairs and len(rb.entries) == len(ra.entries):
         pairs = list(zip(rb.entries, ra.entries))  # same structure under different names: pair by position
     return ComparisonResult(rb, ra, pairs)

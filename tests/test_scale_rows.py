@@ -191,3 +191,14 @@ def test_the_codebook_limit_counts_the_split_rows(tmp_path, monkeypatch):
         shrinkscope.analyze(path)
     (e,) = shrinkscope.analyze(path, keys=["quantize.embedding.weight"]).entries  # --key reads it whole
     assert e.scale is None
+
+
+def test_compare_pairs_each_scale_with_an_early_checkpoint_read_whole(tmp_path):
+    path, _, _ = _trained_var(tmp_path)
+    torch.manual_seed(0)
+    early = TinyVQVAE(vocab=VOCAB, patch_nums=PATCHES)  # its hit buffer is still all zeros: one row
+    torch.save(early.state_dict(), tmp_path / "early.pth")
+    res = shrinkscope.compare(tmp_path / "early.pth", path)
+    assert [(b.health.name, a.health.name) for b, a in res.pairs] == [
+        ("quantize", f"quantize.scales.{i}") for i in range(len(PATCHES))]
+    assert [d["before_name"] for d in res.to_dict()["delta"]] == ["quantize"] * len(PATCHES)
