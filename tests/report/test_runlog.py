@@ -12,6 +12,8 @@ import sys
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shrinkscope.report import TimelineError, read_timeline, runlog, timeline_text
 
@@ -149,3 +151,24 @@ def test_whole_records_and_events_keep_only_what_the_page_shows(tmp_path):
     assert row["metrics"]["utilization"] == 0.5 and len(row["metrics"]) == 1 + runlog.MAX_EXTRA_METRICS
     assert len(row["warnings"]) == runlog.MAX_WARNINGS and len(row["warnings"][0]["message"]) == 1000
     assert tl.events == [{"step": 1, "event": "defer_switch"}]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(steps=st.lists(st.integers(-5, 40), min_size=1, max_size=120), cap=st.integers(2, 9))
+def test_thinning_keeps_a_sorted_subset_with_both_ends(tmp_path_factory, steps, cap):
+    path = tmp_path_factory.mktemp("thin") / "run.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "name": "vq", "metrics": {"utilization": i}}) + "\n"
+                            for i, s in enumerate(steps)))
+    old, runlog.MAX_POINTS = runlog.MAX_POINTS, cap
+    try:
+        tl = read_timeline(str(path))
+    finally:
+        runlog.MAX_POINTS = old
+    rows = tl.series[("vq", "window")]
+    order = [r["metrics"]["utilization"] for r in rows]  # each record's position in the file
+    # what a stable sort of every record by step gives first and last
+    ref = sorted(range(len(steps)), key=lambda i: steps[i])
+    assert order[0] == ref[0] and order[-1] == ref[-1]
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    assert len(set(order)) == len(order) and len(rows) <= cap + 2 and tl.lines == len(steps)
+    assert tl.thinned == (len(steps) > cap)
