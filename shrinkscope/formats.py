@@ -19,9 +19,9 @@ import math
 import os
 import stat
 import struct
+import zipfile
 from collections.abc import Iterator
 from typing import Any
-import zipfile
 
 import numpy as np
 import torch

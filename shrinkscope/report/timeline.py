@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import METRIC_KEYS
-from .figures import panel_grid, Series, set_title
+from .figures import Series, panel_grid, set_title
 from .runlog import Timeline, TimelineError, read_timeline
 from .text import format_rows
 
