@@ -110,6 +110,9 @@ def test_ctrl_c_during_the_move_is_held_until_it_is_done(ckpt, tmp_path, capsys,
 
 SIGINT_CHILD = textwrap.dedent("""
     import os, signal, sys
+    # a shell that starts us in the background (nohup cmd &) hands SIGINT down ignored; a terminal's Ctrl-C is
+    # what this test means, so restore Python's own handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import shrinkscope.report as rp
     from shrinkscope.cli import main
     real = rp.write_analysis_report
