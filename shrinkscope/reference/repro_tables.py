@@ -132,16 +132,15 @@ def tune_choice(rows: list[dict]) -> dict[str, tuple[dict, bool]]:
     """
     out = {}
     for arm in ARM_NAMES:
-        full = [(s, runs) for s, runs in _tune_configs(rows, arm)
+        # (settings, finished runs) of each configuration whose every run that ran finished
+        full = [(s, ok) for s, runs in _tune_configs(rows, arm)
                 if (ok := _finished(runs)) and len(ok) == sum(not r.get("skipped") for r in runs)]
         if not full:
             continue
-        most = max(len(_finished(runs)) for _, runs in full)
-        cands = [(s, _finished(runs)) for s, runs in full if len(_finished(runs)) == most]
-        s, runs = min(cands, key=lambda c: sum(r["metrics"]["recon_mse"] for r in c[1]) / len(c[1]))
-        best = {"settings": s, "recon_mse": sum(r["metrics"]["recon_mse"] for r in runs) / len(runs),
-                "seeds": len(runs), "runs": runs}
-        out[arm] = (best, min(LRS) < s["lr"] < max(LRS))
+        most = max(len(ok) for _, ok in full)
+        means = [(sum(r["metrics"]["recon_mse"] for r in ok) / most, s, ok) for s, ok in full if len(ok) == most]
+        mean, s, ok = min(means, key=lambda m: m[0])
+        out[arm] = ({"settings": s, "recon_mse": mean, "seeds": most, "runs": ok}, min(LRS) < s["lr"] < max(LRS))
     return out
 
 
